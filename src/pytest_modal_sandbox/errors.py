@@ -1,0 +1,80 @@
+"""Every error the plugin raises on purpose, under one base class.
+
+Catch :class:`SandboxError` to handle them all.  Errors that wrap a backend's own exception
+(a ``modal.exception.Error``, an ``OSError`` from the local runtime) keep it as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailable",
+    "DaemonExitedError",
+    "ExecTimeout",
+    "NotDeclaredError",
+    "ReadinessTimeout",
+    "SandboxError",
+    "SandboxGone",
+    "SandboxStartError",
+    "SpecError",
+]
+
+
+class SandboxError(Exception):
+    """Base class of every error raised by pytest-modal-sandbox."""
+
+
+class SpecError(SandboxError, ValueError):
+    """A sandbox spec (marker, fixture or ``SandboxSpec``) is invalid.
+
+    The message names where the spec came from, the field and the offending value.
+    """
+
+
+class BackendUnavailable(SandboxError):
+    """The chosen backend cannot run here; the message says how to fix that."""
+
+
+class SandboxStartError(SandboxError):
+    """A sandbox could not be created or its daemons could not be launched."""
+
+
+class SandboxGone(SandboxError):
+    """The sandbox no longer exists (terminated, timed out, or never existed)."""
+
+
+class NotDeclaredError(SandboxError, KeyError):
+    """A port (or daemon) was asked for that the spec does not declare."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DaemonExitedError(SandboxStartError):
+    """A daemon exited while its readiness probe was waiting; carries its log tail."""
+
+    def __init__(self, message: str, *, daemon: str, exit_code: int | None, log_tail: str) -> None:
+        super().__init__(message)
+        self.daemon = daemon
+        self.exit_code = exit_code
+        self.log_tail = log_tail
+
+
+class ReadinessTimeout(SandboxStartError, TimeoutError):
+    """A readiness probe did not pass within its timeout; carries the daemon's log tail."""
+
+    def __init__(self, message: str, *, daemon: str, log_tail: str) -> None:
+        super().__init__(message)
+        self.daemon = daemon
+        self.log_tail = log_tail
+
+
+class ExecTimeout(SandboxError, TimeoutError):
+    """``Sandbox.exec`` ran past its ``timeout``; the process was killed.
+
+    ``stdout``/``stderr`` hold what it wrote before that (bytes).
+    """
+
+    def __init__(self, message: str, *, stdout: bytes = b"", stderr: bytes = b"") -> None:
+        super().__init__(message)
+        self.stdout = stdout
+        self.stderr = stderr
