@@ -1,0 +1,134 @@
+"""Unit tests for the emulator's pure pieces: ids, tokens, registries, image chains, TLS."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+
+from pytest_modal_sandbox.emulator import ids, images, registry
+from pytest_modal_sandbox.emulator.tls import make_tls_material
+
+
+def test_ids_have_the_shapes_the_client_routes_on() -> None:
+    sb = ids.sandbox_id()
+    assert re.fullmatch(r"sb-[0-9A-HJKMNP-TV-Z]{26}", sb)
+    assert not ids.is_v1_sandbox_id(sb)
+    assert ids.is_v1_sandbox_id("sb-" + "a" * 22)
+    ta = ids.task_id()
+    assert ta.startswith("ta-") and ta.endswith("V")
+    for prefix in ("ap", "im", "st", "en"):
+        assert re.fullmatch(prefix + r"-[a-zA-Z0-9]{22}", ids.object_id(prefix))
+
+
+def test_ulids_sort_by_time() -> None:
+    early = ids.ulid(1_000_000.0)
+    late = ids.ulid(2_000_000.0)
+    assert len(early) == len(late) == 26
+    assert early < late
+
+
+def test_tokens_are_jwts_with_exp_and_verify_only_for_their_signer() -> None:
+    signer = ids.TokenSigner()
+    token = signer.mint({"task_id": "ta-x"}, ttl=60)
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["task_id"] == "ta-x"
+    assert claims["exp"] > time.time()
+    assert signer.verify(token) == claims
+    assert ids.TokenSigner().verify(token) is None
+    assert signer.verify("fake-jwt-token") is None
+    assert signer.verify(signer.mint({}, ttl=-10)) is None
+
+
+def test_apps_follow_get_or_create_semantics() -> None:
+    reg = registry.Registry()
+    with pytest.raises(registry.ObjectError) as err:
+        reg.app_get_or_create("a", "", registry.CREATION_UNSPECIFIED)
+    assert err.value.status == "NOT_FOUND"
+    app = reg.app_get_or_create("a", "", registry.CREATE_IF_MISSING)
+    assert reg.app_get_or_create("a", "main", registry.CREATION_UNSPECIFIED) is app
+    assert reg.app_by_id(app.id) is app
+    with pytest.raises(registry.ObjectError) as err:
+        reg.app_get_or_create("a", "", registry.CREATE_FAIL_IF_EXISTS)
+    assert err.value.status == "ALREADY_EXISTS"
+
+
+def test_unknown_environments_are_rejected_unless_declared() -> None:
+    reg = registry.Registry(environments=["dev"])
+    assert reg.environment("").name == "main"
+    assert reg.environment("dev").id.startswith("en-")
+    with pytest.raises(registry.ObjectError, match="--environment"):
+        reg.environment("prod")
+
+
+def test_named_and_anonymous_secrets() -> None:
+    reg = registry.Registry(secrets={"db": {"USER": "u"}})
+    db = reg.secret_get_or_create("db", "", registry.CREATION_UNSPECIFIED, {})
+    assert db.env == {"USER": "u"}
+    assert reg.secret(db.id) is db
+    with pytest.raises(registry.ObjectError, match="missing required key"):
+        reg.secret_get_or_create("db", "", registry.CREATION_UNSPECIFIED, {}, ["PASSWORD"])
+    with pytest.raises(registry.ObjectError) as err:
+        reg.secret_get_or_create("db", "", registry.CREATE_FAIL_IF_EXISTS, {"X": "1"})
+    assert err.value.status == "ALREADY_EXISTS"
+    anon = reg.secret_get_or_create("", "", registry.ANONYMOUS_OWNED_BY_APP, {"A": "1"})
+    assert anon.name is None and reg.secret(anon.id).env == {"A": "1"}
+    reg.secret_delete(db.id)
+    with pytest.raises(registry.ObjectError):
+        reg.secret_get_or_create("db", "", registry.CREATION_UNSPECIFIED, {})
+
+
+def test_image_chains_dedupe_and_record_their_layers() -> None:
+    store = images.ImageStore()
+    base, hit = store.get_or_create(
+        b"debian",
+        lambda: images.ImageLayer("im-base", ("FROM python:3.11-slim", "RUN apt-get update"), ()),
+    )
+    assert not hit
+    store.mark_built(base.id)
+    again, hit = store.get_or_create(b"debian", lambda: images.ImageLayer("im-other", (), ()))
+    assert again is base and hit
+    top, _ = store.get_or_create(
+        b"pip",
+        lambda: images.ImageLayer(
+            "im-top", ("FROM base", "RUN python -m pip install requests"), (("base", base.id),)
+        ),
+    )
+    chain = store.chain(top.id)
+    assert [layer.id for layer in chain] == ["im-base", "im-top"]
+    assert images.registry_ref(chain) == "python:3.11-slim"
+    assert store.chain("im-stale") == []
+    assert images.rootfs_for_chain(chain) is None
+
+
+def test_tls_material_serves_verified_https_on_loopback(tmp_path) -> None:
+    material = make_tls_material(tmp_path)
+    server_ctx = material.server_context()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.sendall(b"ok")
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        for host in ("127.0.0.1", "localhost"):
+            ctx = ssl.create_default_context(cafile=str(material.ca_file))
+            with ctx.wrap_socket(
+                socket.create_connection(("127.0.0.1", port)), server_hostname=host
+            ) as tls:
+                assert tls.recv(2) == b"ok"
+    finally:
+        thread.join(timeout=5)
+        listener.close()
