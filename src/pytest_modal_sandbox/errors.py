@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "BackendUnavailable",
     "DaemonExitedError",
+    "ExecError",
     "ExecTimeout",
     "NotDeclaredError",
     "ReadinessTimeout",
@@ -78,3 +79,24 @@ class ExecTimeout(SandboxError, TimeoutError):
         super().__init__(message)
         self.stdout = stdout
         self.stderr = stderr
+
+
+class ExecError(SandboxError):
+    """``ExecResult.check()`` on a command that did not exit 0; shows the output tail."""
+
+    def __init__(self, argv: tuple[str, ...], returncode: int, stdout: str, stderr: str) -> None:
+        self.argv = argv
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        parts = [f"command {' '.join(argv)!r} exited with {returncode}"]
+        for name, text in (("stdout", stdout), ("stderr", stderr)):
+            if text.strip():
+                parts.append(f"--- {name} (last lines) ---\n{tail(text)}")
+        super().__init__("\n".join(parts))
+
+
+def tail(text: str, lines: int = 20, chars: int = 4000) -> str:
+    """The last ``lines`` lines of ``text`` (at most ``chars`` characters)."""
+    out = "\n".join(text.rstrip("\n").splitlines()[-lines:])
+    return out if len(out) <= chars else "..." + out[-chars:]

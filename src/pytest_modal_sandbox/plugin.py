@@ -1,0 +1,193 @@
+"""The pytest layer: options, the marker, fixtures, reports and the end-of-run sweep.
+
+Roles: the *only process* (no xdist) or the xdist *controller* owns the run (run id, run lock,
+ledger, sweeps); *workers* start sandboxes and report what they did on their test reports.
+Nothing heavy is imported until a sandbox is needed, so an inactive plugin costs next to
+nothing at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Generator
+from typing import Any
+
+import pytest
+
+from . import hookspecs, settings
+from .fixtures import FIXTURE_ATTR, SKIP_REASON, sandbox
+from .manager import Event, SandboxManager
+from .settings import Settings
+from .spec import SandboxSpec
+
+__all__ = ["sandbox"]
+
+MARKER_HELP = (
+    "sandbox(image=None, daemons=[], encrypted_ports=[], unencrypted_ports=[], h2_ports=[], "
+    "env={}, secrets=[], workdir=None, timeout=600, idle_timeout=None, cpu=None, memory=None, "
+    "gpu=None): the sandbox the `sandbox` fixture starts for this test (pytest-modal-sandbox)"
+)
+EVENTS_ATTR = "modal_sandbox_events"
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+MANAGER_KEY = pytest.StashKey[SandboxManager]()
+CLEANUP_KEY = pytest.StashKey[list[Callable[[], None]]]()
+CALL_REPORT_KEY = pytest.StashKey[pytest.TestReport]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    settings.add_options(parser)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def role_of(config: pytest.Config) -> str:
+    if hasattr(config, "workerinput"):
+        return "worker"
+    if getattr(config.option, "dist", "no") != "no" and not config.option.collectonly:
+        return "controller"
+    return "standalone"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    s = settings.read_settings(config)
+    config.stash[SETTINGS_KEY] = s
+    config.stash[CLEANUP_KEY] = []
+    if not s.enabled:
+        return
+    from .backends import resolve_backend_name
+    from .lifecycle import install_sigterm_handler, new_run_id
+
+    role = role_of(config)
+    workerinput: dict[str, Any] = getattr(config, "workerinput", {})
+    run_id = workerinput.get("modal_sandbox_run_id") or new_run_id()
+    worker = workerinput.get("workerid", "main" if role == "standalone" else "controller")
+    backend = workerinput.get("modal_sandbox_backend") or resolve_backend_name(s.backend)
+    manager = SandboxManager(
+        role=role,  # type: ignore[arg-type]
+        run_id=run_id,
+        worker=worker,
+        backend_name=backend,
+        backend_options=s.backend_options(),
+        log_lines=s.log_lines,
+    )
+    config.stash[MANAGER_KEY] = manager
+    if s.sigterm:
+        config.stash[CLEANUP_KEY].append(install_sigterm_handler())
+    if manager.owns_run:
+        manager.begin_run()
+        manager.sweep_stale_runs()
+    if role == "controller" and config.pluginmanager.hasplugin("xdist"):
+        from .xdist import XdistController
+
+        config.pluginmanager.register(XdistController(manager), "modal_sandbox_xdist")
+
+
+def settings_of(config: pytest.Config) -> Settings:
+    return config.stash[SETTINGS_KEY]
+
+
+def get_manager(config: pytest.Config) -> SandboxManager:
+    return config.stash[MANAGER_KEY]
+
+
+def image_override(config: pytest.Config, spec: SandboxSpec) -> SandboxSpec:
+    return spec
+
+
+def call_report(item: pytest.Item) -> pytest.TestReport | None:
+    return item.stash.get(CALL_REPORT_KEY, None)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    s = settings_of(config)
+    if not s.enabled:
+        return "modal-sandbox: off (tests needing a sandbox are skipped; enable: --modal-sandbox)"
+    manager = get_manager(config)
+    try:
+        detail = manager.backend.header()
+    except Exception as exc:  # the header must not break the run; the fixtures will say why
+        detail = f"{manager.backend_name} (unavailable: {exc})"
+    return f"modal-sandbox: {detail}; run {manager.run_id}"
+
+
+def _needs_sandbox(item: pytest.Item) -> bool:
+    if item.get_closest_marker("sandbox") is not None:
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for defs in info.name2fixturedefs.values():
+        for fixturedef in defs:
+            if getattr(fixturedef.func, FIXTURE_ATTR, False):
+                return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if settings_of(config).enabled:
+        return
+    skip = pytest.mark.skip(reason=SKIP_REASON)
+    for item in items:
+        if _needs_sandbox(item):
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_REPORT_KEY] = report
+    manager = item.config.stash.get(MANAGER_KEY, None)
+    if manager is not None:
+        events = manager.drain_events()
+        if events:
+            setattr(report, EVENTS_ATTR, [e.as_dict() for e in events])
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Controller: sandbox events from a worker's report go into the run's ledger."""
+    events = getattr(report, EVENTS_ATTR, None)
+    if not events or getattr(report, "node", None) is None:
+        return  # no events, or our own process's report (already recorded)
+    config = report.node.config
+    manager = config.stash.get(MANAGER_KEY, None)
+    if manager is not None and manager.owns_run:
+        manager.record_remote([Event.from_dict(e) for e in events])
+
+
+def _finish_run(config: pytest.Config) -> None:
+    manager = config.stash.get(MANAGER_KEY, None)
+    if manager is None or not manager.owns_run:
+        return
+    manager.sweep_run()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
+    try:
+        return (yield)
+    finally:
+        # after xdist has torn every worker down: end whatever is left of this run
+        _finish_run(session.config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    try:
+        _finish_run(config)  # again: sessionfinish does not run if sessionstart failed
+    finally:
+        manager = config.stash.get(MANAGER_KEY, None)
+        if manager is not None:
+            manager.close()
+            manager.end_run()
+        for cleanup in config.stash.get(CLEANUP_KEY, []):
+            with contextlib.suppress(Exception):
+                cleanup()
+

@@ -1,0 +1,230 @@
+"""The backend-neutral sandbox handle a test receives.
+
+Everything here is built on the backend's ``exec`` and ``endpoint``, so it behaves the same on
+every backend.  Files and logs go through ``sh``/``cat`` inside the sandbox: any Linux image with
+a POSIX shell works, no Python needed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, overload
+
+from .errors import ExecError, NotDeclaredError, SandboxError
+from .spec import SandboxSpec
+
+if TYPE_CHECKING:
+    from typing import Literal
+
+    from .backends import BackendSandbox, Endpoint
+
+__all__ = ["DAEMON_DIR", "ExecResult", "Sandbox"]
+
+DAEMON_DIR = "/tmp/.sandbox-daemons"
+"""Where daemons keep their log, pid and exit files inside the sandbox."""
+
+TAIL_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What a command run with :meth:`Sandbox.exec` did.  ``stdout``/``stderr`` are ``str``
+    (UTF-8, undecodable bytes replaced) unless ``text=False`` was asked for."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str | bytes
+    stderr: str | bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def check(self) -> ExecResult:
+        """Self if the command exited 0, else raise :class:`ExecError` with the output tail."""
+        if self.returncode != 0:
+            raise ExecError(self.argv, self.returncode, _text(self.stdout), _text(self.stderr))
+        return self
+
+
+@dataclass
+class Timings:
+    """Seconds since the epoch at each phase, for reports and the summary."""
+
+    requested: float = field(default_factory=time.time)
+    created: float | None = None
+    ready: float | None = None
+    finished: float | None = None
+
+    @property
+    def create_seconds(self) -> float | None:
+        return None if self.created is None else self.created - self.requested
+
+    @property
+    def ready_seconds(self) -> float | None:
+        if self.ready is None or self.created is None:
+            return None
+        return self.ready - self.created
+
+
+class Sandbox:
+    """A running sandbox: run commands in it, reach its ports, read its daemons' logs."""
+
+    def __init__(self, impl: BackendSandbox, spec: SandboxSpec, backend: str) -> None:
+        self._impl = impl
+        self.spec = spec
+        self.backend = backend
+        self.timings = Timings()
+        self._endpoints: dict[int, Endpoint] = {}
+        self._terminated = False
+
+    def __repr__(self) -> str:
+        return f"<Sandbox {self.id} on {self.backend} image={self.spec.image_label()}>"
+
+    @property
+    def id(self) -> str:
+        return self._impl.id
+
+    # -- commands --------------------------------------------------------------------------
+
+    @overload
+    def exec(
+        self,
+        *argv: str,
+        env: Mapping[str, str] | None = ...,
+        workdir: str | None = ...,
+        timeout: float | None = ...,
+        stdin: str | bytes | None = ...,
+        text: Literal[True] = ...,
+    ) -> ExecResult: ...
+
+    @overload
+    def exec(
+        self,
+        *argv: str,
+        env: Mapping[str, str] | None = ...,
+        workdir: str | None = ...,
+        timeout: float | None = ...,
+        stdin: str | bytes | None = ...,
+        text: Literal[False],
+    ) -> ExecResult: ...
+
+    def exec(
+        self,
+        *argv: str,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+        stdin: str | bytes | None = None,
+        text: bool = True,
+    ) -> ExecResult:
+        """Run ``argv`` in the sandbox and wait for it.
+
+        A missing program gives returncode 127, a signal N gives 128+N.  Past ``timeout``
+        seconds the command is killed and :class:`~pytest_modal_sandbox.errors.ExecTimeout`
+        is raised.
+        """
+        _check_argv(argv)
+        if workdir is not None and not workdir.startswith("/"):
+            raise SandboxError(f"exec workdir must be an absolute path, got {workdir!r}")
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        raw = self._impl.exec(argv, env=env, workdir=workdir, stdin=data, timeout=timeout)
+        if text:
+            return ExecResult(argv, raw.returncode, _text(raw.stdout), _text(raw.stderr))
+        return ExecResult(argv, raw.returncode, raw.stdout, raw.stderr)
+
+    def sh(self, script: str, **kwargs: object) -> ExecResult:
+        """``exec("sh", "-c", script)``: a shortcut for shell one-liners."""
+        return self.exec("sh", "-c", script, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    # -- ports -----------------------------------------------------------------------------
+
+    def endpoint(self, port: int) -> Endpoint:
+        if port not in self.spec.ports:
+            declared = ", ".join(str(p) for p in self.spec.ports) or "none"
+            raise NotDeclaredError(
+                f"port {port} is not declared for sandbox {self.id} (declared: {declared}); "
+                "add it to encrypted_ports, unencrypted_ports or h2_ports"
+            )
+        if port not in self._endpoints:
+            self._endpoints[port] = self._impl.endpoint(port)
+        return self._endpoints[port]
+
+    def url(self, port: int) -> str:
+        """The URL that reaches ``port`` with an HTTP client's default settings."""
+        return self.endpoint(port).url
+
+    def tcp(self, port: int) -> tuple[str, int]:
+        """``(host, port)`` for a raw TCP client of ``port``."""
+        ep = self.endpoint(port)
+        return ep.host, ep.host_port
+
+    @property
+    def tunnels(self) -> dict[int, Endpoint]:
+        """Every declared port's endpoint, keyed by the port inside the sandbox."""
+        return {port: self.endpoint(port) for port in self.spec.ports}
+
+    # -- files and logs --------------------------------------------------------------------
+
+    def read_file(self, path: str) -> bytes:
+        """The bytes of ``path`` inside the sandbox (``FileNotFoundError`` if missing)."""
+        _check_path(path)
+        res = self.exec("cat", "--", path, text=False)
+        if res.returncode != 0:
+            err = _text(res.stderr).strip()
+            if "No such file" in err or "can't open" in err:
+                raise FileNotFoundError(f"{path} (in sandbox {self.id})")
+            raise SandboxError(f"cannot read {path} in sandbox {self.id}: {err}")
+        return res.stdout  # type: ignore[return-value]
+
+    def write_file(self, path: str, data: bytes | str) -> None:
+        """Write ``data`` to ``path`` inside the sandbox, creating parent directories."""
+        _check_path(path)
+        script = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"'
+        self.exec("sh", "-c", script, "sh", path, stdin=data).check()
+
+    def logs(self, daemon: str) -> str:
+        """Everything daemon ``daemon`` wrote to stdout and stderr so far."""
+        names = [d.name for d in self.spec.daemons]
+        if daemon not in names:
+            listed = ", ".join(names) or "none"
+            raise NotDeclaredError(
+                f"no daemon named {daemon!r} in sandbox {self.id} (daemons: {listed})"
+            )
+        return _text(self.read_file(f"{DAEMON_DIR}/{daemon}/log"))
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def finished(self) -> str | None:
+        """``None`` while the sandbox runs, else how it ended."""
+        return self._impl.finished()
+
+    def terminate(self, *, wait: bool = False) -> None:
+        """End the sandbox and everything in it (idempotent)."""
+        if not self._terminated:
+            self._terminated = True
+            self.timings.finished = time.time()
+        self._impl.terminate(wait=wait)
+
+    @property
+    def terminated(self) -> bool:
+        return self._terminated
+
+
+def _text(data: str | bytes) -> str:
+    return data if isinstance(data, str) else data.decode("utf-8", errors="replace")
+
+
+def _check_argv(argv: Sequence[str]) -> None:
+    if not argv:
+        raise SandboxError("exec needs a command, e.g. sandbox.exec('echo', 'hi')")
+    bad = [a for a in argv if not isinstance(a, str)]
+    if bad:
+        raise SandboxError(f"exec arguments must be str, got {bad[0]!r} in {list(argv)!r}")
+
+
+def _check_path(path: str) -> None:
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise SandboxError(f"sandbox paths must be absolute, got {path!r}")

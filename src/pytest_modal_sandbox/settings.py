@@ -1,0 +1,118 @@
+"""Options, ini keys and environment variables, resolved with one precedence rule.
+
+Precedence: CLI > environment > ini > default (a marker overrides all of them for its test).
+An invalid value is a ``pytest.UsageError`` that says where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from .backends import BACKENDS
+
+ENABLE_HELP = (
+    "run tests that need a sandbox, on BACKEND: auto (Modal when credentials are configured, "
+    "else local), local, modal or emulator. Without it, such tests are skipped."
+)
+ENABLE_INI_HELP = "enable sandboxes without --modal-sandbox (default: false)"
+BACKEND_INI_HELP = "backend when enabled: auto, local, modal or emulator (default: auto)"
+APP_HELP = "Modal app that owns the sandboxes (default: pytest-modal-sandbox)"
+ENVIRONMENT_HELP = "Modal environment (default: the profile's default)"
+LOG_LINES_HELP = "lines of each daemon's log shown when it fails (default: 20)"
+SIGTERM_HELP = "treat SIGTERM like Ctrl-C so sandboxes are cleaned up (default: true)"
+
+BACKEND_ENV = "PYTEST_MODAL_SANDBOX_BACKEND"
+DEFAULT_APP = "pytest-modal-sandbox"
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("modal-sandbox", "ephemeral sandboxes (pytest-modal-sandbox)")
+    group.addoption(
+        "--modal-sandbox", dest="modal_sandbox", nargs="?", const="", default=None,
+        metavar="BACKEND", help=ENABLE_HELP,
+    )
+    group.addoption("--modal-sandbox-app", dest="modal_sandbox_app", metavar="NAME", help=APP_HELP)
+    group.addoption(
+        "--modal-sandbox-environment", dest="modal_sandbox_environment", metavar="NAME",
+        help=ENVIRONMENT_HELP,
+    )
+    group.addoption(
+        "--modal-sandbox-log-lines", dest="modal_sandbox_log_lines", metavar="N",
+        help=LOG_LINES_HELP,
+    )
+    parser.addini("modal_sandbox", ENABLE_INI_HELP, type="bool", default=False)
+    parser.addini("modal_sandbox_backend", BACKEND_INI_HELP, default="auto")
+    parser.addini("modal_sandbox_app", APP_HELP, default=DEFAULT_APP)
+    parser.addini("modal_sandbox_environment", ENVIRONMENT_HELP, default="")
+    parser.addini("modal_sandbox_log_lines", LOG_LINES_HELP, default="20")
+    parser.addini("modal_sandbox_sigterm", SIGTERM_HELP, type="bool", default=True)
+
+
+@dataclass(frozen=True)
+class Settings:
+    enabled: bool
+    backend: str  # as chosen, before "auto" is resolved
+    app: str
+    environment: str | None
+    log_lines: int
+    sigterm: bool
+
+    def backend_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"app": self.app}
+        if self.environment:
+            options["environment"] = self.environment
+        return options
+
+
+def _pick(
+    config: pytest.Config, cli: str, env: str | None, ini: str, environ: Mapping[str, str]
+) -> tuple[Any, str]:
+    """The winning value and a description of where it came from."""
+    value = config.getoption(cli)
+    if value not in (None, ""):
+        return value, f"--{cli.replace('_', '-')}"
+    if env and environ.get(env):
+        return environ[env], f"the {env} environment variable"
+    return config.getini(ini), f"ini option {ini}"
+
+
+def read_settings(config: pytest.Config, environ: Mapping[str, str] = os.environ) -> Settings:
+    flag = config.getoption("modal_sandbox")
+    enabled = flag is not None or bool(config.getini("modal_sandbox"))
+    backend, where = _pick(config, "modal_sandbox", BACKEND_ENV, "modal_sandbox_backend", environ)
+    backend = str(backend).strip().lower() or "auto"
+    if backend not in BACKENDS:
+        raise pytest.UsageError(
+            f"{where}: {backend!r} is not a sandbox backend; choose one of {', '.join(BACKENDS)}"
+        )
+    app, where = _pick(config, "modal_sandbox_app", None, "modal_sandbox_app", environ)
+    app = str(app).strip()
+    if not app or len(app) > 64 or not all(c.isalnum() or c in "-_." for c in app):
+        raise pytest.UsageError(
+            f"{where}: {app!r} is not a valid Modal app name (1-64 of letters, digits, -_.)"
+        )
+    environment, _ = _pick(
+        config, "modal_sandbox_environment", None, "modal_sandbox_environment", environ
+    )
+    lines, where = _pick(
+        config, "modal_sandbox_log_lines", None, "modal_sandbox_log_lines", environ
+    )
+    try:
+        log_lines = int(lines)
+        if log_lines < 0:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(f"{where}: {lines!r} is not a number of lines (>= 0)") from None
+    return Settings(
+        enabled=enabled,
+        backend=backend,
+        app=app,
+        environment=str(environment).strip() or None,
+        log_lines=log_lines,
+        sigterm=bool(config.getini("modal_sandbox_sigterm")),
+    )

@@ -1,0 +1,175 @@
+"""Options, skipping, and spec errors: behaviour that never starts a sandbox."""
+
+from __future__ import annotations
+
+import pytest
+
+SANDBOX_TEST = """
+import pytest
+from pytest_modal_sandbox import Daemon, Probe, sandbox_fixture
+
+@pytest.mark.sandbox(image="debian:12")
+def test_marker(sandbox):
+    pass
+
+named = sandbox_fixture(image="debian:12")
+
+def test_named(named):
+    pass
+
+def test_plain():
+    pass
+"""
+
+
+def test_sandbox_tests_are_skipped_without_the_flag(sbtester):
+    sbtester.makepyfile(SANDBOX_TEST)
+    result = sbtester.runpytest("-rs")
+    result.assert_outcomes(passed=1, skipped=2)
+    result.stdout.fnmatch_lines(["*needs a sandbox: run pytest with --modal-sandbox*"])
+    result.stdout.fnmatch_lines(["modal-sandbox: off*"])
+
+
+def test_skipped_under_xdist_too(sbtester):
+    sbtester.makepyfile(SANDBOX_TEST)
+    result = sbtester.runpytest("-n", "2", "-rs")
+    result.assert_outcomes(passed=1, skipped=2)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "ini", "message"),
+    [
+        (["--modal-sandbox=docker"], {}, "", "--modal-sandbox: 'docker' is not a sandbox backend"),
+        (
+            ["--modal-sandbox"],
+            {"PYTEST_MODAL_SANDBOX_BACKEND": "k8s"},
+            "",
+            "the PYTEST_MODAL_SANDBOX_BACKEND environment variable: 'k8s' is not a sandbox backend",
+        ),
+        (
+            ["--modal-sandbox"],
+            {},
+            "modal_sandbox_backend = cloud",
+            "ini option modal_sandbox_backend: 'cloud' is not a sandbox backend",
+        ),
+        (
+            ["--modal-sandbox", "--modal-sandbox-app=bad name"],
+            {},
+            "",
+            "--modal-sandbox-app: 'bad name' is not a valid Modal app name*",
+        ),
+        (
+            ["--modal-sandbox", "--modal-sandbox-log-lines=lots"],
+            {},
+            "",
+            "--modal-sandbox-log-lines: 'lots' is not a number of lines*",
+        ),
+    ],
+)
+def test_invalid_settings_say_where_they_came_from(sbtester, monkeypatch, args, env, ini, message):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    sbtester.makeini(f"[pytest]\naddopts = -p no:cacheprovider\n{ini}\n")
+    sbtester.makepyfile("def test_x(): pass")
+    result = sbtester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}*"])
+
+
+def test_cli_backend_beats_env_and_ini(sbtester, monkeypatch):
+    monkeypatch.setenv("PYTEST_MODAL_SANDBOX_BACKEND", "k8s")  # invalid, but overridden
+    sbtester.makepyfile("def test_x(): pass")
+    result = sbtester.runpytest("--modal-sandbox=local")
+    result.assert_outcomes(passed=1)
+
+
+BAD_SPECS = """
+import pytest
+from pytest_modal_sandbox import Daemon, Probe, sandbox_fixture
+
+@pytest.mark.sandbox(imgae="debian:12")
+def test_unknown_field(sandbox):
+    pass
+
+@pytest.mark.sandbox(unencrypted_ports=[70000])
+def test_port_range(sandbox):
+    pass
+
+@pytest.mark.sandbox(encrypted_ports=[80], h2_ports=[80])
+def test_port_twice(sandbox):
+    pass
+
+@pytest.mark.sandbox(daemons=[Daemon("a", "x"), Daemon("a", "y")])
+def test_dup_daemon(sandbox):
+    pass
+
+@pytest.mark.sandbox(daemons=[Daemon("a", "")])
+def test_empty_command(sandbox):
+    pass
+
+@pytest.mark.sandbox(env={"not-ok": "1"})
+def test_env_key(sandbox):
+    pass
+
+@pytest.mark.sandbox(workdir="relative")
+def test_workdir(sandbox):
+    pass
+
+@pytest.mark.sandbox(timeout=0)
+def test_timeout(sandbox):
+    pass
+
+@pytest.mark.sandbox(daemons=[Daemon("w", "x", ready=Probe.http(8080))])
+def test_probe_port(sandbox):
+    pass
+
+@pytest.mark.sandbox(timeout="long")
+def test_type(sandbox):
+    pass
+
+@pytest.mark.sandbox("debian:12")
+def test_positional(sandbox):
+    pass
+
+@pytest.mark.parametrize("sandbox", ["debian:12"], indirect=True)
+def test_bad_param(sandbox):
+    pass
+
+broken = sandbox_fixture(scope="module", image="debian:12", idle_timeout=-1)
+
+def test_factory_field(broken):
+    pass
+
+typo = sandbox_fixture(image="debian:12", daemon=[])
+
+def test_factory_unknown(typo):
+    pass
+"""
+
+EXPECTED = [
+    "*test_unknown_field*unknown field 'imgae' (did you mean 'image'?)*",
+    "*test_port_range*unencrypted_ports[[]0[]]: is outside 1..65535 (got 70000)*",
+    "*test_port_twice*h2_ports[[]0[]]: is already declared in encrypted_ports (got 80)*",
+    "*test_dup_daemon*daemons[[]1[]].name: is a duplicate daemon name (got 'a')*",
+    "*test_empty_command*daemons[[]0[]] (a).command: must not be empty*",
+    "*test_env_key*env key: must be an identifier*'not-ok'*",
+    "*test_workdir*workdir: must be an absolute path (got 'relative')*",
+    "*test_timeout*timeout: must be positive (got 0)*",
+    "*test_probe_port*ready.port: is not declared*",
+    "*test_type*timeout: must be a number of seconds (got 'long')*",
+    "*test_positional*keyword fields only*",
+    "*test_bad_param*must be a dict of sandbox fields*",
+    "*sandbox fixture 'broken': idle_timeout: must be positive (got -1)*",
+    "*sandbox fixture 'typo': unknown field 'daemon'*'daemons'*",
+]
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "n2"])
+def test_each_bad_spec_is_one_clean_error_per_test(sbtester, xdist):
+    sbtester.makepyfile(BAD_SPECS)
+    result = sbtester.runpytest_subprocess("--modal-sandbox=local", "-rE", *xdist)
+    result.assert_outcomes(errors=len(EXPECTED))
+    out = result.stdout.str()
+    assert "INTERNALERROR" not in out
+    assert "Traceback" not in out and "spec.py:" not in out  # pytrace=False: no internals
+    result.stdout.fnmatch_lines_random(EXPECTED)
