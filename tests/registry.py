@@ -52,6 +52,7 @@ __all__ = [
     "busybox_layer",
     "device",
     "directory",
+    "fifo",
     "file",
     "hardlink",
     "opaque",
@@ -118,6 +119,10 @@ def hardlink(path: str, target: str) -> Entry:
     info = _info(path, tarfile.LNKTYPE, 0o644)
     info.linkname = target
     return info, None
+
+
+def fifo(path: str, *, mode: int = 0o644) -> Entry:
+    return _info(path, tarfile.FIFOTYPE, mode), None
 
 
 def device(path: str, major: int = 1, minor: int = 3) -> Entry:
