@@ -32,6 +32,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import zlib
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -404,13 +405,13 @@ class LayerApplier:
                 with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
                     for member in tar:
                         self._entry(tar, member)
-            except (tarfile.TarError, EOFError, gzip.BadGzipFile, ValueError) as exc:
+                actual = reader.drain()
+            except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, ValueError) as exc:
                 raise LayerError(f"layer {name} is not a valid tar archive: {exc}") from exc
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise LayerError(f"no space left unpacking layer {name}: {exc}") from exc
                 raise LayerError(f"layer {name} could not be unpacked: {exc}") from exc
-            actual = reader.drain()
         finally:
             stream.close()
         if diff_id is not None and actual != diff_id:
