@@ -13,6 +13,7 @@ import time
 import pytest
 
 from pytest_modal_sandbox.emulator import ids, images, registry
+from pytest_modal_sandbox.emulator.rpc_error import RpcError
 from pytest_modal_sandbox.emulator.tls import make_tls_material
 
 
@@ -49,13 +50,13 @@ def test_tokens_are_jwts_with_exp_and_verify_only_for_their_signer() -> None:
 
 def test_apps_follow_get_or_create_semantics() -> None:
     reg = registry.Registry()
-    with pytest.raises(registry.ObjectError) as err:
+    with pytest.raises(RpcError) as err:
         reg.app_get_or_create("a", "", registry.CREATION_UNSPECIFIED)
     assert err.value.status == "NOT_FOUND"
     app = reg.app_get_or_create("a", "", registry.CREATE_IF_MISSING)
     assert reg.app_get_or_create("a", "main", registry.CREATION_UNSPECIFIED) is app
     assert reg.app_by_id(app.id) is app
-    with pytest.raises(registry.ObjectError) as err:
+    with pytest.raises(RpcError) as err:
         reg.app_get_or_create("a", "", registry.CREATE_FAIL_IF_EXISTS)
     assert err.value.status == "ALREADY_EXISTS"
 
@@ -64,7 +65,7 @@ def test_unknown_environments_are_rejected_unless_declared() -> None:
     reg = registry.Registry(environments=["dev"])
     assert reg.environment("").name == "main"
     assert reg.environment("dev").id.startswith("en-")
-    with pytest.raises(registry.ObjectError, match="--environment"):
+    with pytest.raises(RpcError, match="--environment"):
         reg.environment("prod")
 
 
@@ -73,15 +74,15 @@ def test_named_and_anonymous_secrets() -> None:
     db = reg.secret_get_or_create("db", "", registry.CREATION_UNSPECIFIED, {})
     assert db.env == {"USER": "u"}
     assert reg.secret(db.id) is db
-    with pytest.raises(registry.ObjectError, match="missing required key"):
+    with pytest.raises(RpcError, match="missing required key"):
         reg.secret_get_or_create("db", "", registry.CREATION_UNSPECIFIED, {}, ["PASSWORD"])
-    with pytest.raises(registry.ObjectError) as err:
+    with pytest.raises(RpcError) as err:
         reg.secret_get_or_create("db", "", registry.CREATE_FAIL_IF_EXISTS, {"X": "1"})
     assert err.value.status == "ALREADY_EXISTS"
     anon = reg.secret_get_or_create("", "", registry.ANONYMOUS_OWNED_BY_APP, {"A": "1"})
     assert anon.name is None and reg.secret(anon.id).env == {"A": "1"}
     reg.secret_delete(db.id)
-    with pytest.raises(registry.ObjectError):
+    with pytest.raises(RpcError):
         reg.secret_get_or_create("db", "", registry.CREATION_UNSPECIFIED, {})
 
 
@@ -132,3 +133,36 @@ def test_tls_material_serves_verified_https_on_loopback(tmp_path) -> None:
     finally:
         thread.join(timeout=5)
         listener.close()
+
+
+def test_listening_ports_reads_proc_net_tcp() -> None:
+    from pytest_modal_sandbox.emulator.probes import listening_ports
+
+    table = (
+        "  sl  local_address rem_address   st tx_queue rx_queue\n"
+        "   0: 00000000:1F40 00000000:0000 0A 00000000:00000000\n"
+        "   1: 0100007F:0050 0100007F:C350 01 00000000:00000000\n"
+        "   0: 00000000000000000000000000000000:18EB 00000000000000000000000000000000:0000 0A 0\n"
+    )
+    assert listening_ports(table) == {8000, 6379}
+
+
+def test_merge_env_applies_sources_in_order_env_last() -> None:
+    from modal_proto import api_pb2
+
+    from pytest_modal_sandbox.emulator.secret_env import merge_env
+
+    reg = registry.Registry(secrets={"named": {"A": "named", "B": "named"}})
+    named = reg.secret_get_or_create("named", "", registry.CREATION_UNSPECIFIED, {})
+    sources = [
+        api_pb2.SecretSource(env=api_pb2.StringMap(contents={"A": "dict", "C": "dict"})),
+        api_pb2.SecretSource(secret_id=named.id),
+        api_pb2.SecretSource(env=api_pb2.StringMap(contents={"C": "env"})),
+    ]
+    env = merge_env(sources, secret_ids=[named.id], secrets=reg)
+    assert env == {"A": "named", "B": "named", "C": "env"}
+    legacy = merge_env([], secret_ids=[named.id], legacy_env={"B": "env"}, secrets=reg)
+    assert legacy == {"A": "named", "B": "env"}
+    with pytest.raises(RpcError) as err:
+        merge_env([api_pb2.SecretSource(secret_id="st-missing")], secrets=reg)
+    assert err.value.status == "NOT_FOUND"

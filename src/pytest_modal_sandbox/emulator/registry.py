@@ -1,7 +1,7 @@
 """The emulator's named objects that need no processes: environments, apps, secrets.
 
 Pure in-memory bookkeeping with Modal's get-or-create semantics, kept apart from the gRPC
-layer so it can be unit tested.  Errors are raised as :class:`ObjectError` carrying the gRPC
+layer so it can be unit tested.  Refusals are raised as :class:`RpcError` carrying the gRPC
 status name the servicer should answer with.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from . import ids
+from .rpc_error import RpcError
 
 DEFAULT_ENVIRONMENT = "main"
 
@@ -23,15 +24,6 @@ CREATE_FAIL_IF_EXISTS = 2
 CREATE_OVERWRITE_IF_EXISTS = 3
 ANONYMOUS_OWNED_BY_APP = 4
 EPHEMERAL = 5
-
-
-class ObjectError(Exception):
-    """A lookup or creation failed; ``status`` names the grpclib ``Status`` member to use."""
-
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass
@@ -85,14 +77,14 @@ class Registry:
             env = self._envs.get(name)
             if env is None:
                 if creation_type not in (CREATE_IF_MISSING, CREATE_OVERWRITE_IF_EXISTS):
-                    raise ObjectError(
+                    raise RpcError(
                         "NOT_FOUND",
                         f"Environment '{name}' not found (the emulator knows "
                         f"{sorted(self._envs)}; add more with --environment NAME)",
                     )
                 env = self._envs[name] = Environment(ids.object_id("en"), name)
             elif creation_type == CREATE_FAIL_IF_EXISTS:
-                raise ObjectError("ALREADY_EXISTS", f"Environment '{name}' already exists")
+                raise RpcError("ALREADY_EXISTS", f"Environment '{name}' already exists")
             return env
 
     # -- apps --------------------------------------------------------------------------------
@@ -102,10 +94,10 @@ class Registry:
             app = self._apps.get((env, name))
             if app is not None:
                 if creation_type == CREATE_FAIL_IF_EXISTS:
-                    raise ObjectError("ALREADY_EXISTS", f"App '{name}' already exists")
+                    raise RpcError("ALREADY_EXISTS", f"App '{name}' already exists")
                 return app
             if creation_type not in (CREATE_IF_MISSING, CREATE_FAIL_IF_EXISTS):
-                raise ObjectError("NOT_FOUND", f"App '{name}' not found in environment '{env}'")
+                raise RpcError("NOT_FOUND", f"App '{name}' not found in environment '{env}'")
             app = App(ids.object_id("ap"), name, env)
             self._apps[(env, name)] = app
             self._apps_by_id[app.id] = app
@@ -134,7 +126,7 @@ class Registry:
         with self._lock:
             if not name:
                 if creation_type not in (ANONYMOUS_OWNED_BY_APP, EPHEMERAL):
-                    raise ObjectError("INVALID_ARGUMENT", "A Secret needs a name")
+                    raise RpcError("INVALID_ARGUMENT", "A Secret needs a name")
                 anonymous = Secret(ids.object_id("st"), None, env_name, dict(env_dict))
                 self._secrets[anonymous.id] = anonymous
                 return anonymous
@@ -146,7 +138,7 @@ class Registry:
                     CREATE_FAIL_IF_EXISTS,
                     CREATE_OVERWRITE_IF_EXISTS,
                 ):
-                    raise ObjectError(
+                    raise RpcError(
                         "NOT_FOUND",
                         f"Secret '{name}' not found in environment '{env_name}' (create it with "
                         "modal.Secret.objects.create() or the emulator's --secret option)",
@@ -155,12 +147,12 @@ class Registry:
                 self._named_secrets[key] = secret
                 self._secrets[secret.id] = secret
             elif creation_type == CREATE_FAIL_IF_EXISTS:
-                raise ObjectError("ALREADY_EXISTS", f"Secret '{name}' already exists")
+                raise RpcError("ALREADY_EXISTS", f"Secret '{name}' already exists")
             elif creation_type == CREATE_OVERWRITE_IF_EXISTS:
                 secret.env = dict(env_dict)
             missing = sorted(set(required_keys) - set(secret.env))
             if missing:
-                raise ObjectError(
+                raise RpcError(
                     "NOT_FOUND", f"Secret '{name}' is missing required key(s): {', '.join(missing)}"
                 )
             return secret
@@ -169,13 +161,17 @@ class Registry:
         with self._lock:
             secret = self._secrets.get(secret_id)
         if secret is None:
-            raise ObjectError("NOT_FOUND", f"Secret {secret_id} not found")
+            raise RpcError("NOT_FOUND", f"Secret {secret_id} not found")
         return secret
+
+    def secret_env(self, secret_id: str) -> dict[str, str]:
+        """The variables of secret ``secret_id`` (NOT_FOUND if unknown)."""
+        return dict(self.secret(secret_id).env)
 
     def secret_delete(self, secret_id: str) -> None:
         with self._lock:
             secret = self._secrets.pop(secret_id, None)
             if secret is None:
-                raise ObjectError("NOT_FOUND", f"Secret {secret_id} not found")
+                raise RpcError("NOT_FOUND", f"Secret {secret_id} not found")
             if secret.name is not None:
                 self._named_secrets.pop((secret.environment, secret.name), None)

@@ -1,0 +1,167 @@
+"""One ``sandbox.exec(...)``: a process joined to the sandbox, with buffered stdio.
+
+The runtime gives the host argv (``nsenter`` into the sandbox's namespaces) and environment;
+this module spawns it with asyncio, keeps stdout/stderr whole for offset reads, feeds stdin by
+offset (retried writes are dropped), holds the sandbox's activity while the process runs (so
+``idle_timeout`` does not fire under a running exec), and kills the process group on timeout.
+A missing binary is an exit code (127, from nsenter), never an RPC error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+
+from .rpc_error import RpcError
+from .stdio import OutputBuffer
+
+
+class ExecProcess:
+    """A running or finished exec, addressed by the client's ``exec_id``."""
+
+    def __init__(self, exec_id: str) -> None:
+        self.exec_id = exec_id
+        self.stdout = OutputBuffer()
+        self.stderr = OutputBuffer()
+        self.started_at = time.time()
+        self.returncode: int | None = None  # asyncio convention: -N = killed by signal N
+        self.exited = asyncio.Event()
+        self.stdin_written = 0
+        self.stdin_closed = False
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stdin_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._on_stdin: Callable[[], None] = lambda: None
+
+    async def start(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        stdout: bool,
+        stderr: bool,
+        merge_stderr: bool,
+        timeout: float | None,
+        activity: AbstractContextManager[None],
+        on_stdin: Callable[[], None],
+    ) -> None:
+        """Spawn the process; output and exit are collected in the background."""
+        self._on_stdin = on_stdin
+        activity.__enter__()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                env=dict(env),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
+                stderr=(
+                    asyncio.subprocess.STDOUT
+                    if merge_stderr and stdout
+                    else asyncio.subprocess.PIPE
+                    if stderr
+                    else asyncio.subprocess.DEVNULL
+                ),
+                start_new_session=True,  # killpg reaches the child inside the namespaces
+            )
+        except BaseException:
+            activity.__exit__(None, None, None)
+            raise
+        self._proc = proc
+        if proc.stdout is not None:
+            self._tasks.append(asyncio.create_task(_pump(proc.stdout, self.stdout)))
+        else:
+            self.stdout.close()
+        if proc.stderr is not None:
+            self._tasks.append(asyncio.create_task(_pump(proc.stderr, self.stderr)))
+        else:
+            self.stderr.close()
+        self._tasks.append(asyncio.create_task(self._reap(activity, timeout)))
+
+    async def _reap(self, activity: AbstractContextManager[None], timeout: float | None) -> None:
+        assert self._proc is not None
+        try:
+            if timeout is not None and timeout > 0:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._proc.wait()), timeout)
+                except asyncio.TimeoutError:
+                    self.kill()
+            self.returncode = await self._proc.wait()
+        finally:
+            activity.__exit__(None, None, None)
+            self.stdin_closed = True
+            self.exited.set()
+
+    def kill(self) -> None:
+        """SIGKILL the exec's whole process group (idempotent)."""
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+
+    def exit_status(self) -> tuple[str, int] | None:
+        """``("code", n)`` or ``("signal", n)`` once exited, else None (Modal's oneof)."""
+        if self.returncode is None:
+            return None
+        if self.returncode < 0:
+            return ("signal", -self.returncode)
+        return ("code", self.returncode)
+
+    async def write_stdin(self, offset: int, data: bytes, eof: bool) -> None:
+        """Write ``data`` placed at byte ``offset`` of the stdin stream; duplicates are dropped."""
+        async with self._stdin_lock:
+            if offset > self.stdin_written:
+                raise RpcError(
+                    "INVALID_ARGUMENT",
+                    f"stdin write at offset {offset} leaves a gap: only "
+                    f"{self.stdin_written} bytes were written so far",
+                )
+            fresh = data[self.stdin_written - offset :]
+            if fresh or eof:
+                self._on_stdin()
+            if fresh:
+                if self.stdin_closed:
+                    raise RpcError("FAILED_PRECONDITION", "stdin of this exec is closed")
+                await self._send(fresh)
+                self.stdin_written += len(fresh)
+            if eof and not self.stdin_closed:
+                self.stdin_closed = True
+                await self._close_stdin()
+
+    async def _send(self, data: bytes) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.returncode is not None:
+            raise RpcError("FAILED_PRECONDITION", "the process has exited; stdin is closed")
+        try:
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            self.stdin_closed = True
+            raise RpcError(
+                "FAILED_PRECONDITION", "the process closed its stdin (it may have exited)"
+            ) from exc
+
+    async def _close_stdin(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                proc.stdin.close()
+                await proc.stdin.wait_closed()
+
+    async def aclose(self) -> None:
+        """Kill the process if still running and wait for the background tasks."""
+        self.kill()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _pump(reader: asyncio.StreamReader, buffer: OutputBuffer) -> None:
+    try:
+        while chunk := await reader.read(64 * 1024):
+            buffer.append(chunk)
+    finally:
+        buffer.close()
