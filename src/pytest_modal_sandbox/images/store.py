@@ -161,8 +161,14 @@ class ImageStore:
         self._refs = self.root / "refs"
         self._locks = self.root / "locks"
         self._tmp = self.root / "tmp"
-        for d in (self._blobs, self._roots, self._refs, self._locks, self._tmp):
-            d.mkdir(parents=True, exist_ok=True)
+        try:
+            for d in (self._blobs, self._roots, self._refs, self._locks, self._tmp):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ImageError(
+                f"cannot use the image cache {self.root}: {exc}; set "
+                "$PYTEST_MODAL_SANDBOX_CACHE_DIR to a writable directory"
+            ) from exc
 
     # -- public API ---------------------------------------------------------------------------
 
