@@ -288,3 +288,24 @@ def test_list_and_prune(registry: LocalRegistry, tmp_path: Path) -> None:
     assert store.list() == []
     assert list((store.root / "blobs/sha256").iterdir()) == []
     assert list((store.root / "refs").iterdir()) == []
+
+
+def test_xdist_workers_share_the_cache(
+    registry: LocalRegistry, tmp_path: Path, pytester: pytest.Pytester
+) -> None:
+    image = registry.push_image("pull/xdist", "v1",
+                                [busybox_layer(), [file("data", os.urandom(2_000_000))]])
+    cache = tmp_path / "shared-cache"
+    pytester.makepyfile(test_inner=f"""
+        import pytest
+        from pytest_modal_sandbox.images import ImageStore
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_pull(n):
+            root = ImageStore({str(cache)!r}).get({image.reference!r})
+            assert (root.path / "data").stat().st_size == 2_000_000
+    """)
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+    counts = registry.blob_gets("pull/xdist")
+    assert counts == dict.fromkeys({image.config_digest, *image.layer_digests}, 1)
