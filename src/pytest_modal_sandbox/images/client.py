@@ -23,6 +23,7 @@ import http.client
 import ipaddress
 import json
 import os
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -134,6 +135,9 @@ class RegistryClient:
     def _unreachable(self, url: str, exc: BaseException) -> RegistryUnreachable:
         reason = getattr(exc, "reason", exc)
         fixes = [*self.hints, HOST_MAPPING_HINT]
+        if isinstance(reason, ssl.SSLError):
+            fixes.insert(0, "if the registry uses a private CA, point $SSL_CERT_FILE at a bundle "
+                            "that includes it")
         return RegistryUnreachable(
             f"cannot reach registry {self.display} ({url}): {reason}. Check the network or the "
             "registry address; " + "; ".join(fixes)

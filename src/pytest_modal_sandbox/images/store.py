@@ -40,6 +40,7 @@ from .errors import (
     ImageError,
     ImageNotFound,
     RegistryError,
+    RegistryUnreachable,
 )
 from .manifest import (
     Descriptor,
@@ -57,6 +58,7 @@ from .unpack import LayerApplier, remove_tree
 
 __all__ = ["CachedImage", "ImageRoot", "ImageStore"]
 
+_BLOB_ATTEMPTS = 3
 _CONFIG_TYPES = (
     "application/vnd.oci.image.config.v1+json",
     "application/vnd.docker.container.image.v1+json",
@@ -383,12 +385,18 @@ class ImageStore:
             if path.exists():
                 return path
             tmp = self._tmp / f"blob-{hexd}-{os.getpid()}-{secrets.token_hex(4)}"
-            try:
-                with open(tmp, "wb") as out:
-                    client.blob(ref.repository, desc.digest, out, size=desc.size)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            for attempt in range(_BLOB_ATTEMPTS):
+                try:
+                    with open(tmp, "wb") as out:
+                        client.blob(ref.repository, desc.digest, out, size=desc.size)
+                    os.replace(tmp, path)
+                    break
+                except RegistryUnreachable:  # a dropped connection mid-pull: try again
+                    if attempt == _BLOB_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.5 * (attempt + 1))
+                finally:
+                    tmp.unlink(missing_ok=True)
         return path
 
     def _pull(self, ref: Reference) -> ImageRoot:
