@@ -1,0 +1,185 @@
+"""What a local sandbox is asked to be (``SandboxConfig``) and what comes back from it.
+
+``SandboxConfig`` validates itself at construction and raises :class:`InvalidConfig` naming
+the field and the value, so a bad value never reaches bubblewrap as a cryptic failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import posixpath
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from ..spec import FrozenMap
+from .errors import InvalidConfig
+
+__all__ = ["DEFAULT_ENV", "ExecOutcome", "ExitKind", "ExitStatus", "SandboxConfig"]
+
+DEFAULT_ENV: Mapping[str, str] = FrozenMap(
+    {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+    }
+)
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # Modal's rule for object names
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62}[A-Za-z0-9])?$")
+
+ExitKind = Literal["success", "failure", "terminated", "timeout", "idle_timeout"]
+EXIT_KINDS: tuple[str, ...] = ("success", "failure", "terminated", "timeout", "idle_timeout")
+
+
+def _fail(field: str, value: object, why: str) -> InvalidConfig:
+    return InvalidConfig(f"SandboxConfig.{field}={value!r}: {why}")
+
+
+def _text(field: str, value: object, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise _fail(field, value, f"must be a str, not {type(value).__name__}")
+    if "\0" in value:
+        raise _fail(field, value, "must not contain NUL characters")
+    if not allow_empty and not value:
+        raise _fail(field, value, "must not be empty")
+    return value
+
+
+def _str_map(field: str, value: object, *, env: bool = False) -> FrozenMap:
+    if not isinstance(value, Mapping):
+        raise _fail(field, value, f"must be a mapping of str to str, not {type(value).__name__}")
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        k = _text(f"{field}[{key!r}]", key)
+        if env and "=" in k:
+            raise _fail(field, value, f"key {k!r} must not contain '='")
+        out[k] = _text(f"{field}[{key!r}]", item, allow_empty=True)
+    return FrozenMap(out)
+
+
+def _seconds(field: str, value: object, *, optional: bool) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(field, value, "must be a number of seconds" + (" or None" if optional else ""))
+    if not math.isfinite(value) or value <= 0:
+        raise _fail(field, value, "must be a positive, finite number of seconds")
+    return float(value)
+
+
+def _path(field: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return _text(field, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxConfig:
+    """Everything needed to start one local sandbox (the runtime's half of a Modal create call).
+
+    ``command=None`` keeps the sandbox alive (a ``sleep``) until it is terminated or times out,
+    as Modal does.  ``env`` is applied on top of :data:`DEFAULT_ENV`.  ``workdir`` is absolute;
+    when it is not ``/`` it is a fresh per-sandbox writable directory.  ``owner_lock`` ties the
+    sandbox's life to whoever holds an exclusive ``flock`` on that file (default: the creating
+    process).  ``rootfs`` is an unpacked image root used read-only (phase 2).
+    """
+
+    command: Sequence[str] | None = None
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    workdir: str | None = None
+    timeout: float = 300.0
+    idle_timeout: float | None = None
+    ports: Sequence[int] = ()
+    app: str = "local"
+    name: str | None = None
+    tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    owner_lock: str | None = None
+    stdin_pipe: bool = False
+    rootfs: str | None = None
+    hostname: str | None = None
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        if self.command is not None:
+            if isinstance(self.command, (str, bytes)) or not isinstance(self.command, Sequence):
+                raise _fail("command", self.command, "must be a sequence of str (an argv list)")
+            if not self.command:
+                raise _fail("command", self.command, "must not be empty (use None to sleep)")
+            put(self, "command", tuple(_text("command", a, allow_empty=True) for a in self.command))
+            if not self.command[0]:
+                raise _fail("command", self.command, "the program name must not be empty")
+        put(self, "env", _str_map("env", self.env, env=True))
+        if self.workdir is not None:
+            wd = _text("workdir", self.workdir)
+            if not wd.startswith("/"):
+                raise _fail("workdir", wd, "must be an absolute path")
+            put(self, "workdir", posixpath.normpath(wd).replace("//", "/"))
+        put(self, "timeout", _seconds("timeout", self.timeout, optional=False))
+        put(self, "idle_timeout", _seconds("idle_timeout", self.idle_timeout, optional=True))
+        if isinstance(self.ports, (str, bytes)) or not isinstance(self.ports, Sequence):
+            raise _fail("ports", self.ports, "must be a sequence of port numbers")
+        ports: list[int] = []
+        for port in self.ports:
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise _fail("ports", self.ports, f"{port!r} is not a port number (1-65535)")
+            if port in ports:
+                raise _fail("ports", self.ports, f"port {port} is listed twice")
+            ports.append(port)
+        put(self, "ports", tuple(ports))
+        _text("app", self.app)
+        if self.name is not None and not (isinstance(self.name, str) and _NAME.match(self.name)):
+            raise _fail(
+                "name", self.name, "must be 1-64 letters, digits, '.', '-' or '_' (or None)"
+            )
+        put(self, "tags", _str_map("tags", self.tags))
+        put(self, "owner_lock", _path("owner_lock", self.owner_lock))
+        if not isinstance(self.stdin_pipe, bool):
+            raise _fail("stdin_pipe", self.stdin_pipe, "must be True or False")
+        put(self, "rootfs", _path("rootfs", self.rootfs))
+        if self.rootfs is not None and not self.rootfs.startswith("/"):
+            put(self, "rootfs", os.path.abspath(self.rootfs))
+        if self.hostname is not None and not (
+            isinstance(self.hostname, str) and _HOSTNAME.match(self.hostname)
+        ):
+            raise _fail("hostname", self.hostname, "must be a valid host name (1-64 characters)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitStatus:
+    """How a sandbox ended.
+
+    ``exitcode`` is the entrypoint's code (128+N when killed by signal N) for ``success`` and
+    ``failure``; ``None`` when the sandbox was ended from outside.
+    """
+
+    kind: ExitKind
+    exitcode: int | None
+    finished_at: float
+
+    def describe(self) -> str:
+        """A short human phrase: ``"failure (exit code 3)"``, ``"timeout"``."""
+        if self.exitcode is None:
+            return self.kind
+        return f"{self.kind} (exit code {self.exitcode})"
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ExitStatus:
+        kind = data.get("kind")
+        if kind not in EXIT_KINDS:
+            raise ValueError(f"unknown exit kind {kind!r}")
+        code = data.get("exitcode")
+        return cls(kind, None if code is None else int(code), float(data["finished_at"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecOutcome:
+    """The result of one finished exec: exit code (128+N for signal N, -1 on timeout), output."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool = False

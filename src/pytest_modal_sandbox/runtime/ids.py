@@ -1,0 +1,32 @@
+"""Sandbox ids shaped like Modal's V2 ids: ``sb-`` + a 26-character Crockford ULID.
+
+The real ``modal`` client picks its protocol from the id's shape, so the emulator must hand
+out V2-shaped ids; ULIDs also sort by creation time, which keeps listings cheap to order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+__all__ = ["ID_PATTERN", "is_sandbox_id", "new_sandbox_id"]
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+ID_PATTERN = re.compile(r"^sb-[0-9A-HJKMNP-TV-Z]{26}$")
+
+
+def new_sandbox_id(now: float | None = None) -> str:
+    """A new id: 48 bits of milliseconds since the epoch, then 80 random bits."""
+    millis = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "sb-" + "".join(reversed(chars))
+
+
+def is_sandbox_id(text: str) -> bool:
+    """Whether ``text`` has the shape of an id minted here (guards paths built from ids)."""
+    return bool(ID_PATTERN.match(text))

@@ -1,0 +1,478 @@
+"""The keeper: one small process per sandbox that runs bubblewrap and decides when it ends.
+
+Started as ``python -I -S keeper.py <launch.marshal>`` in its own session, so start-up stays
+around 10 ms and a Ctrl-C aimed at pytest's process group does not reach it.  It must only use
+the standard library: it never imports the package.  It
+
+* spawns bwrap (``--die-with-parent``: the keeper is single-threaded, so the parent-death
+  signal is reliable) and learns the host pid of the sandbox's PID 1 from ``--info-fd``;
+* reports ``ready`` to the creator once PID 1 has forked the entrypoint, i.e. once the mount
+  namespace is fully set up, so an exec can never see a half-built root;
+* ends the sandbox when the entrypoint exits, on SIGTERM (``terminate``), when the owner goes
+  away (EOF on the owner pipe, or the owner lock no longer held), on ``timeout`` and on
+  ``idle_timeout``; then kills PID 1 (which destroys the pid namespace and every process in
+  it), records the exit status atomically, removes the writable directories and exits.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import marshal
+import os
+import select
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    from typing import Any, NoReturn
+else:
+    import _signal as signal  # the enum-free core of `signal`: ~4 ms less start-up
+
+STARTUP_TIMEOUT = 20.0
+LOCK_POLL = 0.5
+
+
+def _write_result(path: str, kind: str, exitcode: int | None) -> None:
+    """Write result.json atomically (hand-made JSON: importing json costs start-up time)."""
+    code = "null" if exitcode is None else str(int(exitcode))
+    text = f'{{"kind": "{kind}", "exitcode": {code}, "finished_at": {time.time()!r}}}\n'
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _rmtree(path: str) -> None:
+    """Remove a directory tree, ignoring errors (shutil is slow to import)."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            try:
+                os.unlink(os.path.join(root, name))
+            except OSError:
+                pass
+        for name in dirs:
+            sub = os.path.join(root, name)
+            try:
+                os.unlink(sub) if os.path.islink(sub) else os.rmdir(sub)
+            except OSError:
+                pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return int(fields[19])
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return int(raw[raw.rindex(b")") + 2 :].split()[1])
+
+
+def _has_children(pid: int) -> bool:
+    """Whether ``pid`` has forked a child (bwrap's PID 1 forks the entrypoint after set-up)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            return bool(f.read().strip())
+    except FileNotFoundError:
+        if not os.path.exists(f"/proc/{pid}"):
+            return False
+    # Kernel without CONFIG_PROC_CHILDREN: scan for a process whose parent is pid.
+    return any(name.isdigit() and _parent(int(name)) == pid for name in os.listdir("/proc"))
+
+
+def _high_fd(fd: int) -> int:
+    """A close-on-exec duplicate of ``fd`` numbered >= 10, so dup2 onto 0-3 always happens."""
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+
+
+class Keeper:
+    def __init__(self, launch: dict[str, Any]) -> None:
+        self.launch = launch
+        self.start_wall = time.time()
+        self.start_mono = time.monotonic()
+        self.ready_fd: int | None = launch["ready_fd"]
+        self.owner_fd: int | None = launch.get("owner_fd")
+        self.owner_lock: str | None = launch.get("owner_lock")
+        self.timeout: float = launch["timeout"]
+        self.idle_timeout: float | None = launch.get("idle_timeout")
+        self.bwrap_pid = 0
+        self.bwrap_pidfd = -1
+        self.bwrap_status: int | None = None
+        self.init_pid = 0
+        self.init_pidfd = -1
+        self.stop_requested = False
+        self.last_seen_active = self.start_wall
+        self.mounted: str | None = None
+
+    # --- start-up -------------------------------------------------------------------------
+
+    def report(self, message: dict[str, Any]) -> None:
+        if self.ready_fd is None:
+            return
+        try:
+            os.write(self.ready_fd, marshal.dumps(message))
+        except OSError:
+            pass
+        os.close(self.ready_fd)
+        self.ready_fd = None
+
+    def fail_start(self, message: str) -> NoReturn:
+        self.report({"error": message})
+        self.kill_tree()
+        self.cleanup()
+        sys.exit(1)
+
+    def spawn(self) -> None:
+        launch = self.launch
+        overlay = launch.get("overlay")
+        if overlay:
+            self.mount_overlay(overlay)
+        info_r, info_w = os.pipe()
+        stdin_fd = launch.get("stdin_fd")
+        if stdin_fd is None:
+            stdin_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        out = os.open(launch["stdout"], flags, 0o644)
+        err = os.open(launch["stderr"], flags, 0o644)
+        moved = [_high_fd(fd) for fd in (stdin_fd, out, err, info_w)]
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(moved)]
+        reset = [signal.SIGPIPE, signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGXFSZ]
+        try:
+            self.bwrap_pid = os.posix_spawn(
+                launch["bwrap_argv"][0],
+                launch["bwrap_argv"],
+                launch["env"],
+                file_actions=actions,
+                setsigdef=reset,
+                setsigmask=(),
+            )
+        except OSError as exc:
+            self.fail_start(f"cannot run {launch['bwrap_argv'][0]}: {exc}")
+        for fd in {*moved, info_w, out, err, stdin_fd}:
+            os.close(fd)  # bwrap has its copies; the keeper holds no end of the sandbox's stdio
+        self.bwrap_pidfd = os.pidfd_open(self.bwrap_pid)
+        child_pid = self.read_info(info_r)
+        os.close(info_r)
+        if child_pid is None:
+            self.reap_bwrap(block=True)
+            self.fail_start(self.bwrap_error() or "bubblewrap exited before starting the sandbox")
+        self.init_pid = child_pid
+        try:
+            self.init_pidfd = os.pidfd_open(self.init_pid)
+        except OSError:
+            self.init_pidfd = -1
+        if self.init_pidfd >= 0 and _parent(self.init_pid) != self.bwrap_pid:
+            os.close(self.init_pidfd)  # PID 1 already gone and its pid reused: never signal it
+            self.init_pidfd = -1
+        init_start = _start_time(self.init_pid) if self.init_pidfd >= 0 else None
+        self.wait_set_up()
+        if self.bwrap_status is not None and os.WIFEXITED(self.bwrap_status):
+            error = self.bwrap_error() if os.WEXITSTATUS(self.bwrap_status) == 1 else None
+            if error:
+                self.fail_start(error)
+        self.report(
+            {
+                "keeper": [os.getpid(), _start_time(os.getpid())],
+                "init": [self.init_pid, init_start] if init_start is not None else None,
+                "bwrap": self.bwrap_pid,
+            }
+        )
+
+    def read_info(self, fd: int) -> int | None:
+        data = b""
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+        # bwrap writes {"child-pid": N, ...}; parse just that (json is slow to import).
+        key = data.find(b'"child-pid"')
+        if key < 0:
+            return None
+        digits = data[data.index(b":", key) + 1 :].lstrip().split(b",")[0].split(b"}")[0]
+        try:
+            return int(digits.strip())
+        except ValueError:
+            return None
+
+    def wait_set_up(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        delay = 0.0002
+        while time.monotonic() < deadline:
+            if self.reap_bwrap(block=False):
+                return
+            if self.init_pidfd < 0 or _has_children(self.init_pid):
+                return
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.005)
+        self.fail_start("the sandbox did not finish setting up within 20 s")
+
+    def bwrap_error(self) -> str | None:
+        """bubblewrap's own complaint (``bwrap: ...``) from the stderr file, if any."""
+        try:
+            with open(self.launch["stderr"], "rb") as f:
+                text = f.read(8192).decode("utf-8", "replace")
+        except OSError:
+            return None
+        lines = [line for line in text.splitlines() if line.startswith("bwrap: ")]
+        return "; ".join(lines) if lines else None
+
+    def mount_overlay(self, overlay: dict[str, Any]) -> None:
+        """Root only: private mount namespace for the keeper, overlay of the image root in it."""
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        CLONE_NEWNS = 0x00020000
+        MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+        if libc.unshare(CLONE_NEWNS) != 0:
+            self.fail_start(f"unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())}")
+        if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+            self.fail_start(f"making / private: {os.strerror(ctypes.get_errno())}")
+        options = "lowerdir={lower},upperdir={upper},workdir={work}".format(**overlay)
+        merged = overlay["merged"]
+        if libc.mount(b"overlay", merged.encode(), b"overlay", 0, options.encode()) != 0:
+            self.fail_start(f"mounting overlay on {merged}: {os.strerror(ctypes.get_errno())}")
+        self.mounted = merged
+        for rel, text in overlay.get("files", {}).items():
+            path = os.path.join(merged, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if os.path.lexists(path) and not os.path.isdir(path):
+                os.unlink(path)
+            with open(path, "w") as f:
+                f.write(text)
+
+    # --- running ---------------------------------------------------------------------------
+
+    def reap_bwrap(self, *, block: bool) -> bool:
+        """Collect bwrap's exit status; True once it has exited."""
+        if self.bwrap_status is not None:
+            return True
+        if not self.bwrap_pid:
+            return True
+        try:
+            pid, status = os.waitpid(self.bwrap_pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            self.bwrap_status = 0
+            return True
+        if pid == 0:
+            return False
+        self.bwrap_status = status
+        return True
+
+    def detached(self) -> bool:
+        return os.path.exists(self.launch["detached"])
+
+    def owner_lock_free(self) -> bool:
+        """True when nobody holds the owner lock exclusively (the owner is gone)."""
+        assert self.owner_lock is not None
+        try:
+            fd = os.open(self.owner_lock, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        finally:
+            os.close(fd)  # also drops the shared lock we may just have taken
+        return True
+
+    def any_activity_held(self) -> bool:
+        """Whether some process holds an activity token (a locked file in the activity dir)."""
+        directory = self.launch["activity_dir"]
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return False
+        held = False
+        for name in names:
+            path = os.path.join(directory, name)
+            if name.startswith(".tmp-"):
+                try:
+                    if time.time() - os.stat(path).st_mtime > 10:
+                        os.unlink(path)  # creator died before publishing it
+                except OSError:
+                    pass
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                held = True
+            else:
+                # Unlocked: its holder died without releasing it; it was active until now.
+                self.last_seen_active = time.time()
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            finally:
+                os.close(fd)
+        return held
+
+    def idle_remaining(self) -> float:
+        """Seconds until the idle timeout fires, re-reading the activity state when due."""
+        assert self.idle_timeout is not None
+        try:
+            touched = os.stat(self.launch["last_activity"]).st_mtime
+        except OSError:
+            touched = 0.0
+        now = time.time()
+        remaining = max(self.last_seen_active, touched) + self.idle_timeout - now
+        if remaining > 0:
+            return remaining
+        if self.any_activity_held():
+            # Releasing a token touches last_activity, which re-arms the check then.
+            self.last_seen_active = now
+            return self.idle_timeout
+        return max(self.last_seen_active, touched) + self.idle_timeout - now
+
+    def run(self) -> None:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        poller = select.poll()
+        poller.register(self.bwrap_pidfd, select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        if self.owner_fd is not None:
+            poller.register(self.owner_fd, select.POLLIN)
+        deadline = self.start_mono + self.timeout
+        next_lock_check = time.monotonic() + LOCK_POLL
+        while True:
+            if self.reap_bwrap(block=False):
+                return self.end_by_exit()
+            if self.stop_requested:
+                return self.end("terminated")
+            now = time.monotonic()
+            if now >= deadline:
+                return self.end("timeout")
+            wait = deadline - now
+            if self.owner_lock is not None:
+                if now >= next_lock_check:
+                    if self.owner_lock_free() and not self.detached():
+                        return self.end("terminated")
+                    next_lock_check = now + LOCK_POLL
+                wait = min(wait, next_lock_check - now)
+            if self.idle_timeout is not None:
+                idle = self.idle_remaining()
+                if idle <= 0:
+                    return self.end("idle_timeout")
+                wait = min(wait, idle)
+            for fd, _ in poller.poll(max(1, int(wait * 1000) + 1)):
+                if fd == wake_r:
+                    try:
+                        while os.read(wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif fd == self.owner_fd:
+                    try:
+                        data = os.read(fd, 512)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        poller.unregister(fd)
+                        os.close(fd)
+                        self.owner_fd = None
+                        if not self.detached():
+                            return self.end("terminated")
+
+    # --- the end ---------------------------------------------------------------------------
+
+    def kill_tree(self) -> None:
+        """Kill PID 1 (the kernel then kills the whole pid namespace) and bwrap; reap them."""
+        if self.init_pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+            # bwrap reaps PID 1 and then exits by itself; killing bwrap first would orphan
+            # PID 1's zombie to the host's init, which may never reap it.
+            select.select([self.bwrap_pidfd], [], [], 2.0)
+        if self.bwrap_pid and self.bwrap_status is None and not self.reap_bwrap(block=False):
+            try:
+                os.kill(self.bwrap_pid, signal.SIGKILL)  # our unreaped child: pid is stable
+            except OSError:
+                pass
+            self.reap_bwrap(block=True)
+        if self.init_pidfd >= 0:
+            select.select([self.init_pidfd], [], [], 5.0)
+            os.close(self.init_pidfd)
+            self.init_pidfd = -1
+
+    def end_by_exit(self) -> None:
+        status = self.bwrap_status or 0
+        signalled = os.WIFSIGNALED(status)
+        code = 128 + os.WTERMSIG(status) if signalled else os.WEXITSTATUS(status)
+        self.end("success" if code == 0 else "failure", code)
+
+    def end(self, kind: str, exitcode: int | None = None) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        self.kill_tree()
+        _write_result(self.launch["result"], kind, exitcode)
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        if self.mounted is not None:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.umount2(self.mounted.encode(), 2)  # MNT_DETACH
+            self.mounted = None
+        for path in self.launch.get("cleanup", []):
+            _rmtree(path)
+
+
+def main() -> None:
+    with open(sys.argv[1], "rb") as f:
+        launch = marshal.load(f)
+    for key in ("ready_fd", "owner_fd", "stdin_fd"):
+        if launch.get(key) is not None:
+            os.set_inheritable(launch[key], False)  # bwrap and the sandbox must not hold them
+    keeper = Keeper(launch)
+
+    def stop(signum: int, frame: object) -> None:
+        keeper.stop_requested = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    keeper.spawn()
+    keeper.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,396 @@
+"""``LocalRuntime``: create, find and list local sandboxes under one state dir."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import fcntl
+import hashlib
+import marshal
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .. import errors
+from .._paths import state_root
+from . import owners
+from .check import Tools, check
+from .config import DEFAULT_ENV, SandboxConfig
+from .errors import InvalidArgument, InvalidConfig, NameTaken, SandboxNotFound
+from .ids import is_sandbox_id, new_sandbox_id
+from .mounts import bwrap_argv, hosts_file, merged_env
+from .sandbox import LocalSandbox
+from .store import SandboxPaths, read_json, write_json
+
+__all__ = ["KEEP_FINISHED", "LocalRuntime"]
+
+KEEPER = str(Path(__file__).with_name("keeper.py"))
+START_TIMEOUT = 30.0
+KEEP_FINISHED = 15 * 60.0  # how long records of finished sandboxes stay (get() still answers)
+GC_EVERY = 60.0
+ORPHAN_AGE = 300.0  # a directory without meta.json this old is a failed or abandoned start
+
+
+class LocalRuntime:
+    """Sandboxes of this machine, recorded under ``state_dir``.
+
+    ``state_dir`` defaults to ``state_root() / "local"``; every process that uses the same
+    directory sees the same sandboxes.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str] | None = None,
+        *,
+        keep_finished: float = KEEP_FINISHED,
+    ) -> None:
+        self.root = Path(state_dir) if state_dir is not None else state_root() / "local"
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.keep_finished = keep_finished
+        self._last_gc = 0.0
+
+    def __repr__(self) -> str:
+        return f"<LocalRuntime {self.root}>"
+
+    @staticmethod
+    def check() -> None:
+        """Raise :class:`RuntimeUnavailable` (with the fix) if sandboxes cannot run here."""
+        check()
+
+    # --- create ---------------------------------------------------------------------------
+
+    def create(self, config: SandboxConfig) -> LocalSandbox:
+        """Start a sandbox; returns once it runs (its root is set up, the entrypoint started)."""
+        if not isinstance(config, SandboxConfig):
+            raise InvalidArgument(f"config must be a SandboxConfig, not {type(config).__name__}")
+        tools = check()
+        owners.reap()
+        self._maybe_gc()
+        if config.owner_lock is not None:
+            _require_lock_held(config.owner_lock)
+        if config.rootfs is not None and not os.path.isdir(config.rootfs):
+            raise InvalidConfig(f"SandboxConfig.rootfs={config.rootfs!r}: not a directory")
+        sandbox_id = new_sandbox_id()
+        paths = SandboxPaths(self.root, sandbox_id)
+        paths.dir.mkdir(mode=0o700)
+        pipes = _Pipes()
+        keeper: subprocess.Popen[bytes] | None = None
+        try:
+            with contextlib.ExitStack() as stack:
+                launch, meta = self._prepare(config, paths, tools, pipes)
+                if config.name is not None:
+                    stack.enter_context(self._name_claim(config.app, config.name))
+                with open(paths.launch, "wb") as f:
+                    marshal.dump(launch, f)
+                with open(paths.keeper_log, "ab") as log:
+                    keeper = subprocess.Popen(
+                        [sys.executable or "python3", "-I", "-S", KEEPER, str(paths.launch)],
+                        pass_fds=pipes.child_ends(),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
+                        start_new_session=True,
+                        cwd="/",
+                    )
+                pipes.close_child_ends()
+                ready = _read_ready(pipes, keeper, paths)
+                if "error" in ready:
+                    raise errors.SandboxStartError(
+                        f"sandbox {sandbox_id} failed to start: {ready['error']}"
+                    )
+                meta.update(keeper=ready["keeper"], init=ready["init"], bwrap=ready["bwrap"])
+                write_json(paths.meta, meta)
+            owners.register(sandbox_id, owners.Owned(keeper, pipes.owner_w, pipes.stdin_w))
+            pipes.owner_w = pipes.stdin_w = None  # owned by the table now
+            pipes.close_all()
+            return LocalSandbox(self.root, meta, tools)
+        except BaseException:
+            pipes.close_all()
+            if keeper is not None:
+                with contextlib.suppress(OSError):
+                    os.killpg(keeper.pid, signal.SIGKILL)
+                keeper.wait()
+            shutil.rmtree(paths.dir, ignore_errors=True)
+            raise
+
+    def _prepare(
+        self, config: SandboxConfig, paths: SandboxPaths, tools: Tools, pipes: _Pipes
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Files, pipes and the keeper's launch record for a new sandbox."""
+        sandbox_id = paths.dir.name
+        hostname = config.hostname or sandbox_id.lower()
+        workdir = config.workdir or "/"
+        env = merged_env(DEFAULT_ENV, config.env)
+        command = list(config.command or ["sleep", str(int(config.timeout) + 60)])
+        user_namespace = os.getuid() != 0
+        paths.activity.mkdir()
+        for path in (paths.last_activity, paths.stdout, paths.stderr):
+            path.touch()
+        write_json(paths.tags, dict(config.tags))
+        host_workdir = None
+        root = None
+        if config.rootfs is None:
+            paths.hosts.write_text(hosts_file(hostname))
+            if workdir != "/":
+                if os.path.lexists(workdir) and not os.path.isdir(workdir):
+                    raise InvalidConfig(
+                        f"SandboxConfig.workdir={workdir!r}: exists on the host and is not a "
+                        "directory, so it cannot be the sandbox's working directory"
+                    )
+                paths.workdir.mkdir()
+                host_workdir = str(paths.workdir)
+        else:
+            raise InvalidConfig("SandboxConfig.rootfs is not supported yet")
+        argv = bwrap_argv(
+            bwrap=tools.bwrap,
+            command=command,
+            hostname=hostname,
+            workdir=workdir,
+            user_namespace=user_namespace,
+            host_workdir=host_workdir,
+            hosts_path=str(paths.hosts) if config.rootfs is None else None,
+            root=root,
+        )
+        pipes.ready_r, pipes.ready_w = os.pipe()
+        if config.owner_lock is None:
+            pipes.owner_r, pipes.owner_w = os.pipe()
+        if config.stdin_pipe:
+            pipes.stdin_r, pipes.stdin_w = os.pipe()
+        launch: dict[str, Any] = {
+            "bwrap_argv": argv,
+            "env": env,
+            "stdout": str(paths.stdout),
+            "stderr": str(paths.stderr),
+            "stdin_fd": pipes.stdin_r,
+            "owner_fd": pipes.owner_r,
+            "owner_lock": config.owner_lock,
+            "ready_fd": pipes.ready_w,
+            "timeout": config.timeout,
+            "idle_timeout": config.idle_timeout,
+            "activity_dir": str(paths.activity),
+            "last_activity": str(paths.last_activity),
+            "detached": str(paths.detached),
+            "result": str(paths.result),
+            "cleanup": [str(paths.workdir), str(paths.upper), str(paths.rootfs)],
+            "overlay": None,
+        }
+        meta: dict[str, Any] = {
+            "id": sandbox_id,
+            "app": config.app,
+            "name": config.name,
+            "created_at": time.time(),
+            "hostname": hostname,
+            "command": command,
+            "env": env,
+            "workdir": workdir,
+            "ports": list(config.ports),
+            "timeout": config.timeout,
+            "idle_timeout": config.idle_timeout,
+            "owner": config.owner_lock or f"pid {os.getpid()}",
+            "stdin_pipe": config.stdin_pipe,
+            "rootfs": config.rootfs,
+            "user_namespace": user_namespace,
+            "creator_pid": os.getpid(),
+        }
+        return launch, meta
+
+    @contextlib.contextmanager
+    def _name_claim(self, app: str, name: str) -> Iterator[None]:
+        """Hold the app's name lock while checking the name and starting the sandbox."""
+        digest = hashlib.sha256(app.encode()).hexdigest()[:16]
+        fd = os.open(self.root / f".names-{digest}.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            for other in self._records():
+                if other.app == app and other.name == name and other.poll() is None:
+                    raise NameTaken(
+                        f"app {app!r} already has a running sandbox named {name!r} ({other.id})"
+                    )
+            yield
+        finally:
+            os.close(fd)
+
+    # --- lookup ---------------------------------------------------------------------------
+
+    def _records(self) -> Iterator[LocalSandbox]:
+        tools = check()
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if not is_sandbox_id(entry.name):
+                continue
+            meta = read_json(Path(entry.path) / "meta.json")
+            if isinstance(meta, dict):
+                yield LocalSandbox(self.root, meta, tools)
+
+    def get(self, sandbox_id: str) -> LocalSandbox:
+        """The sandbox with this id, running or finished; :class:`SandboxNotFound` if unknown."""
+        if not isinstance(sandbox_id, str) or not is_sandbox_id(sandbox_id):
+            raise SandboxNotFound(f"no local sandbox has the id {sandbox_id!r}")
+        meta = read_json(self.root / sandbox_id / "meta.json")
+        if not isinstance(meta, dict):
+            raise SandboxNotFound(f"no local sandbox has the id {sandbox_id!r} (in {self.root})")
+        owners.reap()
+        return LocalSandbox(self.root, meta, check())
+
+    def from_name(self, app: str, name: str, *, include_finished: bool = False) -> LocalSandbox:
+        """The running sandbox of ``app`` named ``name`` (with ``include_finished``, else the
+        most recent finished one)."""
+        for sandbox in self.list(app=app, include_finished=include_finished):
+            if sandbox.name == name:
+                return sandbox
+        raise SandboxNotFound(f"app {app!r} has no running sandbox named {name!r}")
+
+    def list(
+        self,
+        *,
+        app: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        include_finished: bool = False,
+    ) -> list[LocalSandbox]:
+        """Sandboxes, newest first; ``tags`` must all match; running ones unless asked."""
+        owners.reap()
+        found = []
+        for sandbox in self._records():
+            if app is not None and sandbox.app != app:
+                continue
+            if tags:
+                have = sandbox.tags()
+                if any(have.get(k) != v for k, v in tags.items()):
+                    continue
+            if not include_finished and sandbox.poll() is not None:
+                continue
+            found.append(sandbox)
+        found.sort(key=lambda s: (s.created_at, s.id), reverse=True)
+        return found
+
+    def close(self) -> None:
+        """Release what this process holds for this runtime (reaps exited keepers)."""
+        owners.reap()
+
+    # --- garbage collection -----------------------------------------------------------------
+
+    def _maybe_gc(self) -> None:
+        now = time.monotonic()
+        if now - self._last_gc >= GC_EVERY:
+            self._last_gc = now
+            self.gc()
+
+    def gc(self, *, keep_finished: float | None = None) -> builtins.list[str]:
+        """Remove records of sandboxes finished longer than ``keep_finished`` seconds ago, and
+        leftovers of failed starts; returns the removed ids."""
+        keep = self.keep_finished if keep_finished is None else keep_finished
+        removed: builtins.list[str] = []
+        now = time.time()
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            if not is_sandbox_id(entry.name):
+                continue
+            path = Path(entry.path)
+            meta = read_json(path / "meta.json")
+            if not isinstance(meta, dict):
+                try:
+                    age = now - entry.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if age > ORPHAN_AGE:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(entry.name)
+                continue
+            sandbox = LocalSandbox(self.root, meta, check())
+            status = sandbox.poll()
+            old = status is not None and now - status.finished_at >= keep
+            if old and sandbox.wait(0) is not None:  # and its keeper has exited
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(entry.name)
+        return removed
+
+
+def _require_lock_held(path: str) -> None:
+    """``owner_lock`` must be held (exclusively) by someone now, or the sandbox would die."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidConfig(f"SandboxConfig.owner_lock={path!r}: cannot open it: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return
+    finally:
+        os.close(fd)
+    raise InvalidConfig(
+        f"SandboxConfig.owner_lock={path!r}: nobody holds an exclusive flock on it, "
+        "so the sandbox would end at once"
+    )
+
+
+def _read_ready(
+    pipes: _Pipes, keeper: subprocess.Popen[bytes], paths: SandboxPaths
+) -> dict[str, Any]:
+    """The keeper's start-up report (or its error), read until it closes the pipe."""
+    assert pipes.ready_r is not None
+    data = b""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise errors.SandboxStartError(
+                f"the sandbox keeper did not report within {START_TIMEOUT:.0f} s "
+                f"(log: {paths.keeper_log})"
+            )
+        if not select.select([pipes.ready_r], [], [], remaining)[0]:
+            continue
+        chunk = os.read(pipes.ready_r, 65536)
+        if not chunk:
+            break
+        data += chunk
+    if not data:
+        code = keeper.wait()
+        log = paths.keeper_log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise errors.SandboxStartError(
+            f"the sandbox keeper exited ({code}) before the sandbox started: " + " | ".join(log)
+        )
+    report = marshal.loads(data)
+    if not isinstance(report, dict):
+        raise errors.SandboxStartError(f"unexpected report from the sandbox keeper: {report!r}")
+    return report
+
+
+class _Pipes:
+    """The pipes between creator and keeper; child ends go to the keeper, then are closed."""
+
+    def __init__(self) -> None:
+        self.ready_r: int | None = None
+        self.ready_w: int | None = None
+        self.owner_r: int | None = None
+        self.owner_w: int | None = None
+        self.stdin_r: int | None = None
+        self.stdin_w: int | None = None
+
+    def child_ends(self) -> list[int]:
+        return [fd for fd in (self.ready_w, self.owner_r, self.stdin_r) if fd is not None]
+
+    def close_child_ends(self) -> None:
+        for fd in self.child_ends():
+            os.close(fd)
+        self.ready_w = self.owner_r = self.stdin_r = None
+
+    def close_all(self) -> None:
+        for name in ("ready_r", "ready_w", "owner_r", "owner_w", "stdin_r", "stdin_w"):
+            fd = getattr(self, name)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, None)

@@ -1,0 +1,350 @@
+"""``LocalSandbox``: a handle on one sandbox's record, usable from any local process.
+
+A handle holds no resources: every call reads the sandbox's state dir, so handles from
+``get``/``list`` in another process (an xdist worker, the reap CLI, the emulator) behave like
+the creator's, except for what only the creator holds (the stdin pipe).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import IO, Any
+
+from .. import errors
+from . import activity, owners, procs
+from .check import Tools
+from .config import ExecOutcome, ExitStatus
+from .errors import InvalidArgument, SandboxNotFound
+from .execs import run_to_completion
+from .mounts import merged_env, resolve_in_root
+from .store import SandboxPaths, read_json, write_json
+
+__all__ = ["LocalSandbox"]
+
+_File = int | IO[Any] | None
+
+
+def _check_argv(argv: Sequence[str]) -> list[str]:
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence) or not argv:
+        raise InvalidArgument(f"argv={argv!r}: must be a non-empty sequence of str")
+    for arg in argv:
+        if not isinstance(arg, str) or "\0" in arg:
+            raise InvalidArgument(f"argv={argv!r}: {arg!r} is not a str without NUL characters")
+    if not argv[0]:
+        raise InvalidArgument(f"argv={argv!r}: the program name is empty")
+    return list(argv)
+
+
+def _check_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise InvalidArgument(f"env={env!r}: must be a mapping of str to str")
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise InvalidArgument(f"env: {key!r} is not a valid variable name")
+        if not isinstance(value, str) or "\0" in value:
+            raise InvalidArgument(f"env[{key!r}]={value!r}: must be a str without NUL")
+    return dict(env)
+
+
+class LocalSandbox:
+    """One local sandbox (running or finished).  Get one from :class:`LocalRuntime`."""
+
+    def __init__(self, root: Path, meta: Mapping[str, Any], tools: Tools) -> None:
+        self.id: str = meta["id"]
+        self.app: str = meta["app"]
+        self.name: str | None = meta.get("name")
+        self.created_at: float = meta["created_at"]
+        self.hostname: str = meta["hostname"]
+        self.ports: tuple[int, ...] = tuple(meta.get("ports", ()))
+        self._meta = dict(meta)
+        self._tools = tools
+        self._paths = SandboxPaths(root, self.id)
+        self.stdout_path: Path = self._paths.stdout
+        self.stderr_path: Path = self._paths.stderr
+        self._keeper = procs.ProcRef.from_json(meta["keeper"])
+        self._init = procs.ProcRef.from_json(meta["init"]) if meta.get("init") else None
+        self._status: ExitStatus | None = None
+
+    def __repr__(self) -> str:
+        return f"<LocalSandbox {self.id} app={self.app!r} name={self.name!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LocalSandbox) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def state_dir(self) -> Path:
+        """This sandbox's directory in the state dir."""
+        return self._paths.dir
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The sandbox's environment (defaults plus the config's ``env``)."""
+        return dict(self._meta["env"])
+
+    @property
+    def workdir(self) -> str:
+        return str(self._meta["workdir"])
+
+    # --- tags -----------------------------------------------------------------------------
+
+    def tags(self) -> dict[str, str]:
+        data = read_json(self._paths.tags)
+        return dict(data) if isinstance(data, dict) else {}
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Replace all tags (atomically: a concurrent reader sees the old or the new set)."""
+        if not isinstance(tags, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+        ):
+            raise InvalidArgument(f"tags={tags!r}: must be a mapping of str to str")
+        if not self._paths.dir.is_dir():
+            raise SandboxNotFound(f"sandbox {self.id} no longer exists (its record was removed)")
+        write_json(self._paths.tags, dict(tags))
+
+    # --- life -----------------------------------------------------------------------------
+
+    def poll(self) -> ExitStatus | None:
+        """The exit status, or None while the sandbox runs."""
+        if self._status is not None:
+            return self._status
+        status = self._read_result()
+        if status is None and procs.is_alive(self._keeper):
+            return None
+        if status is None:
+            status = self._read_result() or self._finalise_lost()
+        self._status = status
+        owners.forget(self.id)
+        return status
+
+    def _read_result(self) -> ExitStatus | None:
+        data = read_json(self._paths.result)
+        if not isinstance(data, dict):
+            return None
+        try:
+            return ExitStatus.from_json(data)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def _finalise_lost(self) -> ExitStatus:
+        """The keeper died without recording an end (SIGKILL, reboot): record it as terminated.
+
+        bwrap and the sandbox die with it (parent-death signal); make sure of that, then remove
+        the writable dirs the keeper could not.
+        """
+        if self._init is not None and procs.send_signal(self._init, signal.SIGKILL):
+            procs.wait_gone(self._init, 5.0)  # normally already dying of the parent-death signal
+        status = ExitStatus("terminated", None, time.time())
+        if self._paths.dir.is_dir():
+            if not self._paths.result.exists():
+                write_json(
+                    self._paths.result,
+                    {"kind": status.kind, "exitcode": None, "finished_at": status.finished_at},
+                )
+            for path in (self._paths.workdir, self._paths.upper, self._paths.rootfs):
+                _remove_tree(path)
+        return self._read_result() or status
+
+    def wait(self, timeout: float | None = None) -> ExitStatus | None:
+        """Wait until the sandbox has ended and its keeper has cleaned up; None on timeout."""
+        if self._status is not None:
+            return self._status
+        if not procs.wait_gone(self._keeper, timeout):
+            return self._read_result()
+        owners.reap()
+        return self.poll()
+
+    def terminate(self, *, wait: bool = False) -> None:
+        """End the sandbox (status ``terminated``).  Idempotent; works from any process."""
+        if self.poll() is None and not procs.send_signal(self._keeper, signal.SIGTERM):
+            self.poll()  # the keeper vanished meanwhile: record that
+        if wait:
+            self.wait()
+
+    def detach_owner(self) -> None:
+        """Let the sandbox outlive its owner (e.g. to keep it for debugging); timeouts apply."""
+        try:
+            self._paths.detached.touch()
+        except FileNotFoundError:
+            raise SandboxNotFound(f"sandbox {self.id} no longer exists") from None
+        owners.close_owner(self.id)
+
+    def _require_running(self, doing: str) -> procs.ProcRef:
+        status = self.poll()
+        if status is not None:
+            raise SandboxNotFound(
+                f"sandbox {self.id} has finished ({status.describe()}); cannot {doing}"
+            )
+        if self._init is None or not procs.is_alive(self._init):
+            raise SandboxNotFound(f"sandbox {self.id} is shutting down; cannot {doing}")
+        return self._init
+
+    # --- activity -------------------------------------------------------------------------
+
+    def activity(self) -> AbstractContextManager[None]:
+        """Held = active, for ``idle_timeout`` (any process may hold it)."""
+        return activity.hold(self._paths.activity, self._paths.last_activity)
+
+    def touch(self) -> None:
+        """A moment of activity: restarts the idle clock."""
+        activity.touch(self._paths.last_activity)
+
+    # --- exec -----------------------------------------------------------------------------
+
+    def exec_command(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+    ) -> tuple[list[str], dict[str, str]]:
+        """The host argv and environment that run ``argv`` inside the sandbox.
+
+        Spawn it with ``start_new_session=True`` (a timeout then kills its process group) and
+        hold :meth:`activity` while it runs.  Killed by signal N shows as exit -N from Popen
+        (128+N from :meth:`exec`); a missing program exits 127.
+        """
+        argv = _check_argv(argv)
+        overrides = _check_env(env)
+        wd = self.workdir if workdir is None else workdir
+        if not isinstance(wd, str) or not wd.startswith("/") or "\0" in wd:
+            raise InvalidArgument(f"workdir={wd!r}: must be an absolute path")
+        init = self._require_running("exec")
+        try:
+            host_wd = resolve_in_root(f"/proc/{init.pid}/root", wd)
+            is_dir = os.path.isdir(host_wd)
+        except OSError as exc:
+            raise InvalidArgument(f"workdir={wd!r} cannot be resolved in {self.id}: {exc}") from exc
+        if not is_dir:
+            self._require_running("exec")
+            raise InvalidArgument(f"workdir={wd!r} is not a directory in sandbox {self.id}")
+        flags = ["-m", "-u", "-i", "-n", "-p"]
+        if self._meta.get("user_namespace"):
+            flags.insert(0, "-U")
+        command = [self._tools.nsenter, "-t", str(init.pid), *flags, f"--wd={host_wd}", "--"]
+        return command + argv, merged_env(self._meta["env"], overrides)
+
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> ExecOutcome:
+        """Run ``argv`` in the sandbox to completion.
+
+        Exit code 127 for a missing program, 128+N when killed by signal N.  On ``timeout``
+        the process group is killed and ``returncode`` is -1 with ``timed_out`` set.
+        """
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
+            raise InvalidArgument(f"timeout={timeout!r}: must be a positive number of seconds")
+        if stdin is not None and not isinstance(stdin, (bytes, bytearray, memoryview)):
+            raise InvalidArgument(f"stdin must be bytes, not {type(stdin).__name__}")
+        command, full_env = self.exec_command(argv, env=env, workdir=workdir)
+        with self.activity():
+            return run_to_completion(
+                command, full_env, stdin=None if stdin is None else bytes(stdin), timeout=timeout
+            )
+
+    def popen(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        stdin: _File = subprocess.PIPE,
+        stdout: _File = subprocess.PIPE,
+        stderr: _File = subprocess.PIPE,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in the sandbox; the sandbox counts as active until the process exits.
+
+        The process leads its own process group (kill it with ``os.killpg``).
+        """
+        command, full_env = self.exec_command(argv, env=env, workdir=workdir)
+        token = activity.ActivityToken(self._paths.activity, self._paths.last_activity)
+        try:
+            proc = subprocess.Popen(
+                command,
+                env=full_env,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        except BaseException:
+            token.release()
+            raise
+        _release_on_exit(proc, token)
+        return proc
+
+    # --- stdin ----------------------------------------------------------------------------
+
+    def write_stdin(self, data: bytes, *, eof: bool = False) -> None:
+        """Write the entrypoint's stdin (creator only, ``stdin_pipe=True``); counts as activity."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidArgument(f"data must be bytes, not {type(data).__name__}")
+        if not self._meta.get("stdin_pipe"):
+            raise errors.SandboxError(
+                f"sandbox {self.id} was created without stdin_pipe=True; its stdin is /dev/null"
+            )
+        self._require_running("write to stdin")
+        owned = owners.get(self.id)
+        if owned is None:
+            raise errors.SandboxError(
+                f"only the process that created sandbox {self.id} can write its stdin"
+            )
+        with owned.stdin_lock, self.activity():
+            if owned.stdin_w is None:
+                raise errors.SandboxError(f"stdin of sandbox {self.id} was already closed (eof)")
+            view = memoryview(bytes(data))
+            try:
+                while view:
+                    view = view[os.write(owned.stdin_w, view) :]
+            except BrokenPipeError:
+                self._require_running("write to stdin")
+                raise errors.SandboxError(
+                    f"the entrypoint of sandbox {self.id} has closed its stdin"
+                ) from None
+            if eof:
+                os.close(owned.stdin_w)
+                owned.stdin_w = None
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _release_on_exit(proc: subprocess.Popen[bytes], token: activity.ActivityToken) -> None:
+    """Release ``token`` once ``proc`` exits, without reaping it (the caller still waits)."""
+    pidfd = os.pidfd_open(proc.pid)
+
+    def watch() -> None:
+        try:
+            import select
+
+            select.select([pidfd], [], [])
+        finally:
+            os.close(pidfd)
+            token.release()
+
+    threading.Thread(target=watch, name=f"pms-activity-{proc.pid}", daemon=True).start()

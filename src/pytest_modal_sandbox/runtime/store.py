@@ -1,0 +1,73 @@
+"""The state dir: one directory per sandbox, readable and writable by any local process.
+
+Layout of ``<state>/<sandbox id>/``::
+
+    launch.marshal   keeper input, written by the creator before the keeper starts
+    meta.json        the record (id, app, name, created_at, pids, env, workdir, ports...);
+                     written once the sandbox runs: a directory without it is invisible
+    tags.json        tags (replaced atomically by set_tags)
+    stdout, stderr   the entrypoint's output
+    activity/        one flock'ed file per active exec / stdin writer / tunnel connection
+    last_activity    its mtime is the last moment of activity (idle_timeout)
+    detached         present once detach_owner() was called
+    result.json      the exit status, written by the keeper when the sandbox ends
+    work/            the writable workdir (removed when the sandbox ends)
+
+Every file is replaced atomically (write to a temporary name, then rename), so readers never
+see half a record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SandboxPaths", "read_json", "write_json"]
+
+
+class SandboxPaths:
+    """Where each file of one sandbox lives."""
+
+    def __init__(self, root: Path, sandbox_id: str) -> None:
+        self.dir = root / sandbox_id
+        self.launch = self.dir / "launch.marshal"
+        self.meta = self.dir / "meta.json"
+        self.tags = self.dir / "tags.json"
+        self.result = self.dir / "result.json"
+        self.stdout = self.dir / "stdout"
+        self.stderr = self.dir / "stderr"
+        self.keeper_log = self.dir / "keeper.log"
+        self.activity = self.dir / "activity"
+        self.last_activity = self.dir / "last_activity"
+        self.detached = self.dir / "detached"
+        self.workdir = self.dir / "work"
+        self.hosts = self.dir / "hosts"
+        self.rootfs = self.dir / "root"
+        self.upper = self.dir / "upper"
+        self.overlay_work = self.dir / "ovl-work"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Replace ``path`` atomically with ``data`` as JSON."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(3).hex()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None when the file does not exist (or is not valid JSON)."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None

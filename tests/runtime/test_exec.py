@@ -1,0 +1,134 @@
+"""Exec inside a local sandbox: output, exit codes, timeouts, env, workdir, stdin."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_modal_sandbox.runtime import (
+    InvalidArgument,
+    LocalRuntime,
+    SandboxConfig,
+    SandboxNotFound,
+)
+
+
+def test_exec_output_and_exit_code(rt: LocalRuntime) -> None:
+    sb = rt.create(SandboxConfig())
+    out = sb.exec(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (out.returncode, out.stdout, out.stderr, out.timed_out) == (3, b"out\n", b"err\n", False)
+
+
+def test_missing_program_is_127(rt: LocalRuntime) -> None:
+    sb = rt.create(SandboxConfig())
+    out = sb.exec(["no-such-program-here"])
+    assert out.returncode == 127
+    assert b"no-such-program-here" in out.stderr
+
+
+def test_killed_by_signal_is_128_plus_n(rt: LocalRuntime) -> None:
+    sb = rt.create(SandboxConfig())
+    assert sb.exec(["sh", "-c", "kill -TERM $$"]).returncode == 128 + 15
+    assert sb.exec(["sh", "-c", "kill -KILL $$"]).returncode == 128 + 9
+
+
+def _sandbox_cmdlines(sb) -> str:  # type: ignore[no-untyped-def]
+    script = 'for p in /proc/[0-9]*; do tr "\\0" " " < $p/cmdline; echo; done'
+    return sb.exec(["sh", "-c", script]).stdout.decode()
+
+
+def test_exec_timeout_kills_the_process_group(rt: LocalRuntime) -> None:
+    sb = rt.create(SandboxConfig())
+    out = sb.exec(["sh", "-c", "echo started; sleep 4242 & sleep 4343"], timeout=0.5)
+    assert out.timed_out and out.returncode == -1
+    assert out.stdout == b"started\n"
+    listing = _sandbox_cmdlines(sb)
+    assert "sleep 4242" not in listing and "sleep 4343" not in listing
+    assert sb.poll() is None  # the sandbox itself lives on
+
+
+def test_env_defaults_config_and_overrides(rt: LocalRuntime) -> None:
+    sb = rt.create(SandboxConfig(env={"A": "from-config", "B": "b"}))
+    out = sb.exec(["env"], env={"A": "from-exec", "C": "c"}).stdout.decode().splitlines()
+    env = dict(line.split("=", 1) for line in out)
+    assert env["A"] == "from-exec" and env["B"] == "b" and env["C"] == "c"
+    assert env["HOME"] == "/root"
+    assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert "PYTEST_CURRENT_TEST" not in env  # nothing leaks in from the host
+
+
+def test_env_reaches_the_entrypoint(rt: LocalRuntime) -> None:
+    sb = rt.create(SandboxConfig(command=["sh", "-c", 'echo "$GREETING"'], env={"GREETING": "hi"}))
+    assert sb.wait(30) is not None
+    assert sb.stdout_path.read_bytes() == b"hi\n"
+
+
+def test_workdir_is_a_private_writable_directory(rt: LocalRuntime) -> None:
+    sb = rt.create(SandboxConfig(workdir="/srv/app"))
+    assert sb.exec(["pwd"]).stdout == b"/srv/app\n"
+    assert sb.exec(["sh", "-c", "echo data > f && cat f"]).stdout == b"data\n"
+    other = rt.create(SandboxConfig(workdir="/srv/app"))
+    assert other.exec(["ls", "-A"]).stdout == b""  # not shared between sandboxes
+
+
+def test_workdir_whose_parent_is_missing_on_the_host(rt: LocalRuntime) -> None:
+    sb = rt.create(SandboxConfig(workdir="/pms-no-such-top/app"))
+    assert sb.exec(["sh", "-c", "pwd; touch x; ls"]).stdout == b"/pms-no-such-top/app\nx\n"
+    assert sb.exec(["test", "-d", "/usr/bin"]).returncode == 0  # the rest of / is still there
+
+
+def test_exec_workdir_override_follows_symlinks_inside(rt: LocalRuntime) -> None:
+    sb = rt.create(SandboxConfig())
+    sb.exec(["sh", "-c", "mkdir -p /tmp/real && ln -s /tmp/real /tmp/link"])
+    assert sb.exec(["pwd", "-P"], workdir="/tmp/link").stdout == b"/tmp/real\n"
+    with pytest.raises(InvalidArgument, match="not a directory"):
+        sb.exec(["true"], workdir="/tmp/missing")
+    with pytest.raises(InvalidArgument, match="absolute"):
+        sb.exec(["true"], workdir="relative")
+
+
+def test_stdin_is_fed_to_exec(rt: LocalRuntime) -> None:
+    sb = rt.create(SandboxConfig())
+    data = bytes(range(256)) * 2048  # larger than a pipe buffer
+    out = sb.exec(["sh", "-c", "cat; echo done >&2"], stdin=data)
+    assert out.stdout == data and out.stderr == b"done\n"
+
+
+def test_background_process_holding_stdout_does_not_hang_exec(rt: LocalRuntime) -> None:
+    sb = rt.create(SandboxConfig())
+    out = sb.exec(["sh", "-c", "sleep 30 & echo quick"])
+    assert out.returncode == 0 and out.stdout == b"quick\n"
+
+
+def test_popen_and_exec_command(rt: LocalRuntime) -> None:
+    import subprocess
+
+    sb = rt.create(SandboxConfig())
+    proc = sb.popen(["sh", "-c", "read line; echo got $line"])
+    out, _ = proc.communicate(b"hello\n", timeout=30)
+    assert out == b"got hello\n" and proc.returncode == 0
+    argv, env = sb.exec_command(["sh", "-c", 'echo "$X"'], env={"X": "y"})
+    done = subprocess.run(argv, env=env, capture_output=True, start_new_session=True, timeout=30)
+    assert done.stdout == b"y\n"
+
+
+def test_bad_arguments_are_named(rt: LocalRuntime) -> None:
+    sb = rt.create(SandboxConfig())
+    with pytest.raises(InvalidArgument, match="argv"):
+        sb.exec("echo hi")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="argv"):
+        sb.exec([])
+    with pytest.raises(InvalidArgument, match="env"):
+        sb.exec(["true"], env={"A=B": "x"})
+    with pytest.raises(InvalidArgument, match="timeout"):
+        sb.exec(["true"], timeout=0)
+
+
+def test_exec_on_a_finished_sandbox_says_how_it_ended(rt: LocalRuntime) -> None:
+    sb = rt.create(SandboxConfig(command=["sh", "-c", "exit 7"]))
+    assert sb.wait(30) is not None
+    with pytest.raises(SandboxNotFound, match=r"finished \(failure \(exit code 7\)\)"):
+        sb.exec(["true"])
+    sb2 = rt.create(SandboxConfig())
+    sb2.terminate(wait=True)
+    with pytest.raises(SandboxNotFound, match="terminated"):
+        sb2.exec(["true"])

@@ -1,0 +1,117 @@
+"""Pure logic of the runtime: config validation, ids, path resolution, bwrap argv."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pytest_modal_sandbox.runtime import InvalidConfig, SandboxConfig
+from pytest_modal_sandbox.runtime.ids import is_sandbox_id, new_sandbox_id
+from pytest_modal_sandbox.runtime.mounts import bwrap_argv, resolve_in_root
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"command": "echo hi"}, r"SandboxConfig.command='echo hi': must be a sequence"),
+        ({"command": []}, "must not be empty"),
+        ({"command": ["echo", 1]}, "must be a str"),
+        ({"env": {"A=B": "x"}}, "must not contain '='"),
+        ({"env": {"A": 1}}, r"env\['A'\]"),
+        ({"workdir": "srv"}, "absolute"),
+        ({"timeout": 0}, "positive"),
+        ({"timeout": float("inf")}, "finite"),
+        ({"timeout": True}, "number"),
+        ({"idle_timeout": -1}, "idle_timeout"),
+        ({"ports": [0]}, "not a port number"),
+        ({"ports": [80, 80]}, "listed twice"),
+        ({"ports": "80"}, "sequence of port numbers"),
+        ({"app": ""}, "SandboxConfig.app"),
+        ({"name": "has space"}, "SandboxConfig.name"),
+        ({"name": "x" * 65}, "SandboxConfig.name"),
+        ({"tags": {"k": 1}}, "tags"),
+        ({"stdin_pipe": "yes"}, "stdin_pipe"),
+        ({"hostname": "bad_host"}, "hostname"),
+    ],
+)
+def test_config_errors_name_field_and_value(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidConfig, match=message):
+        SandboxConfig(**fields)  # type: ignore[arg-type]
+
+
+def test_config_normalises() -> None:
+    cfg = SandboxConfig(command=["a", "b"], workdir="/srv//app/", ports=[80, 443], env={"A": "1"})
+    assert cfg.command == ("a", "b") and cfg.workdir == "/srv/app" and cfg.ports == (80, 443)
+    assert hash(cfg) == hash(
+        SandboxConfig(command=("a", "b"), workdir="/srv/app", ports=(80, 443), env={"A": "1"})
+    )
+
+
+def test_ids_are_v2_shaped_and_sort_by_time() -> None:
+    first = new_sandbox_id(1_700_000_000.0)
+    second = new_sandbox_id(1_700_000_001.0)
+    assert is_sandbox_id(first) and len(first) == 29 and first < second
+    assert not is_sandbox_id("sb-" + "a" * 22) and not is_sandbox_id("../x")
+
+
+def test_resolve_in_root_stays_inside(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "real" / "sub").mkdir(parents=True)
+    os.symlink("/real", root / "abs")
+    os.symlink("real/sub", root / "rel")
+    os.symlink("../../..", root / "real" / "up")
+    r = str(root)
+    assert resolve_in_root(r, "/abs/sub") == f"{r}/real/sub"
+    assert resolve_in_root(r, "/rel") == f"{r}/real/sub"
+    assert resolve_in_root(r, "/real/up/real") == f"{r}/real"  # .. stops at the root
+    assert resolve_in_root(r, "/../../") == r
+    os.symlink("loop", root / "loop")
+    with pytest.raises(OSError, match="symbolic links"):
+        resolve_in_root(r, "/loop")
+
+
+def _argv(workdir: str, existing: set[str], listing: dict[str, list[str]]) -> list[str]:
+    return bwrap_argv(
+        bwrap="bwrap",
+        command=["sleep", "1"],
+        hostname="h",
+        workdir=workdir,
+        user_namespace=False,
+        host_workdir="/state/work",
+        hosts_path="/state/hosts",
+        root=None,
+        exists=lambda p: p in existing,
+        listdir=lambda p: listing[p],
+    )
+
+
+def test_bwrap_argv_binds_workdir_over_an_existing_dir() -> None:
+    argv = _argv("/srv", {"/", "/srv", "/tmp", "/run", "/var/tmp"}, {})
+    assert argv[argv.index("--ro-bind") : argv.index("--ro-bind") + 3] == ["--ro-bind", "/", "/"]
+    i = argv.index("--bind")
+    assert argv[i : i + 3] == ["--bind", "/state/work", "/srv"]
+    assert argv[-5:] == ["--chdir", "/srv", "--", "sleep", "1"]
+
+
+def test_bwrap_argv_materialises_the_deepest_existing_ancestor() -> None:
+    argv = _argv("/srv/a/b", {"/", "/srv", "/tmp"}, {"/srv": ["x"]})
+    joined = " ".join(argv)
+    assert "--ro-bind / / --tmpfs /srv --ro-bind /srv/x /srv/x" in joined
+    assert "--bind /state/work /srv/a/b" in joined
+    assert "--tmpfs /run" not in joined  # absent on this "host"
+
+
+def test_bwrap_argv_materialises_the_root_for_a_new_top_level_dir() -> None:
+    argv = _argv("/app", {"/", "/usr"}, {"/": ["usr"]})
+    joined = " ".join(argv)
+    assert "--ro-bind / /" not in joined
+    assert "--ro-bind /usr /usr" in joined and "--tmpfs /tmp" in joined
+    assert "--bind /state/work /app" in joined
+
+
+def test_bwrap_argv_under_tmp_needs_no_materialising() -> None:
+    joined = " ".join(_argv("/tmp/w", {"/", "/tmp"}, {}))
+    assert "--ro-bind / / --proc /proc --dev /dev --tmpfs /tmp" in joined
+    assert joined.index("--tmpfs /tmp") < joined.index("--bind /state/work /tmp/w")
