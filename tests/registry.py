@@ -46,6 +46,7 @@ import pytest
 __all__ = [
     "HTPASSWD_PASSWORD",
     "HTPASSWD_USER",
+    "FlakyProxy",
     "LocalRegistry",
     "PushedImage",
     "build_layer",
@@ -556,6 +557,61 @@ class LocalRegistry:
 
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class FlakyProxy:
+    """An HTTP front for a registry that cuts the next ``drop_blobs`` blob downloads in half.
+
+    ``host`` replaces the registry's host in references; ``blob_gets`` counts blob GETs seen.
+    """
+
+    def __init__(self, upstream: LocalRegistry, drop_blobs: int = 0) -> None:
+        self.upstream = upstream
+        self.drop_blobs = drop_blobs
+        self.blob_gets = 0
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                outer._forward(self)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _forward(self, req: BaseHTTPRequestHandler) -> None:
+        headers = {k: v for k, v in req.headers.items() if k.lower() in ("accept", "authorization")}
+        status, resp_headers, body = self.upstream.http("GET", req.path, headers=headers)
+        drop = False
+        if "/blobs/" in req.path and status == 200:
+            with self._lock:
+                self.blob_gets += 1
+                if self.drop_blobs > 0:
+                    self.drop_blobs -= 1
+                    drop = True
+        req.send_response(status)
+        for key, value in resp_headers.items():
+            if key.lower() not in ("content-length", "connection", "transfer-encoding", "date",
+                                   "server"):
+                req.send_header(key, value)
+        req.send_header("Content-Length", str(len(body)))
+        req.end_headers()
+        req.wfile.write(body[: len(body) // 2] if drop else body)
+        if drop:
+            req.wfile.flush()
+            req.close_connection = True
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
 
 
 # -- fixtures -----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pytest_modal_sandbox.images import (
 from registry import (
     HTPASSWD_PASSWORD,
     HTPASSWD_USER,
+    FlakyProxy,
     LocalRegistry,
     busybox_layer,
     directory,
@@ -309,3 +310,22 @@ def test_xdist_workers_share_the_cache(
     result.assert_outcomes(passed=4)
     counts = registry.blob_gets("pull/xdist")
     assert counts == dict.fromkeys({image.config_digest, *image.layer_digests}, 1)
+
+
+def test_dropped_blob_downloads_are_retried(registry: LocalRegistry, tmp_path: Path) -> None:
+    image = registry.push_image("pull/flaky", "v1", [[file("data", os.urandom(500_000))]])
+    proxy = FlakyProxy(registry, drop_blobs=1)
+    try:
+        ref = image.reference.replace(registry.host, proxy.host)
+        root = ImageStore(tmp_path / "a").get(ref)
+        assert (root.path / "data").stat().st_size == 500_000
+        assert proxy.blob_gets == 3  # config, layer cut in half, layer again
+        proxy.drop_blobs = 10
+        store = ImageStore(tmp_path / "b")
+        with pytest.raises(RegistryUnreachable, match="cannot reach registry"):
+            store.get(ref)
+        assert _leftovers(store) == []
+        blobs = {p.name for p in (store.root / "blobs/sha256").iterdir()}
+        assert image.layer_digests[0].split(":")[1] not in blobs
+    finally:
+        proxy.close()

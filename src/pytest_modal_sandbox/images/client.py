@@ -306,8 +306,12 @@ class RegistryClient:
         what = f"blob {digest} of {self.display}/{repository}"
         hasher = hashlib.sha256()
         total = 0
+        expected: int | None = size
         try:
             with self._get(repository, f"blobs/{digest}", {}) as resp:
+                length = resp.headers.get("Content-Length")
+                if expected is None and length and length.isdigit():
+                    expected = int(length)
                 while chunk := resp.read(_CHUNK):
                     hasher.update(chunk)
                     out.write(chunk)
@@ -323,6 +327,11 @@ class RegistryClient:
             raise self._http_error(exc, what, repository) from None
         except (OSError, http.client.HTTPException) as exc:
             raise self._unreachable(self.base_url, exc) from exc
+        if expected is not None and total < expected:  # read(n) does not raise on a cut
+            raise self._unreachable(
+                self.base_url,
+                ConnectionError(f"connection closed after {total} of {expected} bytes of {what}"),
+            )
         actual = "sha256:" + hasher.hexdigest()
         if (size is not None and total != size) or actual != digest:
             raise ImageDigestMismatch(
