@@ -20,6 +20,10 @@ from contextlib import AbstractContextManager
 from .rpc_error import RpcError
 from .stdio import OutputBuffer
 
+# The client enforces an exec's timeout itself (wait() returns -1 at its deadline); the process
+# is killed this much later, so the client's -1 wins the race as it does against Modal.
+KILL_GRACE = 1.0
+
 
 class ExecProcess:
     """A running or finished exec, addressed by the client's ``exec_id``."""
@@ -87,7 +91,7 @@ class ExecProcess:
         try:
             if timeout is not None and timeout > 0:
                 try:
-                    await asyncio.wait_for(asyncio.shield(self._proc.wait()), timeout)
+                    await asyncio.wait_for(asyncio.shield(self._proc.wait()), timeout + KILL_GRACE)
                 except asyncio.TimeoutError:
                     self.kill()
             self.returncode = await self._proc.wait()

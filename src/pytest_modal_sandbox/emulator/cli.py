@@ -1,0 +1,166 @@
+"""``python -m pytest_modal_sandbox.emulator``: serve until SIGINT/SIGTERM, then clean up.
+
+Prints ``MODAL_SERVER_URL=http://127.0.0.1:PORT`` as the first line on stdout (flushed), then
+``MODAL_EMULATOR_CA_FILE=<path>`` (the CA that signed the tunnels' TLS certificate).  With
+``MODAL_SERVER_URL``, ``MODAL_TOKEN_ID`` and ``MODAL_TOKEN_SECRET`` set, the real ``modal``
+client works against it unchanged.  On SIGINT/SIGTERM every sandbox it started is terminated
+and it exits 0.
+
+Named secrets (for ``modal.Secret.from_name``) come from ``--secret NAME=KEY=VALUE``
+(repeatable; one flag per key), from ``--secrets-file`` (JSON ``{"name": {"KEY": "VALUE"}}``),
+or from the client itself (``modal.Secret.objects.create``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import SandboxError
+from .server import Emulator, EmulatorOptions
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+
+
+def _secret_flag(text: str) -> tuple[str, str, str]:
+    name, sep, rest = text.partition("=")
+    key, sep2, value = rest.partition("=")
+    if not (name and sep and key and sep2):
+        raise argparse.ArgumentTypeError(f"expected NAME=KEY=VALUE, got {text!r}")
+    return name, key, value
+
+
+def _load_secrets_file(path: str) -> dict[str, dict[str, str]]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"modal emulator: --secrets-file {path}: {exc}") from None
+    ok = isinstance(data, dict) and all(
+        isinstance(name, str)
+        and isinstance(env, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+        for name, env in data.items()
+    )
+    if not ok:
+        raise SystemExit(
+            f"modal emulator: --secrets-file {path}: expected a JSON object "
+            '{"secret-name": {"KEY": "VALUE", ...}, ...} of strings'
+        )
+    return dict(data)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pytest_modal_sandbox.emulator",
+        description="Offline emulator of Modal's sandbox API for the real modal client; "
+        "sandboxes run on the local bubblewrap runtime.",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        choices=LOOPBACK_HOSTS,
+        help="address to listen on (loopback only: the client accepts a plain-http "
+        "command router only on localhost)",
+    )
+    p.add_argument("--port", type=int, default=0, help="port (default 0: the kernel picks)")
+    p.add_argument("--token-id", help="accept only this MODAL_TOKEN_ID (with --token-secret)")
+    p.add_argument("--token-secret", help="accept only this MODAL_TOKEN_SECRET")
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="added to every RPC, e.g. 80 for a cloud round trip",
+    )
+    p.add_argument(
+        "--state-dir",
+        help="sandbox state and certificates (default: the user's "
+        "state dir + a temporary directory)",
+    )
+    p.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        type=_secret_flag,
+        metavar="NAME=KEY=VALUE",
+        help="define a named secret key (repeatable)",
+    )
+    p.add_argument("--secrets-file", help='JSON file {"name": {"KEY": "VALUE"}}')
+    p.add_argument(
+        "--environment",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an environment besides 'main' (repeatable)",
+    )
+    p.add_argument(
+        "--idle-timeout-status",
+        default="timeout",
+        choices=("timeout", "terminated", "idle_timeout"),
+        help="how a sandbox ended by idle_timeout is reported (default: timeout, "
+        "i.e. returncode 124 and SandboxTimeoutError from wait())",
+    )
+    p.add_argument("--list-page-size", type=int, default=100, help="SandboxListV2 page size")
+    p.add_argument("--stats-file", help="write the RPC counts (JSON) here on exit")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
+    secrets: dict[str, dict[str, str]] = {}
+    if args.secrets_file:
+        secrets.update(_load_secrets_file(args.secrets_file))
+    for name, key, value in args.secret:
+        secrets.setdefault(name, {})[key] = value
+    return EmulatorOptions(
+        host=args.host,
+        port=args.port,
+        token_id=args.token_id,
+        token_secret=args.token_secret,
+        latency_ms=args.latency_ms,
+        state_dir=args.state_dir,
+        secrets=secrets,
+        environments=args.environment,
+        idle_timeout_status=args.idle_timeout_status,
+        list_page_size=args.list_page_size,
+    )
+
+
+async def _run(options: EmulatorOptions, stats_file: str | None) -> int:
+    emulator = Emulator(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await emulator.start()
+    except (SandboxError, OSError) as exc:
+        await emulator.stop()
+        print(f"modal emulator: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(f"MODAL_SERVER_URL={emulator.url}", flush=True)
+    print(f"MODAL_EMULATOR_CA_FILE={emulator.ca_file}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await emulator.stop()
+        if stats_file:
+            Path(stats_file).write_text(json.dumps(emulator.stats_snapshot(), indent=2) + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if (args.token_id is None) != (args.token_secret is None):
+        p.error("--token-id and --token-secret must be given together")
+    if args.latency_ms < 0:
+        p.error(f"--latency-ms must be >= 0, got {args.latency_ms}")
+    if args.list_page_size < 1:
+        p.error(f"--list-page-size must be >= 1, got {args.list_page_size}")
+    if not 0 <= args.port <= 65535:
+        p.error(f"--port must be 0-65535, got {args.port}")
+    return asyncio.run(_run(options_from_args(args), args.stats_file))

@@ -1,0 +1,302 @@
+"""The ``modal.client.ModalClient`` service: apps, images, secrets and sandbox lifecycle.
+
+Only what the sandbox code paths of the 1.6 client use is implemented (see the wire spec,
+``docs/research/modal-protocol-1.6.4.md`` §8); every other RPC answers UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from google.protobuf import empty_pb2  # type: ignore[import-untyped]
+from modal_proto import api_grpc, api_pb2
+
+from . import ids, images
+from .registry import Registry
+from .rpc_error import RpcError
+from .sandboxes import EmuSandbox, SandboxManager
+from .servicer import fill_unimplemented
+
+Stream = Any  # grpclib.server.Stream[Request, Response]
+
+IMAGE_BUILDER_VERSION = "2025.06"
+MAX_LONG_POLL = 55.0  # never hold a long-poll longer than the client's attempt deadline
+_R = api_pb2.GenericResult
+
+
+def _tags(sb_tags: dict[str, str]) -> list[api_pb2.SandboxTag]:
+    return [api_pb2.SandboxTag(tag_name=k, tag_value=v) for k, v in sb_tags.items()]
+
+
+@fill_unimplemented
+class ControlPlane(api_grpc.ModalClientBase):
+    """Modal's control plane, backed by a :class:`SandboxManager`."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        image_store: images.ImageStore,
+        sandboxes: SandboxManager,
+        signer: ids.TokenSigner,
+        *,
+        list_page_size: int = 100,
+    ) -> None:
+        self.registry = registry
+        self.images = image_store
+        self.sandboxes = sandboxes
+        self.signer = signer
+        self.router_url = ""  # set once the server knows its port
+        self.list_page_size = list_page_size
+
+    # -- client, apps, environments ----------------------------------------------------------
+    async def ClientHello(self, stream: Stream) -> None:
+        await stream.recv_message()
+        await stream.send_message(
+            api_pb2.ClientHelloResponse(image_builder_version=IMAGE_BUILDER_VERSION)
+        )
+
+    async def AppGetOrCreate(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        app = self.registry.app_get_or_create(
+            req.app_name, req.environment_name, req.object_creation_type
+        )
+        meta = api_pb2.AppHandleMetadata(app_id=app.id, environment_name=app.environment)
+        await stream.send_message(
+            api_pb2.AppGetOrCreateResponse(app_id=app.id, handle_metadata=meta)
+        )
+
+    async def AppStop(self, stream: Stream) -> None:
+        """``modal app stop``: terminate every running sandbox of the app."""
+        req = await stream.recv_message()
+        victims = [sb for sb in self.sandboxes.all() if sb.app_id == req.app_id and sb.running]
+        await asyncio.gather(*(self.sandboxes.terminate(sb) for sb in victims))
+        await stream.send_message(empty_pb2.Empty())
+
+    async def EnvironmentGetOrCreate(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        env = self.registry.environment(req.deployment_name, req.object_creation_type)
+        settings = api_pb2.EnvironmentSettings(
+            image_builder_version=IMAGE_BUILDER_VERSION, webhook_suffix="modal.run"
+        )
+        await stream.send_message(
+            api_pb2.EnvironmentGetOrCreateResponse(
+                environment_id=env.id,
+                metadata=api_pb2.EnvironmentMetadata(name=env.name, settings=settings),
+            )
+        )
+
+    async def AuthTokenGet(self, stream: Stream) -> None:
+        await stream.recv_message()
+        token = self.signer.mint({"sub": "modal-emulator"}, ttl=3600)
+        await stream.send_message(api_pb2.AuthTokenGetResponse(token=token))
+
+    # -- images ------------------------------------------------------------------------------
+    async def ImageGetOrCreate(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        image = req.image
+        key = bytes([req.namespace]) + image.SerializeToString(deterministic=True)
+        layer, built = self.images.get_or_create(
+            key,
+            lambda: images.ImageLayer(
+                ids.object_id("im"),
+                tuple(image.dockerfile_commands),
+                tuple((b.docker_tag, b.image_id) for b in image.base_images),
+                req.namespace,
+            ),
+        )
+        resp = api_pb2.ImageGetOrCreateResponse(image_id=layer.id)
+        if built:  # a cache hit: no build to join
+            resp.result.status = _R.GENERIC_STATUS_SUCCESS
+            resp.metadata.image_builder_version = IMAGE_BUILDER_VERSION
+        await stream.send_message(resp)
+
+    async def ImageJoinStreaming(self, stream: Stream) -> None:
+        """The "build": a few log lines, then SUCCESS (also for unknown or stale ids)."""
+        req = await stream.recv_message()
+        chain = self.images.chain(req.image_id)
+        lines = [f"{cmd}\n" for layer in chain[-1:] for cmd in layer.dockerfile_commands]
+        logs = [
+            api_pb2.TaskLogs(data=line, file_descriptor=api_pb2.FILE_DESCRIPTOR_INFO)
+            for line in lines
+        ]
+        if logs:
+            await stream.send_message(
+                api_pb2.ImageJoinStreamingResponse(task_logs=logs, entry_id="1")
+            )
+        self.images.mark_built(req.image_id)
+        await stream.send_message(
+            api_pb2.ImageJoinStreamingResponse(
+                result=_R(status=_R.GENERIC_STATUS_SUCCESS),
+                entry_id="2",
+                eof=True,
+                metadata=api_pb2.ImageMetadata(image_builder_version=IMAGE_BUILDER_VERSION),
+            )
+        )
+
+    # -- secrets -----------------------------------------------------------------------------
+    async def SecretGetOrCreate(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        secret = self.registry.secret_get_or_create(
+            req.deployment_name,
+            req.environment_name,
+            req.object_creation_type,
+            dict(req.env_dict),
+            list(req.required_keys),
+        )
+        meta = api_pb2.SecretMetadata(
+            name=secret.name or "", keys=sorted(secret.env), environment_name=secret.environment
+        )
+        await stream.send_message(
+            api_pb2.SecretGetOrCreateResponse(secret_id=secret.id, metadata=meta)
+        )
+
+    async def SecretDelete(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        self.registry.secret_delete(req.secret_id)
+        await stream.send_message(empty_pb2.Empty())
+
+    # -- sandboxes ---------------------------------------------------------------------------
+    def _access(self, sb: EmuSandbox) -> api_pb2.CommandRouterAccess:
+        jwt = self.signer.mint({"task_id": sb.task_id, "sandbox_id": sb.id}, ttl=3600)
+        return api_pb2.CommandRouterAccess(url=self.router_url, jwt=jwt)
+
+    async def SandboxCreateV2(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        sb = await self.sandboxes.create(req, stream.metadata.get("x-idempotency-key"))
+        await stream.send_message(
+            api_pb2.SandboxCreateV2Response(
+                sandbox_id=sb.id,
+                task_id=sb.task_id,
+                tunnels=sb.tunnels,
+                metadata=sb.metadata(),
+                command_router_access=self._access(sb),
+            )
+        )
+
+    async def SandboxWaitV2(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        sb = self.sandboxes.get(req.sandbox_id)
+        await self.sandboxes.wait(sb, min(max(req.timeout, 0.0), MAX_LONG_POLL))
+        resp = api_pb2.SandboxWaitResponse(metadata=sb.metadata())
+        if sb.result is not None:
+            resp.result.CopyFrom(sb.result)
+        await stream.send_message(resp)
+
+    SandboxWait = SandboxWaitV2
+
+    async def SandboxTerminateV2(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        sb = self.sandboxes.get(req.sandbox_id)
+        existing = await self.sandboxes.terminate(sb)
+        await stream.send_message(api_pb2.SandboxTerminateResponse(existing_result=existing))
+
+    SandboxTerminate = SandboxTerminateV2
+
+    async def SandboxGetTaskIdV2(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        sb = self.sandboxes.get(req.sandbox_id)
+        if sb.result is not None:
+            await stream.send_message(api_pb2.SandboxGetTaskIdResponse(task_result=sb.result))
+        else:
+            await stream.send_message(api_pb2.SandboxGetTaskIdResponse(task_id=sb.task_id))
+
+    SandboxGetTaskId = SandboxGetTaskIdV2
+
+    async def SandboxGetCommandRouterAccess(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        if req.WhichOneof("target") == "task_id":
+            sb = self.sandboxes.by_task(req.task_id)
+        else:
+            sb = self.sandboxes.get(req.sandbox_id)
+        access = self._access(sb)
+        await stream.send_message(
+            api_pb2.SandboxGetCommandRouterAccessResponse(
+                jwt=access.jwt, url=access.url, worker_ipv4_address="127.0.0.1"
+            )
+        )
+
+    async def TaskGetCommandRouterAccess(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        access = self._access(self.sandboxes.by_task(req.task_id))
+        await stream.send_message(
+            api_pb2.TaskGetCommandRouterAccessResponse(jwt=access.jwt, url=access.url)
+        )
+
+    async def SandboxGetTunnelsV2(self, stream: Stream) -> None:
+        """Tunnels open at create, so this answers at once; a finished sandbox has none."""
+        req = await stream.recv_message()
+        sb = self.sandboxes.get(req.sandbox_id)
+        if sb.result is not None:
+            await stream.send_message(api_pb2.SandboxGetTunnelsResponse(result=sb.result))
+            return
+        await stream.send_message(
+            api_pb2.SandboxGetTunnelsResponse(
+                result=_R(status=_R.GENERIC_STATUS_SUCCESS), tunnels=sb.tunnels
+            )
+        )
+
+    SandboxGetTunnels = SandboxGetTunnelsV2
+
+    async def SandboxGetFromNameV2(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        sb = self.sandboxes.by_name(
+            req.app_name, req.environment_name, req.sandbox_name, req.include_terminated
+        )
+        await stream.send_message(
+            api_pb2.SandboxGetFromNameResponse(sandbox_id=sb.id, metadata=sb.metadata())
+        )
+
+    # The client falls back to the V1 RPC on NOT_FOUND; it must say NOT_FOUND too.
+    SandboxGetFromName = SandboxGetFromNameV2
+
+    async def SandboxListV2(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        found = self.sandboxes.query(
+            app_id=req.app_id,
+            environment=req.environment_name,
+            tags={t.tag_name: t.tag_value for t in req.tags},
+            before=req.before_timestamp,
+            include_finished=req.include_finished,
+            limit=self.list_page_size,
+        )
+        await stream.send_message(
+            api_pb2.SandboxListResponse(sandboxes=[sb.info() for sb in found])
+        )
+
+    SandboxList = SandboxListV2
+
+    async def SandboxTagsSetV2(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        sb = self.sandboxes.get(req.sandbox_id)
+        tags = {t.tag_name: t.tag_value for t in req.tags}
+        sb.tags = tags
+        if sb.running:
+            try:
+                await self.sandboxes.blocking(sb.local.set_tags, tags)
+            except Exception:  # the runtime's copy is informational; ours is authoritative
+                pass
+        await stream.send_message(empty_pb2.Empty())
+
+    SandboxTagsSet = SandboxTagsSetV2
+
+    async def SandboxTagsGetV2(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        sb = self.sandboxes.get(req.sandbox_id)
+        await stream.send_message(api_pb2.SandboxTagsGetResponse(tags=_tags(sb.tags)))
+
+    SandboxTagsGet = SandboxTagsGetV2
+
+    async def SandboxSetName(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        sb = self.sandboxes.get(req.sandbox_id)
+        if sb.name == req.name:
+            await stream.send_message(empty_pb2.Empty())
+            return
+        if sb.name is not None:
+            raise RpcError("FAILED_PRECONDITION", f"Sandbox already has the name {sb.name!r}")
+        holder = self.sandboxes.name_holder(sb.app_id, req.name)
+        if holder is not None:
+            raise RpcError("ALREADY_EXISTS", f"Sandbox with name {req.name!r} already exists")
+        sb.name = req.name
+        await stream.send_message(empty_pb2.Empty())

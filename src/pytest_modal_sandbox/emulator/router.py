@@ -1,0 +1,169 @@
+"""The ``TaskCommandRouter`` service: exec, stdio, stdin and readiness of running sandboxes.
+
+On Modal this runs on the worker next to the container; here it shares the control plane's
+port (the client accepts an ``http://`` router URL when the control plane is on localhost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from modal_proto import task_command_router_grpc
+from modal_proto import task_command_router_pb2 as tcr
+
+from .probes import listening_ports
+from .rpc_error import RpcError
+from .sandboxes import EmuSandbox, SandboxManager
+from .servicer import fill_unimplemented
+from .stdio import follow_file
+
+Stream = Any  # grpclib.server.Stream[Request, Response]
+
+
+@fill_unimplemented
+class Router(task_command_router_grpc.TaskCommandRouterBase):
+    """Modal's task command router, backed by a :class:`SandboxManager`."""
+
+    def __init__(self, sandboxes: SandboxManager) -> None:
+        self.sandboxes = sandboxes
+
+    # -- exec --------------------------------------------------------------------------------
+    async def TaskExecStart(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        await self.sandboxes.exec_start(req)
+        await stream.send_message(tcr.TaskExecStartResponse())
+
+    async def TaskExecStdioRead(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        proc = self.sandboxes.exec_process(req.task_id, req.exec_id)
+        if req.file_descriptor == tcr.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDERR:
+            buffer = proc.stderr
+        else:
+            buffer = proc.stdout
+        async for chunk in buffer.read_from(req.offset):
+            await stream.send_message(tcr.TaskExecStdioReadResponse(data=chunk))
+
+    async def TaskExecStdinWrite(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        proc = self.sandboxes.exec_process(req.task_id, req.exec_id)
+        await proc.write_stdin(req.offset, req.data, req.eof)
+        await stream.send_message(tcr.TaskExecStdinWriteResponse())
+
+    async def TaskExecStdinWriteStream(self, stream: Stream) -> None:
+        """Client streaming: ``start{offset}``, ``data``..., ``end`` (= EOF)."""
+        first = await stream.recv_message()
+        if first is None or first.WhichOneof("payload") != "start":
+            raise RpcError("INVALID_ARGUMENT", "the stdin stream must begin with 'start'")
+        proc = self.sandboxes.exec_process(first.start.task_id, first.start.exec_id)
+        offset = first.start.offset
+        async for msg in stream:
+            kind = msg.WhichOneof("payload")
+            if kind == "data":
+                await proc.write_stdin(offset, msg.data, False)
+                offset += len(msg.data)
+            elif kind == "end":
+                await proc.write_stdin(offset, b"", True)
+                break
+        await stream.send_message(tcr.TaskExecStdinWriteStreamResponse())
+
+    async def TaskExecStdinStatus(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        proc = self.sandboxes.exec_process(req.task_id, req.exec_id)
+        await stream.send_message(
+            tcr.TaskExecStdinStatusResponse(
+                num_bytes_written=proc.stdin_written, closed=proc.stdin_closed
+            )
+        )
+
+    async def TaskExecWait(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        proc = self.sandboxes.exec_process(req.task_id, req.exec_id)
+        await proc.exited.wait()
+        kind, value = proc.exit_status() or ("code", -1)
+        await stream.send_message(tcr.TaskExecWaitResponse(**{kind: value}))
+
+    async def TaskExecPoll(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        proc = self.sandboxes.exec_process(req.task_id, req.exec_id)
+        status = proc.exit_status()
+        resp = tcr.TaskExecPollResponse()
+        if status is not None:
+            setattr(resp, status[0], status[1])
+        await stream.send_message(resp)
+
+    # -- entrypoint stdio --------------------------------------------------------------------
+    async def SandboxStdioReadV2(self, stream: Stream) -> None:
+        """The entrypoint's output from ``offset``; ends at EOF, also after the sandbox ended."""
+        req = await stream.recv_message()
+        sb = self.sandboxes.by_task(req.task_id)
+        if req.file_descriptor == tcr.SANDBOX_STDIO_FILE_DESCRIPTOR_STDERR:
+            path = sb.local.stderr_path
+        else:
+            path = sb.local.stdout_path
+        offset = max(0, req.offset)
+        async for chunk in follow_file(path, offset, lambda: not sb.running):
+            await stream.send_message(
+                tcr.SandboxStdioReadV2Response(data=chunk, starting_offset=offset)
+            )
+            offset += len(chunk)
+
+    async def SandboxStdinWriteV2(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        sb = self.sandboxes.by_task(req.task_id)
+        await self.sandboxes.write_stdin(sb, req.offset, req.data, req.eof)
+        await stream.send_message(tcr.SandboxStdinWriteV2Response())
+
+    # -- readiness ---------------------------------------------------------------------------
+    async def SandboxWaitUntilReady(self, stream: Stream) -> None:
+        """Poll the readiness probe every ``interval_ms`` until it passes or ``timeout``."""
+        req = await stream.recv_message()
+        sb = self.sandboxes.by_task(req.task_id)
+        ready_at = sb.ready_at
+        if ready_at is None:
+            ready_at = await self._wait_ready(sb, req.timeout)
+        await stream.send_message(tcr.SandboxWaitUntilReadyTcrResponse(ready_at=ready_at))
+
+    async def _wait_ready(self, sb: EmuSandbox, timeout: float) -> float:
+        probe = sb.probe
+        if probe is None:
+            raise RpcError(
+                "FAILED_PRECONDITION",
+                "Sandbox has no readiness_probe: pass readiness_probe=modal.Probe.with_tcp(port) "
+                "or modal.Probe.with_exec(...) to Sandbox.create to use wait_until_ready()",
+            )
+        interval = (probe.interval_ms if probe.HasField("interval_ms") else 100) / 1000
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            if not sb.running:
+                raise RpcError(
+                    "FAILED_PRECONDITION",
+                    f"Sandbox finished before it became ready ({sb.describe_end()})",
+                )
+            remaining = deadline - time.monotonic()
+            if await self._probe_passes(sb, probe, remaining):
+                sb.ready_at = ready_at = time.time()
+                return ready_at
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RpcError("DEADLINE_EXCEEDED", "Sandbox did not become ready in time")
+            await asyncio.sleep(min(interval, remaining))
+
+    async def _probe_passes(self, sb: EmuSandbox, probe: Any, remaining: float) -> bool:
+        kind = probe.WhichOneof("probe_oneof")
+        if kind == "tcp_port":
+            table = await self.sandboxes.blocking(_tcp_tables, sb)
+            return probe.tcp_port in listening_ports(table)
+        if kind == "exec_command":
+            outcome = await self.sandboxes.blocking(
+                sb.local.exec, list(probe.exec_command.argv), timeout=max(remaining, 1.0)
+            )
+            return bool(outcome.returncode == 0)
+        raise RpcError("INVALID_ARGUMENT", f"unsupported readiness probe {kind!r}")
+
+
+def _tcp_tables(sb: EmuSandbox) -> str:
+    """The sandbox's ``/proc/net/tcp`` + ``tcp6``, read through an exec inside it."""
+    outcome = sb.local.exec(["cat", "/proc/net/tcp", "/proc/net/tcp6"], timeout=10)
+    return outcome.stdout.decode("ascii", "replace")

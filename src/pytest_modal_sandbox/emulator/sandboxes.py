@@ -1,0 +1,603 @@
+"""The emulator's sandboxes: Modal's sandbox semantics on top of the local runtime.
+
+One :class:`EmuSandbox` per ``SandboxCreateV2``, wrapping a runtime ``LocalSandbox`` with what
+Modal adds: an app, a task id, tags and a name unique among the app's *running* sandboxes,
+tunnels, the final ``GenericResult``, buffered execs and entrypoint stdin offsets.  The
+:class:`SandboxManager` owns them all, runs blocking runtime calls on a thread pool, and learns
+about sandboxes that end on their own (entrypoint exit, timeout, idle timeout) with one poller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from modal_proto import api_pb2
+
+from .. import errors
+from ..runtime import (
+    ExitStatus,
+    InvalidArgument,
+    LocalRuntime,
+    LocalSandbox,
+    NameTaken,
+    SandboxConfig,
+)
+from . import ids, images
+from .execs import ExecProcess
+from .registry import DEFAULT_ENVIRONMENT, Registry
+from .rpc_error import RpcError
+from .secret_env import merge_env
+
+T = TypeVar("T")
+
+FS_TOOLS_PATH = "/__modal/.bin/modal-sandbox-fs-tools"
+FS_TOOLS_SCRIPT = str(Path(__file__).with_name("fs_tools.py"))
+MAX_TIMEOUT_SECS = 24 * 3600
+DEFAULT_TIMEOUT_SECS = 300
+POLL_INTERVAL = 0.05
+
+IdleStatus = Literal["timeout", "terminated", "idle_timeout"]
+_R = api_pb2.GenericResult
+
+
+def result_for(status: ExitStatus, idle_status: IdleStatus = "timeout") -> api_pb2.GenericResult:
+    """Modal's ``GenericResult`` for how a local sandbox ended.
+
+    The client derives ``returncode`` from it: TIMEOUT -> 124 (and ``wait()`` raises
+    ``SandboxTimeoutError``), TERMINATED -> 137, otherwise ``exitcode``.  How Modal reports an
+    idle timeout is not documented; ``idle_status`` picks TIMEOUT (default), TERMINATED or
+    IDLE_TIMEOUT (no exception, returncode 124 here).
+    """
+    kind = status.kind
+    if kind == "idle_timeout":
+        kind = "timeout" if idle_status == "timeout" else idle_status
+        if kind == "idle_timeout":
+            return _R(
+                status=_R.GENERIC_STATUS_IDLE_TIMEOUT,
+                exitcode=124,
+                exception="Sandbox was idle for longer than its idle_timeout",
+            )
+        if kind == "terminated":
+            return _R(
+                status=_R.GENERIC_STATUS_TERMINATED,
+                exitcode=137,
+                exception="Sandbox was terminated after its idle_timeout",
+            )
+        return _R(
+            status=_R.GENERIC_STATUS_TIMEOUT,
+            exitcode=124,
+            exception="Sandbox was idle for longer than its idle_timeout",
+        )
+    if kind == "success":
+        return _R(status=_R.GENERIC_STATUS_SUCCESS, exitcode=status.exitcode or 0)
+    if kind == "failure":
+        code = 1 if status.exitcode is None else status.exitcode
+        return _R(status=_R.GENERIC_STATUS_FAILURE, exitcode=code)
+    if kind == "terminated":
+        return _R(
+            status=_R.GENERIC_STATUS_TERMINATED, exitcode=137, exception="Sandbox was terminated"
+        )
+    return _R(
+        status=_R.GENERIC_STATUS_TIMEOUT, exitcode=124, exception="Sandbox exceeded its timeout"
+    )
+
+
+@dataclass(eq=False)
+class EmuSandbox:
+    """Modal's view of one sandbox."""
+
+    id: str
+    task_id: str
+    app_id: str
+    environment: str
+    name: str | None
+    tags: dict[str, str]
+    created_at: float
+    image_id: str
+    timeout_secs: int
+    idle_timeout_secs: int | None
+    probe: api_pb2.Probe | None
+    local: LocalSandbox
+    tunnels: list[api_pb2.TunnelData] = field(default_factory=list)
+    result: api_pb2.GenericResult | None = None
+    finished_at: float | None = None
+    ready_at: float | None = None
+    execs: dict[str, ExecProcess] = field(default_factory=dict)
+    stdin_written: int = 0
+    stdin_closed: bool = False
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def running(self) -> bool:
+        return self.result is None
+
+    def metadata(self) -> api_pb2.SandboxHandleMetadata:
+        return api_pb2.SandboxHandleMetadata(app_id=self.app_id, result=self.result)
+
+    def describe_end(self) -> str:
+        if self.result is None:
+            return "running"
+        names = {
+            _R.GENERIC_STATUS_SUCCESS: "exited",
+            _R.GENERIC_STATUS_FAILURE: "exited",
+            _R.GENERIC_STATUS_TERMINATED: "terminated",
+            _R.GENERIC_STATUS_TIMEOUT: "timed out",
+            _R.GENERIC_STATUS_IDLE_TIMEOUT: "idle timed out",
+        }
+        return f"{names.get(self.result.status, 'finished')}, exit code {self.result.exitcode}"
+
+    def info(self) -> api_pb2.SandboxInfo:
+        """The ``SandboxInfo`` of ``SandboxListV2``."""
+        info = api_pb2.SandboxInfo(
+            id=self.id,
+            created_at=self.created_at,
+            app_id=self.app_id,
+            tags=[api_pb2.SandboxTag(tag_name=k, tag_value=v) for k, v in self.tags.items()],
+            name=self.name or "",
+            image_id=self.image_id,
+            timeout_secs=self.timeout_secs,
+            tunnels=self.tunnels,
+            metadata=self.metadata(),
+            task_info=api_pb2.TaskInfo(
+                id=self.task_id,
+                sandbox_id=self.id,
+                enqueued_at=self.created_at,
+                started_at=self.created_at,
+                finished_at=self.finished_at or 0.0,
+                result=self.result,
+            ),
+        )
+        if self.idle_timeout_secs is not None:
+            info.idle_timeout_secs = self.idle_timeout_secs
+        if self.ready_at is not None:
+            info.ready_at = self.ready_at
+        if self.probe is not None:
+            info.readiness_probe.CopyFrom(self.probe)
+        return info
+
+
+def _poll_all(sandboxes: list[EmuSandbox]) -> list[ExitStatus | None]:
+    return [sb.local.poll() for sb in sandboxes]
+
+
+class SandboxManager:
+    """Creates, finds, watches and ends the emulator's sandboxes (one event loop)."""
+
+    def __init__(
+        self,
+        runtime: LocalRuntime,
+        registry: Registry,
+        image_store: images.ImageStore,
+        *,
+        tls_context: Any,
+        idle_status: IdleStatus = "timeout",
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.registry = registry
+        self.images = image_store
+        self._tls = tls_context
+        self._idle_status: IdleStatus = idle_status
+        self._executor = executor or ThreadPoolExecutor(64, thread_name_prefix="emulator-rt")
+        self._by_id: dict[str, EmuSandbox] = {}
+        self._by_task: dict[str, EmuSandbox] = {}
+        self._pending_names: set[tuple[str, str]] = set()
+        self._creates: collections.OrderedDict[str, asyncio.Future[EmuSandbox]] = (
+            collections.OrderedDict()
+        )
+        self._last_created_at = 0.0
+        self._poller: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- helpers -----------------------------------------------------------------------------
+    async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking runtime call on the emulator's thread pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    def secret_env(self, secret_id: str) -> Mapping[str, str]:
+        return self.registry.secret_env(secret_id)
+
+    def _unique_created_at(self) -> float:
+        # Pagination is by strict "created_at < before": two sandboxes must never share one.
+        now = time.time()
+        if now <= self._last_created_at:
+            now = self._last_created_at + 1e-6
+        self._last_created_at = now
+        return now
+
+    # -- lookups -----------------------------------------------------------------------------
+    def get(self, sandbox_id: str) -> EmuSandbox:
+        sb = self._by_id.get(sandbox_id)
+        if sb is None:
+            raise RpcError("NOT_FOUND", f"Sandbox {sandbox_id!r} not found")
+        return sb
+
+    def by_task(self, task_id: str) -> EmuSandbox:
+        sb = self._by_task.get(task_id)
+        if sb is None:
+            raise RpcError("NOT_FOUND", f"Task {task_id!r} not found")
+        return sb
+
+    def running_task(self, task_id: str) -> EmuSandbox:
+        """The sandbox of ``task_id``; NOT_FOUND once it has finished (the task is gone)."""
+        sb = self.by_task(task_id)
+        if not sb.running:
+            raise RpcError(
+                "NOT_FOUND", f"Sandbox {sb.id} has already finished ({sb.describe_end()})"
+            )
+        return sb
+
+    def all(self) -> list[EmuSandbox]:
+        return list(self._by_id.values())
+
+    def name_holder(self, app_id: str, name: str) -> EmuSandbox | None:
+        for sb in self._by_id.values():
+            if sb.running and sb.app_id == app_id and sb.name == name:
+                return sb
+        return None
+
+    def by_name(
+        self, app_name: str, environment: str, name: str, include_terminated: bool
+    ) -> EmuSandbox:
+        app = self.registry.app_by_name(app_name, environment)
+        not_found = RpcError(
+            "NOT_FOUND", f"Sandbox with name {name!r} not found in app {app_name!r}"
+        )
+        if app is None:
+            raise not_found
+        holder = self.name_holder(app.id, name)
+        if holder is not None:
+            return holder
+        if include_terminated:
+            ended = [s for s in self._by_id.values() if s.app_id == app.id and s.name == name]
+            if ended:
+                return max(ended, key=lambda s: s.finished_at or 0.0)
+        raise not_found
+
+    def query(
+        self,
+        *,
+        app_id: str,
+        environment: str,
+        tags: Mapping[str, str],
+        before: float,
+        include_finished: bool,
+        limit: int,
+    ) -> list[EmuSandbox]:
+        """Newest first, ``created_at < before`` when ``before`` is set, tags AND-matched."""
+        env = environment or DEFAULT_ENVIRONMENT
+        out = []
+        for sb in sorted(self._by_id.values(), key=lambda s: s.created_at, reverse=True):
+            if before and not sb.created_at < before:
+                continue
+            if app_id and sb.app_id != app_id:
+                continue
+            if not app_id and sb.environment != env:
+                continue
+            if not include_finished and not sb.running:
+                continue
+            if any(sb.tags.get(k) != v for k, v in tags.items()):
+                continue
+            out.append(sb)
+            if len(out) >= limit:
+                break
+        return out
+
+    # -- create ------------------------------------------------------------------------------
+    async def create(
+        self, req: api_pb2.SandboxCreateV2Request, idempotency_key: str | None
+    ) -> EmuSandbox:
+        """Create a sandbox; a retried request (same idempotency key) gets the same one."""
+        if not idempotency_key:
+            return await self._create(req)
+        existing = self._creates.get(idempotency_key)
+        if existing is not None:
+            return await asyncio.shield(existing)
+        fut: asyncio.Future[EmuSandbox] = asyncio.get_running_loop().create_future()
+        self._creates[idempotency_key] = fut
+        while len(self._creates) > 4096:
+            self._creates.popitem(last=False)
+        try:
+            sb = await self._create(req)
+        except BaseException as exc:
+            self._creates.pop(idempotency_key, None)  # a retry may try again
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved
+            raise
+        fut.set_result(sb)
+        return sb
+
+    def _config(
+        self, req: api_pb2.SandboxCreateV2Request, app_id: str
+    ) -> tuple[SandboxConfig, list[api_pb2.PortSpec]]:
+        d = req.definition
+        timeout = d.timeout_secs or DEFAULT_TIMEOUT_SECS
+        if not 0 < timeout <= MAX_TIMEOUT_SECS:
+            raise RpcError(
+                "INVALID_ARGUMENT",
+                f"timeout={timeout}s is out of range: it must be between 1 s and 24 hours",
+            )
+        idle: int | None = d.idle_timeout_secs if d.HasField("idle_timeout_secs") else None
+        if idle is not None and not 0 < idle <= MAX_TIMEOUT_SECS:
+            raise RpcError(
+                "INVALID_ARGUMENT",
+                f"idle_timeout={idle}s is out of range: it must be between 1 s and 24 hours",
+            )
+        ports = list(d.open_ports.ports)
+        numbers = [p.port for p in ports]
+        if len(set(numbers)) != len(numbers):
+            raise RpcError("INVALID_ARGUMENT", f"a port is opened twice: {numbers}")
+        env = dict(d.environment_variables.contents)
+        env.update(
+            merge_env(
+                req.secret_sources,
+                secret_ids=d.secret_ids,
+                legacy_env=req.ephemeral_secrets.contents,
+                secrets=self,
+            )
+        )
+        chain = self.images.chain(d.image_id)
+        config = SandboxConfig(
+            command=list(d.entrypoint_args) or None,
+            env=env,
+            workdir=d.workdir if d.HasField("workdir") else None,
+            timeout=float(timeout),
+            idle_timeout=None if idle is None else float(idle),
+            ports=numbers,
+            app=app_id,
+            name=d.name if d.HasField("name") else None,
+            tags={t.tag_name: t.tag_value for t in req.tags},
+            stdin_pipe=True,
+            rootfs=images.rootfs_for_chain(chain),
+        )
+        return config, ports
+
+    async def _create(self, req: api_pb2.SandboxCreateV2Request) -> EmuSandbox:
+        if self._closing:
+            raise RpcError("UNAVAILABLE", "the emulator is shutting down")
+        app_id = req.app_id
+        if not app_id:
+            raise RpcError("INVALID_ARGUMENT", "SandboxCreateV2 needs an app_id")
+        app = self.registry.app_by_id(app_id)  # stale ids (emulator restarted) are accepted
+        environment = app.environment if app is not None else DEFAULT_ENVIRONMENT
+        try:
+            config, ports = self._config(req, app_id)
+        except errors.SpecError as exc:
+            raise RpcError("INVALID_ARGUMENT", str(exc)) from exc
+        name_key = (app_id, config.name) if config.name else None
+        if name_key is not None:
+            if name_key in self._pending_names or self.name_holder(*name_key) is not None:
+                raise RpcError(
+                    "ALREADY_EXISTS", f"Sandbox with name {config.name!r} already exists"
+                )
+            self._pending_names.add(name_key)
+        try:
+            local = await self._create_local(config)
+            try:
+                sb = EmuSandbox(
+                    id=local.id,
+                    task_id=ids.task_id(),
+                    app_id=app_id,
+                    environment=environment,
+                    name=config.name,
+                    tags=dict(config.tags),
+                    created_at=self._unique_created_at(),
+                    image_id=req.definition.image_id,
+                    timeout_secs=int(config.timeout),
+                    idle_timeout_secs=(
+                        None if config.idle_timeout is None else int(config.idle_timeout)
+                    ),
+                    probe=(
+                        req.definition.readiness_probe
+                        if req.definition.HasField("readiness_probe")
+                        else None
+                    ),
+                    local=local,
+                )
+                sb.tunnels = await self._open_tunnels(local, ports)
+            except BaseException:
+                await self.blocking(local.terminate)
+                raise
+        finally:
+            if name_key is not None:
+                self._pending_names.discard(name_key)
+        self._by_id[sb.id] = sb
+        self._by_task[sb.task_id] = sb
+        self._ensure_poller()
+        return sb
+
+    async def _create_local(self, config: SandboxConfig) -> LocalSandbox:
+        try:
+            return await self.blocking(self.runtime.create, config)
+        except NameTaken as exc:
+            raise RpcError(
+                "ALREADY_EXISTS", f"Sandbox with name {config.name!r} already exists"
+            ) from exc
+        except errors.SpecError as exc:
+            raise RpcError("INVALID_ARGUMENT", str(exc)) from exc
+        except errors.BackendUnavailable as exc:
+            raise RpcError("FAILED_PRECONDITION", f"cannot run sandboxes here: {exc}") from exc
+        except errors.SandboxError as exc:
+            raise RpcError(
+                "INTERNAL", f"the local runtime failed to start the sandbox: {exc}"
+            ) from exc
+
+    async def _open_tunnels(
+        self, local: LocalSandbox, ports: Iterable[api_pb2.PortSpec]
+    ) -> list[api_pb2.TunnelData]:
+        """One loopback listener per port, serving TLS *and* plain on the same port."""
+        out = []
+        tunnel = getattr(local, "tunnel", None)  # arrives with the runtime's tunnels slice
+        for spec in ports:
+            if tunnel is None:
+                raise RpcError("UNIMPLEMENTED", "this local runtime cannot open tunnels yet")
+            host, port = await self.blocking(tunnel, spec.port, tls=self._tls)
+            data = api_pb2.TunnelData(host=host, port=port, container_port=spec.port)
+            if spec.unencrypted:
+                data.unencrypted_host = host
+                data.unencrypted_port = port
+            out.append(data)
+        return out
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _finish(self, sb: EmuSandbox, status: ExitStatus) -> None:
+        if sb.result is not None:
+            return
+        sb.result = result_for(status, self._idle_status)
+        sb.finished_at = status.finished_at
+        sb.stdin_closed = True
+        for proc in sb.execs.values():
+            proc.kill()  # the pid namespace is gone; make sure nsenter is too
+        sb.finished.set()
+
+    def _ensure_poller(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll_loop())
+
+    async def _poll_loop(self) -> None:
+        """Notice sandboxes that ended on their own, every POLL_INTERVAL seconds."""
+        while True:
+            running = [sb for sb in self._by_id.values() if sb.running]
+            if not running:
+                return
+            statuses = await self.blocking(_poll_all, running)
+            for sb, status in zip(running, statuses, strict=True):
+                if status is not None:
+                    self._finish(sb, status)
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def terminate(self, sb: EmuSandbox) -> api_pb2.GenericResult | None:
+        """End ``sb`` (idempotent); returns the result it already had, if it had finished."""
+        if sb.result is not None:
+            return sb.result
+        status = await self.blocking(sb.local.poll)
+        if status is not None:
+            self._finish(sb, status)
+            return sb.result
+        await self.blocking(sb.local.terminate)
+        self._finish(sb, ExitStatus("terminated", None, time.time()))
+        return None
+
+    async def wait(self, sb: EmuSandbox, timeout: float) -> None:
+        """Long-poll: return once ``sb`` finished or ``timeout`` seconds passed."""
+        if sb.running and timeout > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(sb.finished.wait(), timeout)
+
+    async def shutdown(self) -> None:
+        """Terminate every sandbox this emulator started and wait until they are gone."""
+        self._closing = True
+        running = [sb for sb in self._by_id.values() if sb.running]
+        await asyncio.gather(
+            *(self.blocking(sb.local.terminate, wait=True) for sb in running),
+            return_exceptions=True,
+        )
+        for sb in running:
+            self._finish(sb, ExitStatus("terminated", None, time.time()))
+        for sb in self._by_id.values():
+            for proc in sb.execs.values():
+                await proc.aclose()
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        await self.blocking(self.runtime.close)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- execs -------------------------------------------------------------------------------
+    async def exec_start(self, req: Any) -> None:
+        """``TaskExecStart``: idempotent by ``exec_id``; the process runs in the background."""
+        sb = self.running_task(req.task_id)
+        if not req.exec_id:
+            raise RpcError("INVALID_ARGUMENT", "TaskExecStart needs an exec_id")
+        if req.exec_id in sb.execs:
+            return
+        argv = list(req.command_args)
+        if not argv:
+            raise RpcError("INVALID_ARGUMENT", "TaskExecStart needs a command")
+        workdir = req.workdir if req.HasField("workdir") else None
+        if workdir is not None and not workdir.startswith("/"):
+            raise RpcError("INVALID_ARGUMENT", f"workdir must be absolute, got {workdir!r}")
+        env = merge_env(
+            req.secret_sources,
+            secret_ids=req.secret_ids,
+            legacy_env=dict(req.env),
+            secrets=self,
+        )
+        if argv[0] == FS_TOOLS_PATH:
+            argv = [sys.executable, "-I", "-S", FS_TOOLS_SCRIPT, *argv[1:]]
+        proc = ExecProcess(req.exec_id)
+        sb.execs[req.exec_id] = proc  # before any await: concurrent retries see it
+        try:
+            host_argv, host_env = await self.blocking(
+                sb.local.exec_command, argv, env=env, workdir=workdir
+            )
+            pipe = 1  # TASK_EXEC_STDOUT_CONFIG_PIPE == TASK_EXEC_STDERR_CONFIG_PIPE
+            await proc.start(
+                host_argv,
+                host_env,
+                stdout=req.stdout_config == pipe,
+                stderr=req.stderr_config == pipe,
+                merge_stderr=req.HasField("pty_info"),
+                timeout=float(req.timeout_secs) if req.HasField("timeout_secs") else None,
+                activity=sb.local.activity(),
+                on_stdin=sb.local.touch,
+            )
+        except errors.SandboxGone as exc:
+            del sb.execs[req.exec_id]
+            raise RpcError("NOT_FOUND", f"Sandbox {sb.id} has finished: {exc}") from exc
+        except (InvalidArgument, errors.SpecError) as exc:
+            del sb.execs[req.exec_id]
+            raise RpcError("INVALID_ARGUMENT", str(exc)) from exc
+        except BaseException:
+            del sb.execs[req.exec_id]
+            raise
+
+    def exec_process(self, task_id: str, exec_id: str) -> ExecProcess:
+        sb = self.by_task(task_id)
+        proc = sb.execs.get(exec_id)
+        if proc is None:
+            raise RpcError("NOT_FOUND", f"exec {exec_id!r} not found in task {task_id!r}")
+        return proc
+
+    # -- entrypoint stdin --------------------------------------------------------------------
+    async def write_stdin(self, sb: EmuSandbox, offset: int, data: bytes, eof: bool) -> None:
+        """``SandboxStdinWriteV2``: bytes at ``offset`` of the entrypoint's stdin, deduplicated."""
+        async with sb.stdin_lock:
+            if not sb.running:
+                raise RpcError("FAILED_PRECONDITION", "Sandbox has already terminated")
+            if offset > sb.stdin_written:
+                raise RpcError(
+                    "INVALID_ARGUMENT",
+                    f"stdin write at offset {offset} leaves a gap: only "
+                    f"{sb.stdin_written} bytes were written so far",
+                )
+            fresh = data[sb.stdin_written - offset :]
+            if not fresh and not eof:
+                return
+            if sb.stdin_closed:
+                if fresh:
+                    raise RpcError("FAILED_PRECONDITION", "the sandbox's stdin is closed")
+                return
+            try:
+                await self.blocking(sb.local.write_stdin, fresh, eof=eof)
+            except (OSError, errors.SandboxGone) as exc:
+                sb.stdin_closed = True
+                raise RpcError("FAILED_PRECONDITION", "Sandbox has already terminated") from exc
+            except errors.SandboxError as exc:  # e.g. the entrypoint closed its stdin
+                sb.stdin_closed = True
+                raise RpcError("FAILED_PRECONDITION", str(exc)) from exc
+            sb.stdin_written += len(fresh)
+            sb.stdin_closed = eof
+            sb.local.touch()

@@ -1,0 +1,249 @@
+"""Assembles the emulator: both Modal services and a small admin service on one grpclib port.
+
+:class:`Emulator` is the asyncio object (start/stop on a running loop); :func:`serve` runs one
+in a background thread of the current process (tests, benchmarks); the CLI in ``__main__`` runs
+one in its own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpclib.const
+import grpclib.server
+from google.protobuf import empty_pb2, wrappers_pb2  # type: ignore[import-untyped]
+from grpclib import GRPCError, Status
+
+from .._paths import state_root
+from ..runtime import LocalRuntime
+from . import ids, images
+from .control import ControlPlane
+from .registry import Registry
+from .router import Router
+from .sandboxes import IdleStatus, SandboxManager
+from .servicer import Instrumented, Stats
+from .tls import TlsMaterial, make_tls_material
+
+ADMIN_SERVICE = "/pytest_modal_sandbox.emulator.Admin"
+
+
+@dataclass
+class EmulatorOptions:
+    """Everything the CLI accepts, as one value (see ``python -m ... --help``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    token_id: str | None = None
+    token_secret: str | None = None
+    latency_ms: float = 0.0
+    state_dir: str | None = None
+    secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    environments: Sequence[str] = ()
+    idle_timeout_status: IdleStatus = "timeout"
+    list_page_size: int = 100
+
+    def __post_init__(self) -> None:
+        if (self.token_id is None) != (self.token_secret is None):
+            raise ValueError("token_id and token_secret must be given together")
+        if self.latency_ms < 0:
+            raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
+        if self.list_page_size < 1:
+            raise ValueError(f"list_page_size must be >= 1, got {self.list_page_size}")
+        if self.idle_timeout_status not in ("timeout", "terminated", "idle_timeout"):
+            raise ValueError(f"idle_timeout_status {self.idle_timeout_status!r} is not valid")
+
+
+class _Admin:
+    """``Stats`` (JSON RPC counts) and ``ResetStats``, for benchmarks and tests."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self._emulator = emulator
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        unary = grpclib.const.Cardinality.UNARY_UNARY
+        return {
+            f"{ADMIN_SERVICE}/Stats": grpclib.const.Handler(
+                self._stats, unary, empty_pb2.Empty, wrappers_pb2.StringValue
+            ),
+            f"{ADMIN_SERVICE}/ResetStats": grpclib.const.Handler(
+                self._reset, unary, empty_pb2.Empty, empty_pb2.Empty
+            ),
+        }
+
+    async def _stats(self, stream: Any) -> None:
+        await stream.recv_message()
+        payload = json.dumps(self._emulator.stats_snapshot())
+        await stream.send_message(wrappers_pb2.StringValue(value=payload))
+
+    async def _reset(self, stream: Any) -> None:
+        await stream.recv_message()
+        self._emulator.stats.reset()
+        await stream.send_message(empty_pb2.Empty())
+
+
+class Emulator:
+    """One emulator instance; create it, ``await start()``, ``await stop()`` on one loop."""
+
+    def __init__(self, options: EmulatorOptions | None = None) -> None:
+        self.options = options or EmulatorOptions()
+        self.stats = Stats()
+        self.port = 0
+        self.tls: TlsMaterial | None = None
+        self._server: grpclib.server.Server | None = None
+        self._tmp: str | None = None
+        self.sandboxes: SandboxManager | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.options.host}:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        assert self.tls is not None, "start() first"
+        return self.tls.ca_file
+
+    def _dirs(self) -> tuple[Path, Path]:
+        if self.options.state_dir:
+            base = Path(self.options.state_dir)
+            return base / "sandboxes", base / "tls"
+        self._tmp = tempfile.mkdtemp(prefix="modal-emulator-")
+        return state_root() / "emulator", Path(self._tmp) / "tls"
+
+    async def start(self) -> None:
+        """Make the certificates, check the runtime, and start listening."""
+        opts = self.options
+        sandbox_dir, tls_dir = self._dirs()
+        await asyncio.to_thread(LocalRuntime.check)
+        self.tls = await asyncio.to_thread(make_tls_material, tls_dir)
+        registry = Registry(environments=opts.environments, secrets=opts.secrets)
+        image_store = images.ImageStore()
+        signer = ids.TokenSigner()
+        self.sandboxes = SandboxManager(
+            LocalRuntime(sandbox_dir),
+            registry,
+            image_store,
+            tls_context=self.tls.server_context(),
+            idle_status=opts.idle_timeout_status,
+        )
+        # fill_unimplemented made them concrete; mypy only sees the generated ABCs.
+        control = ControlPlane(  # type: ignore[abstract]
+            registry, image_store, self.sandboxes, signer, list_page_size=opts.list_page_size
+        )
+        router = Router(self.sandboxes)  # type: ignore[abstract]
+        latency = opts.latency_ms / 1000.0
+
+        def check_control(stream: Any) -> None:
+            if opts.token_id is None:
+                return
+            md = stream.metadata
+            if (
+                md.get("x-modal-token-id") != opts.token_id
+                or md.get("x-modal-token-secret") != opts.token_secret
+            ):
+                raise GRPCError(
+                    Status.UNAUTHENTICATED,
+                    "Token missing or not accepted by this Modal emulator: set MODAL_TOKEN_ID "
+                    "and MODAL_TOKEN_SECRET to the values given with --token-id/--token-secret",
+                )
+
+        def check_router(stream: Any) -> None:
+            auth = stream.metadata.get("authorization", "")
+            token = auth[7:] if auth.startswith("Bearer ") else ""
+            if signer.verify(token) is None:
+                raise GRPCError(Status.UNAUTHENTICATED, "invalid or expired command router token")
+
+        self._server = grpclib.server.Server(
+            [
+                Instrumented(control, "control", self.stats, latency=latency, check=check_control),
+                Instrumented(router, "router", self.stats, latency=latency, check=check_router),
+                _Admin(self),
+            ]
+        )
+        await self._server.start(opts.host, opts.port)
+        listener: Any = self._server._server
+        self.port = int(listener.sockets[0].getsockname()[1])
+        control.router_url = self.url
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = {"rpcs": self.stats.snapshot()}
+        if self.sandboxes is not None:
+            all_sbs = self.sandboxes.all()
+            snap["sandboxes"] = {
+                "created": len(all_sbs),
+                "running": sum(1 for sb in all_sbs if sb.running),
+            }
+        return snap
+
+    async def stop(self) -> None:
+        """Stop listening, terminate every sandbox this emulator started, clean up."""
+        if self._server is not None:
+            self._server.close()
+        if self.sandboxes is not None:
+            await self.sandboxes.shutdown()
+        if self._server is not None:
+            # wait_closed() can hang on long-polls still open; they are cut below anyway.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+class RunningEmulator:
+    """An :class:`Emulator` serving from a background thread of this process (see :func:`serve`)."""
+
+    def __init__(self, options: EmulatorOptions) -> None:
+        self.emulator = Emulator(options)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="modal-emulator", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return self.emulator.url
+
+    @property
+    def ca_file(self) -> Path:
+        return self.emulator.ca_file
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.emulator.start(), self._loop).result(60)
+
+    def stats(self) -> dict[str, Any]:
+        return self.emulator.stats_snapshot()
+
+    def reset_stats(self) -> None:
+        self.emulator.stats.reset()
+
+    def stop(self) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.emulator.stop(), self._loop).result(60)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+
+
+@contextlib.contextmanager
+def serve(options: EmulatorOptions | None = None, **kwargs: Any) -> Iterator[RunningEmulator]:
+    """Run an emulator in this process for the duration of the ``with`` block.
+
+    ``serve(latency_ms=80)`` is short for ``serve(EmulatorOptions(latency_ms=80))``.  On exit
+    every sandbox it started is terminated.
+    """
+    running = RunningEmulator(options or EmulatorOptions(**kwargs))
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()

@@ -1,0 +1,87 @@
+"""Fixtures for the emulator's conformance tests: a real emulator process, the real client.
+
+``MODAL_CONFIG_PATH`` points at an empty file *before* ``modal`` is imported (the config is
+read at import), so a developer's ``~/.modal.toml`` cannot leak in.  Each test gets sandboxes
+through ``make_sandbox``, which terminates them afterwards; the session's emulator is stopped
+at the end and must leave no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from emulator_helpers import open_client, processes_mentioning
+
+_CONFIG = Path(tempfile.mkdtemp(prefix="modal-config-")) / "modal.toml"
+_CONFIG.touch()
+os.environ.setdefault("MODAL_CONFIG_PATH", str(_CONFIG))
+os.environ["MODAL_DISABLE_API_PROXY"] = "1"
+
+NAMED_SECRET = {"NAMED": "from-cli", "SHARED": "named"}
+
+
+@pytest.fixture(scope="session")
+def runtime_available() -> None:
+    from pytest_modal_sandbox.runtime import LocalRuntime, RuntimeUnavailable
+
+    try:
+        LocalRuntime.check()
+    except RuntimeUnavailable as exc:
+        pytest.skip(f"local runtime unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory, runtime_available: None) -> Iterator[Any]:
+    from pytest_modal_sandbox.emulator import EmulatorProcess
+
+    state = tmp_path_factory.mktemp("emulator-state")
+    proc = EmulatorProcess(
+        state_dir=state,
+        secrets={"emu-named": NAMED_SECRET},
+        extra_args=["--list-page-size", "2"],  # every listing of 2+ sandboxes paginates
+    ).start()
+    try:
+        yield proc
+    finally:
+        assert proc.stop() == 0
+        assert processes_mentioning(str(state)) == []
+
+
+@pytest.fixture(scope="session")
+def client(emulator: Any) -> Iterator[Any]:
+    c = open_client(emulator.url)
+    try:
+        yield c
+    finally:
+        c.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def app(client: Any) -> Any:
+    import modal
+
+    return modal.App.lookup("conformance", create_if_missing=True, client=client)
+
+
+@pytest.fixture
+def make_sandbox(app: Any, client: Any) -> Iterator[Callable[..., Any]]:
+    """``make_sandbox(*cmd, **create_kwargs)``: a sandbox terminated after the test."""
+    import modal
+
+    made: list[Any] = []
+
+    def make(*args: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("app", app)
+        kwargs.setdefault("client", client)
+        sb = modal.Sandbox.create(*args, **kwargs)
+        made.append(sb)
+        return sb
+
+    yield make
+    for sb in made:
+        sb.terminate()

@@ -1,0 +1,43 @@
+"""Helpers shared by the emulator's tests (a uniquely named module: tests are not packages)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def processes_mentioning(text: str) -> list[tuple[int, str]]:
+    """Live processes whose command line contains ``text`` (keepers, bwrap, the emulator)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != b"Z":
+            found.append((int(name), cmdline))
+    return found
+
+
+def reset_modal_globals() -> None:
+    """Process-wide caches that must not outlive one emulator (wire spec §1.5)."""
+    import modal
+    import modal._environments
+
+    modal.Client._set_env_client(None)
+    modal._environments.ENVIRONMENT_CACHE.clear()
+
+
+def open_client(url: str, token_id: str = "ak-test", token_secret: str = "as-test") -> Any:
+    import modal
+    from modal_proto import api_pb2
+
+    reset_modal_globals()
+    client = modal.Client(url, api_pb2.CLIENT_TYPE_CLIENT, (token_id, token_secret))
+    client.__enter__()
+    return client
