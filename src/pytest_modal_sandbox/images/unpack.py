@@ -31,6 +31,7 @@ import posixpath
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 import zlib
 from pathlib import Path
@@ -140,7 +141,7 @@ def remove_tree(path: Path) -> None:
             os.chmod(parent, 0o700)
             if os.path.isdir(p) and not os.path.islink(p):
                 os.chmod(p, 0o700)
-                shutil.rmtree(p, onerror=fix)
+                _rmtree(p, fix)
             else:
                 os.unlink(p)
         except FileNotFoundError:
@@ -149,7 +150,14 @@ def remove_tree(path: Path) -> None:
     if path.is_symlink() or not path.is_dir():
         path.unlink(missing_ok=True)
         return
-    shutil.rmtree(path, onerror=fix)
+    _rmtree(path, fix)
+
+
+def _rmtree(path: str | Path, fix: Any) -> None:
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=fix)
+    else:  # pragma: no cover - depends on the Python version
+        shutil.rmtree(path, onerror=fix)
 
 
 class LayerApplier:
