@@ -394,7 +394,7 @@ class ImageStore:
                 except RegistryUnreachable:  # a dropped connection mid-pull: try again
                     if attempt == _BLOB_ATTEMPTS - 1:
                         raise
-                    time.sleep(0.5 * (attempt + 1))
+                    time.sleep(0.25 * (attempt + 1))
                 finally:
                     tmp.unlink(missing_ok=True)
         return path
