@@ -274,8 +274,12 @@ class LocalRuntime:
         return found
 
     def close(self) -> None:
-        """Release what this process holds for this runtime (reaps exited keepers)."""
+        """Close the tunnel listeners this process opened for sandboxes of this runtime."""
         owners.reap()
+        if "pytest_modal_sandbox.runtime.tunnels" in sys.modules:
+            from . import tunnels
+
+            tunnels.close_under(self.root)
 
     # --- garbage collection -----------------------------------------------------------------
 

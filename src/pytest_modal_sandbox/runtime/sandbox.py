@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -323,6 +324,27 @@ class LocalSandbox:
             if eof:
                 os.close(owned.stdin_w)
                 owned.stdin_w = None
+
+    # --- tunnels --------------------------------------------------------------------------
+
+    def tunnel(self, port: int, *, tls: ssl.SSLContext | None = None) -> tuple[str, int]:
+        """A 127.0.0.1 endpoint in this process forwarding to ``port`` inside the sandbox.
+
+        Made once per port per process (later calls return the same address); it closes when
+        the sandbox ends or on ``LocalRuntime.close()``.  With ``tls``, connections that start
+        with a TLS handshake are decrypted here and others pass as plain bytes.
+        """
+        from . import tunnels
+
+        if isinstance(port, bool) or not isinstance(port, int) or port not in self.ports:
+            raise errors.NotDeclaredError(
+                f"port {port!r} of sandbox {self.id} was not declared; "
+                f"declared ports: {list(self.ports) or 'none'}"
+            )
+        if tls is not None and not isinstance(tls, ssl.SSLContext):
+            raise InvalidArgument(f"tls must be an ssl.SSLContext, not {type(tls).__name__}")
+        init = self._require_running("open a tunnel")
+        return tunnels.open_tunnel(self, init, port, tls)
 
 
 def _remove_tree(path: Path) -> None:
