@@ -17,7 +17,7 @@ def test_tcp_probe_waits_for_a_listener(make_sandbox: Any) -> None:
     sb = make_sandbox(
         "sh",
         "-c",
-        f"sleep 0.5; exec python3 -c \"{SERVER}.serve_forever()\"",
+        f'sleep 0.5; exec python3 -c "{SERVER}.serve_forever()"',
         readiness_probe=modal.Probe.with_tcp(8000, interval_ms=50),
     )
     sb.wait_until_ready(timeout=60)

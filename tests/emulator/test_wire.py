@@ -298,3 +298,28 @@ def test_bad_create_requests_are_invalid_argument(emulator: Any) -> None:
             assert err.value.status == Status.INVALID_ARGUMENT, err.value.message
 
     run(emulator.url, body)
+
+
+def test_a_create_the_client_gave_up_on_is_still_tracked(emulator: Any) -> None:
+    """A deadline hit mid-create must not leave an untracked (leaked) sandbox behind."""
+
+    async def body(control: Any, router: Any) -> None:
+        app_id = await new_app(control)
+        tag = api_pb2.SandboxTag(tag_name="abandoned", tag_value=str(uuid.uuid4()))
+        req = create_request(app_id)
+        req.tags.append(tag)
+        with pytest.raises((GRPCError, asyncio.TimeoutError)):
+            await control.SandboxCreateV2(req, timeout=0.001)
+        listed: list[Any] = []
+        for _ in range(100):  # the create finishes in the background
+            page = await control.SandboxListV2(
+                api_pb2.SandboxListRequest(app_id=app_id, tags=[tag])
+            )
+            listed = list(page.sandboxes)
+            if listed:
+                break
+            await asyncio.sleep(0.1)
+        assert len(listed) == 1
+        await terminate(control, listed[0].id)
+
+    run(emulator.url, body)

@@ -100,6 +100,13 @@ class ExecProcess:
             self.stdin_closed = True
             self.exited.set()
 
+    def abandon(self) -> None:
+        """The process never started: end its streams and release waiters (status unknown)."""
+        self.stdout.close()
+        self.stderr.close()
+        self.stdin_closed = True
+        self.exited.set()
+
     def kill(self) -> None:
         """SIGKILL the exec's whole process group (idempotent)."""
         if self._proc is not None and self._proc.returncode is None:

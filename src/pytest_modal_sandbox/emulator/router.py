@@ -81,8 +81,10 @@ class Router(task_command_router_grpc.TaskCommandRouterBase):
         req = await stream.recv_message()
         proc = self.sandboxes.exec_process(req.task_id, req.exec_id)
         await proc.exited.wait()
-        kind, value = proc.exit_status() or ("code", -1)
-        await stream.send_message(tcr.TaskExecWaitResponse(**{kind: value}))
+        status = proc.exit_status()
+        if status is None:
+            raise RpcError("NOT_FOUND", f"exec {req.exec_id!r} failed to start")
+        await stream.send_message(tcr.TaskExecWaitResponse(**{status[0]: status[1]}))
 
     async def TaskExecPoll(self, stream: Stream) -> None:
         req = await stream.recv_message()

@@ -14,7 +14,7 @@ import collections
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +166,11 @@ class EmuSandbox:
         return info
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 def _poll_all(sandboxes: list[EmuSandbox]) -> list[ExitStatus | None]:
     return [sb.local.poll() for sb in sandboxes]
 
@@ -192,9 +197,10 @@ class SandboxManager:
         self._by_id: dict[str, EmuSandbox] = {}
         self._by_task: dict[str, EmuSandbox] = {}
         self._pending_names: set[tuple[str, str]] = set()
-        self._creates: collections.OrderedDict[str, asyncio.Future[EmuSandbox]] = (
+        self._creates: collections.OrderedDict[str, asyncio.Task[EmuSandbox]] = (
             collections.OrderedDict()
         )
+        self._background: set[asyncio.Task[Any]] = set()
         self._last_created_at = 0.0
         self._poller: asyncio.Task[None] | None = None
         self._closing = False
@@ -298,25 +304,37 @@ class SandboxManager:
     async def create(
         self, req: api_pb2.SandboxCreateV2Request, idempotency_key: str | None
     ) -> EmuSandbox:
-        """Create a sandbox; a retried request (same idempotency key) gets the same one."""
-        if not idempotency_key:
-            return await self._create(req)
-        existing = self._creates.get(idempotency_key)
-        if existing is not None:
-            return await asyncio.shield(existing)
-        fut: asyncio.Future[EmuSandbox] = asyncio.get_running_loop().create_future()
-        self._creates[idempotency_key] = fut
-        while len(self._creates) > 4096:
-            self._creates.popitem(last=False)
-        try:
-            sb = await self._create(req)
-        except BaseException as exc:
-            self._creates.pop(idempotency_key, None)  # a retry may try again
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved
-            raise
-        fut.set_result(sb)
-        return sb
+        """Create a sandbox; a retried request (same idempotency key) gets the same one.
+
+        The work runs in its own task: a client that gives up mid-create (deadline, dropped
+        connection) cancels only its wait, never a half-made sandbox, which is registered
+        like any other (as on Modal, where a lost response does not undo a create).
+        """
+        if idempotency_key:
+            existing = self._creates.get(idempotency_key)
+            if existing is not None:
+                return await asyncio.shield(existing)
+        task = self._detached(self._create(req))
+        if idempotency_key:
+            self._creates[idempotency_key] = task
+            while len(self._creates) > 4096:
+                self._creates.popitem(last=False)
+
+            def forget_failure(t: asyncio.Task[EmuSandbox]) -> None:
+                failed = t.cancelled() or t.exception() is not None
+                if failed and self._creates.get(idempotency_key) is t:
+                    del self._creates[idempotency_key]  # a retry may try again
+
+            task.add_done_callback(forget_failure)
+        return await asyncio.shield(task)
+
+    def _detached(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``coro`` to completion even if the RPC that started it is cancelled."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_retrieve)  # the RPC that awaited it may be gone
+        return task
 
     def _config(
         self, req: api_pb2.SandboxCreateV2Request, app_id: str
@@ -508,6 +526,9 @@ class SandboxManager:
         for sb in self._by_id.values():
             for proc in sb.execs.values():
                 await proc.aclose()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -539,6 +560,18 @@ class SandboxManager:
             argv = [sys.executable, "-I", "-S", FS_TOOLS_SCRIPT, *argv[1:]]
         proc = ExecProcess(req.exec_id)
         sb.execs[req.exec_id] = proc  # before any await: concurrent retries see it
+        await asyncio.shield(self._detached(self._spawn(sb, proc, req, argv, env, workdir)))
+
+    async def _spawn(
+        self,
+        sb: EmuSandbox,
+        proc: ExecProcess,
+        req: Any,
+        argv: list[str],
+        env: dict[str, str],
+        workdir: str | None,
+    ) -> None:
+        """Start the exec (in its own task: a cancelled RPC must not leave it half-started)."""
         try:
             host_argv, host_env = await self.blocking(
                 sb.local.exec_command, argv, env=env, workdir=workdir
@@ -555,14 +588,21 @@ class SandboxManager:
                 on_stdin=sb.local.touch,
             )
         except errors.SandboxGone as exc:
-            del sb.execs[req.exec_id]
+            self._abandon(sb, proc)
             raise RpcError("NOT_FOUND", f"Sandbox {sb.id} has finished: {exc}") from exc
         except (InvalidArgument, errors.SpecError) as exc:
-            del sb.execs[req.exec_id]
+            self._abandon(sb, proc)
             raise RpcError("INVALID_ARGUMENT", str(exc)) from exc
         except BaseException:
-            del sb.execs[req.exec_id]
+            self._abandon(sb, proc)
             raise
+
+    @staticmethod
+    def _abandon(sb: EmuSandbox, proc: ExecProcess) -> None:
+        """Forget an exec that never started; wake anyone already waiting on it."""
+        if sb.execs.get(proc.exec_id) is proc:
+            del sb.execs[proc.exec_id]
+        proc.abandon()
 
     def exec_process(self, task_id: str, exec_id: str) -> ExecProcess:
         sb = self.by_task(task_id)
