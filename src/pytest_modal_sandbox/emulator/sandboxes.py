@@ -456,11 +456,8 @@ class SandboxManager:
     ) -> list[api_pb2.TunnelData]:
         """One loopback listener per port, serving TLS *and* plain on the same port."""
         out = []
-        tunnel = getattr(local, "tunnel", None)  # arrives with the runtime's tunnels slice
         for spec in ports:
-            if tunnel is None:
-                raise RpcError("UNIMPLEMENTED", "this local runtime cannot open tunnels yet")
-            host, port = await self.blocking(tunnel, spec.port, tls=self._tls)
+            host, port = await self.blocking(local.tunnel, spec.port, tls=self._tls)
             data = api_pb2.TunnelData(host=host, port=port, container_port=spec.port)
             if spec.unencrypted:
                 data.unencrypted_host = host

@@ -1,0 +1,93 @@
+"""Conformance: tunnels (``encrypted_ports`` / ``unencrypted_ports``) reached from the host.
+
+Every tunnel port serves TLS (a certificate for 127.0.0.1/localhost signed by the emulator's
+own CA, ``MODAL_EMULATOR_CA_FILE``) *and* plain bytes, so ``Tunnel.url`` (always https) works
+with that CA, and ``http://`` to the same host:port works with no CA at all.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+modal = pytest.importorskip("modal")
+
+HTTP = 'echo "$WHO" > /tmp/who; exec python3 -m http.server {port} --bind 127.0.0.1 -d /tmp'
+
+
+def web_sandbox(make_sandbox: Any, port: int = 8000, who: str = "web", **kwargs: Any) -> Any:
+    """A sandbox serving its /tmp over HTTP on ``port``; /tmp/who holds ``who``."""
+    sb = make_sandbox(
+        "sh",
+        "-c",
+        HTTP.format(port=port),
+        readiness_probe=modal.Probe.with_tcp(port, interval_ms=50),
+        env={"WHO": who},
+        **kwargs,
+    )
+    sb.wait_until_ready(timeout=60)
+    return sb
+
+
+def test_encrypted_port_https_with_the_ca_and_plain_http(make_sandbox: Any, emulator: Any) -> None:
+    sb = web_sandbox(make_sandbox, encrypted_ports=[8000])
+    tunnel = sb.tunnels()[8000]
+    assert tunnel.url.startswith("https://127.0.0.1:")
+    ctx = ssl.create_default_context(cafile=str(emulator.ca_file))
+    with urllib.request.urlopen(tunnel.url + "/who", context=ctx, timeout=30) as resp:
+        assert resp.status == 200
+    host, port = tunnel.tls_socket
+    with urllib.request.urlopen(f"http://{host}:{port}/who", timeout=30) as resp:
+        assert resp.status == 200
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        urllib.request.urlopen(tunnel.url, context=ssl.create_default_context(), timeout=30)
+
+
+def test_unencrypted_port_gives_a_tcp_socket(make_sandbox: Any) -> None:
+    sb = web_sandbox(make_sandbox, port=9000, unencrypted_ports=[9000])
+    tunnel = sb.tunnels()[9000]
+    host, port = tunnel.tcp_socket
+    with socket.create_connection((host, port), timeout=30) as conn:
+        conn.sendall(b"GET /who HTTP/1.0\r\n\r\n")
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.0 200")
+
+
+def test_same_port_in_many_sandboxes_and_tunnels_from_a_fresh_handle(
+    make_sandbox: Any, client: Any
+) -> None:
+    sandboxes = [
+        web_sandbox(make_sandbox, who=str(i), encrypted_ports=[8000], h2_ports=[8443])
+        for i in range(3)
+    ]
+    seen = set()
+    for sb in sandboxes:
+        fresh = modal.Sandbox.from_id(sb.object_id, client=client)  # no cached tunnels
+        tunnels = fresh.tunnels()
+        assert set(tunnels) == {8000, 8443}
+        host, port = tunnels[8000].tls_socket
+        with urllib.request.urlopen(f"http://{host}:{port}/who", timeout=30) as resp:
+            seen.add(resp.read())
+    assert len({sb.object_id for sb in sandboxes}) == 3
+    assert seen == {b"0\n", b"1\n", b"2\n"}  # three sandboxes behind one container port
+
+
+def test_open_tunnel_connection_counts_as_activity(make_sandbox: Any) -> None:
+    sb = web_sandbox(make_sandbox, encrypted_ports=[8000], idle_timeout=1)
+    host, port = sb.tunnels()[8000].tls_socket
+    with socket.create_connection((host, port), timeout=30) as conn:
+        conn.sendall(b"GET /who HTTP/1.1\r\nHost: x\r\n")  # request left incomplete
+        end = time.monotonic() + 3
+        while time.monotonic() < end:  # hold it open for 3 idle_timeouts
+            time.sleep(0.2)
+        assert sb.poll() is None
+    with pytest.raises(modal.exception.SandboxTimeoutError):
+        sb.wait()
