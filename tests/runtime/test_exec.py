@@ -132,3 +132,29 @@ def test_exec_on_a_finished_sandbox_says_how_it_ended(rt: LocalRuntime) -> None:
     sb2.terminate(wait=True)
     with pytest.raises(SandboxNotFound, match="terminated"):
         sb2.exec(["true"])
+
+
+def test_write_stdin_feeds_the_entrypoint(rt: LocalRuntime, state_dir: object) -> None:
+    from runtime_helpers import run_python
+
+    from pytest_modal_sandbox.errors import SandboxError
+
+    sb = rt.create(SandboxConfig(command=["sh", "-c", "cat; echo end"], stdin_pipe=True))
+    sb.write_stdin(b"line one\n")
+    sb.write_stdin(b"line two\n", eof=True)
+    st = sb.wait(30)
+    assert st is not None and st.kind == "success"
+    assert sb.stdout_path.read_bytes() == b"line one\nline two\nend\n"
+    with pytest.raises(SandboxNotFound, match="finished"):
+        sb.write_stdin(b"late")
+    plain = rt.create(SandboxConfig())
+    with pytest.raises(SandboxError, match="stdin_pipe=True"):
+        plain.write_stdin(b"x")
+    piped = rt.create(SandboxConfig(stdin_pipe=True))
+    code = (
+        "import sys\nfrom pytest_modal_sandbox.runtime import LocalRuntime\n"
+        "try:\n    LocalRuntime(sys.argv[1]).get(sys.argv[2]).write_stdin(b'x')\n"
+        "except Exception as e:\n    print(type(e).__name__, e)\n"
+    )
+    done = run_python(code, str(state_dir), piped.id, timeout=60)
+    assert "only the process that created" in done.stdout

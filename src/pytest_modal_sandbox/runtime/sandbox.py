@@ -232,7 +232,8 @@ class LocalSandbox:
             raise InvalidArgument(f"workdir={wd!r} is not a directory in sandbox {self.id}")
         flags = ["-m", "-u", "-i", "-n", "-p"]
         if self._meta.get("user_namespace"):
-            flags.insert(0, "-U")
+            # Our uid is root in there already; bwrap denies setgroups, which nsenter would call.
+            flags[:0] = ["-U", "--preserve-credentials"]
         command = [self._tools.nsenter, "-t", str(init.pid), *flags, f"--wd={host_wd}", "--"]
         return command + argv, merged_env(self._meta["env"], overrides)
 

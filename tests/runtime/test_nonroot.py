@@ -1,0 +1,129 @@
+"""The runtime as an unprivileged user: bwrap with a user namespace, nsenter -U, relay tunnels."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from runtime_helpers import SRC
+
+NOBODY = 65534
+SETPRIV = shutil.which("setpriv")
+
+
+# The runtime re-runs sys.executable (keeper, relay): that must work as nobody too.
+PROBE = (
+    "import subprocess, sys; subprocess.run([sys.executable, '-c', ''], check=True); "
+    "print(sys.version_info[:2])"
+)
+
+
+def _python_for_nobody() -> str | None:
+    """An interpreter of our version that an unprivileged user may run (ours may sit in a
+    0700 home), which can import our dependencies from our (world-readable) site-packages."""
+    for candidate in (
+        sys.executable,
+        f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}",
+    ):
+        probe = subprocess.run(
+            [
+                SETPRIV or "setpriv",
+                f"--reuid={NOBODY}",
+                f"--regid={NOBODY}",
+                "--clear-groups",
+                candidate,
+                "-c",
+                PROBE,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == str(tuple(sys.version_info[:2])):
+            return candidate
+    return None
+
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or SETPRIV is None, reason="needs root to drop to nobody with setpriv"
+)
+
+SCRIPT = textwrap.dedent("""
+    import json, os, socket, sys, time
+    from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig
+    rt = LocalRuntime(sys.argv[1])
+    server = ("import socket\\ns = socket.socket(); s.bind(('0.0.0.0', 8000)); s.listen()\\n"
+              "while True:\\n    c, _ = s.accept(); c.sendall(b'hi'); c.close()")
+    sb = rt.create(SandboxConfig(command=["python3", "-c", server], ports=[8000], workdir="/w"))
+    out = {"uid": os.getuid()}
+    r = sb.exec(["sh", "-c", "id -u; pwd; touch f && ls"])
+    out["exec"] = [r.returncode, r.stdout.decode()]
+    out["host_write"] = sb.exec(["sh", "-c", "echo x > /etc/pms-nonroot"]).returncode
+    out["timeout"] = sb.exec(["sleep", "30"], timeout=0.3).timed_out
+    address = sb.tunnel(8000)
+    got = b""
+    for _ in range(200):
+        c = socket.create_connection(address); got = c.recv(10); c.close()
+        if got:
+            break
+        time.sleep(0.05)
+    out["tunnel"] = got.decode()
+    sb.terminate(wait=True)
+    out["status"] = sb.poll().kind
+    rt.close()
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture
+def shared_state(runtime_available: None) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="pms-rt-nonroot-"))
+    path.chmod(0o777)
+    try:
+        yield path / "state"
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_everything_works_without_root(shared_state: Path) -> None:
+    from conftest import processes_mentioning
+
+    python = _python_for_nobody()
+    if python is None:
+        pytest.skip("no Python of this version that the nobody user can run")
+    path = os.pathsep.join([SRC, sysconfig.get_paths()["purelib"]])
+    proc = subprocess.run(
+        [
+            SETPRIV,
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",  # type: ignore[list-item]
+            python,
+            "-c",
+            SCRIPT,
+            str(shared_state),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": path, "HOME": str(shared_state.parent)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out == {
+        "uid": NOBODY,
+        "exec": [0, "0\n/w\nf\n"],
+        "host_write": 2,
+        "timeout": True,
+        "tunnel": "hi",
+        "status": "terminated",
+    }
+    assert processes_mentioning(str(shared_state)) == []
