@@ -94,18 +94,25 @@ def provide(
     try:
         spec = resolve_spec(request, marker_fields(request.node) if base is None else base)
     except SpecError as exc:
-        error = f"{where}: {exc}"
+        error: str | None = f"{where}: {exc}"
     else:
         error = None
     if error:  # failed outside the except block: no "during handling" chain in the report
         pytest.fail(error, pytrace=False)
     manager = get_manager(config)
-    test = request.node.nodeid if request.scope == "function" else (
-        f"{request.fixturename}@{request.node.nodeid or 'session'}"
+    test = (
+        request.node.nodeid
+        if request.scope == "function"
+        else (f"{request.fixturename}@{request.node.nodeid or 'session'}")
     )
     try:
-        sb = manager.start(spec, test=test, share=share, key=key,
-                           on_created=lambda s: config.hook.pytest_modal_sandbox_created(sandbox=s))
+        sb = manager.start(
+            spec,
+            test=test,
+            share=share,
+            key=key,
+            on_created=lambda s: config.hook.pytest_modal_sandbox_created(sandbox=s),
+        )
     except SandboxError as exc:
         error = f"{where}: {exc}"
     if error:

@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import threading
@@ -145,9 +146,11 @@ def stale_runs(directory: Path) -> list[RunRecord]:
 
 
 def forget_run(directory: Path, run_id: str) -> None:
+    """Remove a run's files: its record, lock, ledger and claim locks (``<id>.d/``)."""
     for suffix in (".json", ".lock", ".ledger"):
         with contextlib.suppress(FileNotFoundError):
             (directory / f"{run_id}{suffix}").unlink()
+    shutil.rmtree(directory / f"{run_id}.d", ignore_errors=True)
 
 
 class Ledger:

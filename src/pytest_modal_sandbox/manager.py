@@ -21,7 +21,7 @@ from typing import Any, Literal
 from filelock import FileLock
 
 from . import daemons
-from .backends import Backend, make_backend
+from .backends import Backend, NameTaken, make_backend
 from .errors import SandboxError
 from .launch import launch
 from .lifecycle import (
@@ -141,8 +141,13 @@ class SandboxManager:
 
     # -- events ----------------------------------------------------------------------------
 
-    def _event(self, kind: Literal["created", "terminated", "kept"], sandbox: Sandbox,
-               share: str, test: str) -> None:
+    def _event(
+        self,
+        kind: Literal["created", "terminated", "kept"],
+        sandbox: Sandbox,
+        share: str,
+        test: str,
+    ) -> None:
         event = Event(kind, sandbox.id, self.worker, share, test)
         with self._events_lock:
             self._events.append(event)
@@ -159,8 +164,9 @@ class SandboxManager:
         """Controller: events that arrived on a worker's report."""
         for e in events:
             with contextlib.suppress(OSError):
-                self.ledger.record(e.kind, e.sandbox_id, worker=e.worker, share=e.share,
-                                   test=e.test)
+                self.ledger.record(
+                    e.kind, e.sandbox_id, worker=e.worker, share=e.share, test=e.test
+                )
 
     # -- starting and finishing ---------------------------------------------------------------
 
@@ -187,8 +193,11 @@ class SandboxManager:
             sandbox = self._shared(spec, test=test, key=key, created=created)
         else:
             sandbox = launch(
-                self.backend, spec, tags=self.tags(spec, test, share),
-                log_lines=self.log_lines, on_created=created,
+                self.backend,
+                spec,
+                tags=self.tags(spec, test, share),
+                log_lines=self.log_lines,
+                on_created=created,
             )
         self.sandboxes.append(sandbox)
         return sandbox
@@ -203,7 +212,9 @@ class SandboxManager:
         """Claim or attach to the run's sandbox for ``key``: a file lock serialises local
         processes; the deterministic name is the claim the backend enforces."""
         name = self.shared_name(key, spec)
-        with FileLock(str(self.runs / f"{name}.lock")):
+        claims = self.runs / f"{self.run_id}.d"
+        claims.mkdir(exist_ok=True)
+        with FileLock(str(claims / f"{name}.lock")):
             existing = self.backend.from_name(name)
             if existing is not None:
                 sandbox = Sandbox(existing, spec, self.backend.name)
@@ -212,10 +223,32 @@ class SandboxManager:
                     return sandbox
                 # its creator died before it was ready: replace it
                 existing.terminate(wait=True)
-            return launch(
-                self.backend, spec, tags=self.tags(spec, test, "run"), name=name, shared=True,
-                log_lines=self.log_lines, on_created=created,
-            )
+            try:
+                return launch(
+                    self.backend,
+                    spec,
+                    tags=self.tags(spec, test, "run"),
+                    name=name,
+                    shared=True,
+                    log_lines=self.log_lines,
+                    on_created=created,
+                )
+            except NameTaken:
+                # another machine's process won the claim between our lookup and create
+                winner = self.backend.from_name(name)
+                if winner is None:
+                    raise
+                sandbox = Sandbox(winner, spec, self.backend.name)
+                timeout = max([d.ready.timeout for d in spec.daemons if d.ready] or [60.0])
+                deadline = time.monotonic() + timeout + 30
+                while not daemons.is_marked_ready(sandbox):
+                    if winner.finished() is not None or time.monotonic() > deadline:
+                        raise SandboxError(
+                            f"shared sandbox {name} ({winner.id}), started by another process, "
+                            "did not become ready"
+                        ) from None
+                    time.sleep(0.5)
+                return sandbox
 
     def finish(self, sandbox: Sandbox, *, share: Share, test: str, report: Any = None) -> None:
         """Fixture teardown: terminate without waiting — unless the run owns it and we don't."""
@@ -240,12 +273,17 @@ class SandboxManager:
         self.crashed_workers.append(worker)
 
         def work() -> None:
-            ids = [i for i, e in self.ledger.live().items()
-                   if e.get("worker") == worker and e.get("share") != "run"]
+            ids = [
+                i
+                for i, e in self.ledger.live().items()
+                if e.get("worker") == worker and e.get("share") != "run"
+            ]
             with contextlib.suppress(Exception):
-                ids += [info.id for info in
-                        self.backend.list({RUN_TAG: self.run_id, WORKER_TAG: worker})
-                        if info.tags.get(SHARE_TAG) != "run"]
+                ids += [
+                    info.id
+                    for info in self.backend.list({RUN_TAG: self.run_id, WORKER_TAG: worker})
+                    if info.tags.get(SHARE_TAG) != "run"
+                ]
             done = sweep(self.backend.terminate, ids)
             for sid in done:
                 self.ledger.record("terminated", sid, worker=worker, share="crash")

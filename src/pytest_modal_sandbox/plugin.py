@@ -31,7 +31,7 @@ EVENTS_ATTR = "modal_sandbox_events"
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 MANAGER_KEY = pytest.StashKey[SandboxManager]()
-CLEANUP_KEY = pytest.StashKey[list[Callable[[], None]]]()
+CLEANUP_KEY = pytest.StashKey[list[Callable[[], object]]]()
 CALL_REPORT_KEY = pytest.StashKey[pytest.TestReport]()
 
 
@@ -67,12 +67,17 @@ def pytest_configure(config: pytest.Config) -> None:
     run_id = workerinput.get("modal_sandbox_run_id") or new_run_id()
     worker = workerinput.get("workerid", "main" if role == "standalone" else "controller")
     backend = workerinput.get("modal_sandbox_backend") or resolve_backend_name(s.backend)
+    options = s.backend_options()
+    if role == "worker":
+        options.update(workerinput.get("modal_sandbox_backend_options", {}))
+    elif backend == "emulator":
+        options.update(_start_emulator(config))
     manager = SandboxManager(
         role=role,  # type: ignore[arg-type]
         run_id=run_id,
         worker=worker,
         backend_name=backend,
-        backend_options=s.backend_options(),
+        backend_options=options,
         log_lines=s.log_lines,
     )
     config.stash[MANAGER_KEY] = manager
@@ -85,6 +90,19 @@ def pytest_configure(config: pytest.Config) -> None:
         from .xdist import XdistController
 
         config.pluginmanager.register(XdistController(manager), "modal_sandbox_xdist")
+
+
+def _start_emulator(config: pytest.Config) -> dict[str, Any]:
+    """One emulator for the whole run (workers reach it through ``workerinput``); it stops
+    after the end-of-run sweep, terminating anything still running in it."""
+    import secrets
+
+    from .emulator import EmulatorProcess
+
+    token = (f"ak-{secrets.token_hex(8)}", f"as-{secrets.token_hex(8)}")
+    emulator = EmulatorProcess(token_id=token[0], token_secret=token[1]).start()
+    config.stash[CLEANUP_KEY].append(emulator.stop)
+    return {"server_url": emulator.url, "token_id": token[0], "token_secret": token[1]}
 
 
 def settings_of(config: pytest.Config) -> Settings:
@@ -190,4 +208,3 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         for cleanup in config.stash.get(CLEANUP_KEY, []):
             with contextlib.suppress(Exception):
                 cleanup()
-

@@ -149,7 +149,7 @@ class Sandbox:
                 "add it to encrypted_ports, unencrypted_ports or h2_ports"
             )
         if port not in self._endpoints:
-            self._endpoints[port] = self._impl.endpoint(port)
+            self._endpoints[port] = self._impl.endpoint(port, self.spec.port_kind(port) or "")
         return self._endpoints[port]
 
     def url(self, port: int) -> str:

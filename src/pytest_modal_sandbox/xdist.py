@@ -18,6 +18,7 @@ class XdistController:
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["modal_sandbox_run_id"] = self.manager.run_id
         node.workerinput["modal_sandbox_backend"] = self.manager.backend_name
+        node.workerinput["modal_sandbox_backend_options"] = dict(self.manager.backend_options)
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         if error is not None:

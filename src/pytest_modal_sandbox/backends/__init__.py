@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, SandboxError
 from ..spec import SandboxSpec
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Backend",
     "BackendSandbox",
     "Endpoint",
+    "NameTaken",
     "RawExec",
     "SandboxInfo",
     "make_backend",
@@ -29,6 +30,10 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "local", "modal", "emulator")
+
+
+class NameTaken(SandboxError):
+    """A running sandbox of the same app already has the requested name (the claim is lost)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,9 @@ class BackendSandbox(Protocol):
         """Run ``argv`` to completion; raise ``ExecTimeout`` past ``timeout``."""
         ...
 
-    def endpoint(self, port: int) -> Endpoint: ...
+    def endpoint(self, port: int, kind: str) -> Endpoint:
+        """How to reach ``port``; ``kind`` is the spec list it was declared in."""
+        ...
 
     def finished(self) -> str | None:
         """``None`` while running, else a short description of how it ended."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ExecTimeout, SandboxGone, SpecError
 from ..spec import SandboxSpec
-from . import Endpoint, RawExec, SandboxInfo
+from . import Endpoint, NameTaken, RawExec, SandboxInfo
 
 if TYPE_CHECKING:
     from ..runtime import LocalRuntime, LocalSandbox
@@ -24,9 +24,8 @@ __all__ = ["LocalBackend", "LocalHandle"]
 class LocalHandle:
     """A runtime sandbox seen through the backend protocol."""
 
-    def __init__(self, sandbox: LocalSandbox, spec: SandboxSpec | None) -> None:
+    def __init__(self, sandbox: LocalSandbox) -> None:
         self._sb = sandbox
-        self._spec = spec
         self.id = sandbox.id
 
     def exec(
@@ -53,9 +52,8 @@ class LocalHandle:
             )
         return RawExec(out.returncode, out.stdout, out.stderr)
 
-    def endpoint(self, port: int) -> Endpoint:
+    def endpoint(self, port: int, kind: str) -> Endpoint:
         host, host_port = self._sb.tunnel(port)
-        kind = (self._spec.port_kind(port) if self._spec else None) or "unencrypted_ports"
         return Endpoint(port, kind, f"http://{host}:{host_port}", host, host_port)
 
     def finished(self) -> str | None:
@@ -69,7 +67,7 @@ class LocalHandle:
         self._sb.terminate(wait=wait)
 
     def release(self) -> None:
-        self._sb.close()
+        """Nothing to drop: this process's tunnel listeners end with the sandbox or process."""
 
     def keep(self, seconds: float) -> None:
         self._sb.detach_owner()
@@ -128,16 +126,21 @@ class LocalBackend:
             tags=dict(tags),
             owner_lock=self.owner_lock if shared else None,
         )
-        return LocalHandle(self.runtime.create(config), spec)
+        from ..runtime import NameTaken as RuntimeNameTaken
+
+        try:
+            return LocalHandle(self.runtime.create(config))
+        except RuntimeNameTaken as exc:
+            raise NameTaken(str(exc)) from exc
 
     def attach(self, sandbox_id: str) -> LocalHandle:
-        return LocalHandle(self.runtime.get(sandbox_id), None)
+        return LocalHandle(self.runtime.get(sandbox_id))
 
     def from_name(self, name: str) -> LocalHandle | None:
         from ..runtime import SandboxNotFound
 
         try:
-            return LocalHandle(self.runtime.from_name(self.app, name), None)
+            return LocalHandle(self.runtime.from_name(self.app, name))
         except SandboxNotFound:
             return None
 
@@ -157,4 +160,3 @@ class LocalBackend:
 
     def close(self) -> None:
         self.runtime.close()
-

@@ -1,0 +1,161 @@
+"""``python -m pytest_modal_sandbox {list,reap,emulator,images}``: see and clean up sandboxes.
+
+``reap --stale`` ends the sandboxes of runs recorded on this machine whose controller is gone;
+``reap --run ID`` one finished run's; ``reap --all`` every sandbox the plugin ever tagged (in the
+app, for Modal), including live runs' — the only way to touch those, and it asks first on a tty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .backends import BACKENDS, SandboxInfo, make_backend
+from .errors import SandboxError
+from .lifecycle import (
+    MARK_TAG,
+    RUN_TAG,
+    TEST_TAG,
+    WORKER_TAG,
+    RunLock,
+    forget_run,
+    runs_dir,
+    stale_runs,
+    sweep,
+)
+
+__all__ = ["main", "reap"]
+
+
+def _backend_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=[b for b in BACKENDS if b != "emulator"],
+        help="where to look (default: auto = modal with credentials, else local)",
+    )
+    parser.add_argument(
+        "--app", default="pytest-modal-sandbox", help="Modal app (default: %(default)s)"
+    )
+    parser.add_argument("--environment", default=None, help="Modal environment")
+
+
+def _run_state(run_id: str) -> str:
+    """alive / dead / unknown (no record of that run on this machine)."""
+    runs = runs_dir()
+    if RunLock.is_held(runs / f"{run_id}.lock"):
+        return "alive"
+    if (runs / f"{run_id}.json").exists():
+        return "dead"
+    return "unknown"
+
+
+def _listing(backend: Any) -> list[SandboxInfo]:
+    return list(backend.list({MARK_TAG: "1"}))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    backend = make_backend(args.backend, app=args.app, environment=args.environment)
+    try:
+        infos = _listing(backend)
+    finally:
+        backend.close()
+    if not infos:
+        print(f"no running sandboxes on {backend.name}")
+        return 0
+    print(f"{'SANDBOX':32} {'RUN':24} {'RUN STATE':9} {'WORKER':10} TEST")
+    for info in sorted(infos, key=lambda i: i.created_at):
+        run = info.tags.get(RUN_TAG, "-")
+        print(
+            f"{info.id:32} {run:24} {_run_state(run):9} {info.tags.get(WORKER_TAG, '-'):10} "
+            f"{info.tags.get(TEST_TAG, '-')}"
+        )
+    return 0
+
+
+def reap(
+    backend: Any, *, run: str | None = None, stale: bool = False, everything: bool = False
+) -> list[str]:
+    """Terminate what the selection names (never a live run's, unless ``everything``)."""
+    infos = _listing(backend)
+    if everything:
+        chosen = [i.id for i in infos]
+    elif run is not None:
+        if _run_state(run) == "alive":
+            raise SandboxError(f"run {run} is still running; use reap --all to end it anyway")
+        chosen = [i.id for i in infos if i.tags.get(RUN_TAG) == run]
+    elif stale:
+        dead = {r.run_id for r in stale_runs(runs_dir())}
+        chosen = [i.id for i in infos if i.tags.get(RUN_TAG) in dead]
+    else:
+        raise SandboxError("say what to reap: --run ID, --stale or --all")
+    done = sweep(backend.terminate, chosen)
+    if stale:
+        for record in stale_runs(runs_dir()):
+            if record.backend in (backend.name, "emulator"):
+                forget_run(runs_dir(), record.run_id)
+    return done
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    backend = make_backend(args.backend, app=args.app, environment=args.environment)
+    try:
+        if args.all and sys.stdin.isatty() and not args.yes:
+            n = len(_listing(backend))
+            answer = input(
+                f"terminate all {n} sandboxes on {backend.name}, live runs included? [y/N] "
+            )
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing done")
+                return 1
+        done = reap(backend, run=args.run, stale=args.stale, everything=args.all)
+    except SandboxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        backend.close()
+    print(f"terminated {len(done)} sandbox{'es' if len(done) != 1 else ''} on {backend.name}")
+    for sid in done:
+        print(f"  {sid}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emulator"]:
+        from .emulator.cli import main as emulator_main
+
+        return int(emulator_main(argv[1:]) or 0)
+    if argv[:1] == ["images"]:
+        from .images.cli import main as images_main
+
+        return int(images_main(argv[1:]) or 0)
+    parser = argparse.ArgumentParser(
+        prog="python -m pytest_modal_sandbox",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_list = sub.add_parser("list", help="sandboxes the plugin started that are still running")
+    _backend_args(p_list)
+    p_reap = sub.add_parser("reap", help="terminate leftover sandboxes")
+    _backend_args(p_reap)
+    which = p_reap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", metavar="ID", help="one run's sandboxes (not a live run)")
+    which.add_argument("--stale", action="store_true", help="runs whose controller is gone")
+    which.add_argument("--all", action="store_true", help="everything, live runs included")
+    p_reap.add_argument("--yes", "-y", action="store_true", help="do not ask (for --all)")
+    sub.add_parser("emulator", help="run the Modal emulator (see: emulator --help)")
+    sub.add_parser("images", help="the local image cache (see: images --help)")
+    args = parser.parse_args(argv)
+    try:
+        return cmd_list(args) if args.command == "list" else cmd_reap(args)
+    except SandboxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""The ``modal`` backend: Modal sandboxes through the public ``modal`` SDK (and the ``emulator``
+backend: the same code pointed at the built-in emulator).
+
+This is the only module that imports ``modal``.  Round trips cost a network RTT each in the
+cloud, so the code avoids the ones the SDK lets it avoid: images are ``Image`` objects cached per
+reference (hydrated once per process), tunnels come back with the create response, and
+readiness uses Modal's own probe when one probe suffices.
+
+Dead-man switch: every sandbox gets an ``idle_timeout`` and the process that owns it keeps a
+short ``sleep <lease>`` exec running in it.  If every pytest process dies, the heartbeats stop
+and Modal ends the sandbox within ``lease + idle_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import modal
+import modal.exception as modal_exc
+
+from ..errors import BackendUnavailable, ExecTimeout, SandboxError, SandboxGone
+from ..spec import SandboxSpec
+from . import Endpoint, NameTaken, RawExec, SandboxInfo
+
+__all__ = ["SUPPORTED_MODAL", "ModalBackend", "ModalHandle"]
+
+SUPPORTED_MODAL = ((1, 6), (1, 7))  # [lower, upper)
+DEFAULT_LEASE = 60.0
+DEFAULT_IDLE = 60  # lease + idle: an orphan ends within ~2 minutes (bound: 3)
+
+_CREDENTIALS_HELP = (
+    "Modal credentials are not configured: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or run "
+    "`modal token new` (or use --modal-sandbox=local / emulator to run offline)"
+)
+
+
+def check_modal_version(version: str = modal.__version__) -> str | None:
+    """A warning text when the installed modal is outside the tested range, else None."""
+    try:
+        parts = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        return f"could not parse the modal version {version!r}"
+    low, high = SUPPORTED_MODAL
+    if not low <= parts < high:
+        return (
+            f"modal {version} is outside the range pytest-modal-sandbox is tested with "
+            f"(>={low[0]}.{low[1]},<{high[0]}.{high[1]}); sandboxes may misbehave"
+        )
+    return None
+
+
+def _wrap(exc: Exception, what: str) -> SandboxError:
+    """A Modal error as one of ours, original attached by the caller (``raise ... from exc``)."""
+    if isinstance(exc, modal_exc.AuthError):
+        return BackendUnavailable(f"{what}: {exc}. {_CREDENTIALS_HELP}")
+    if isinstance(exc, modal_exc.NotFoundError):
+        return SandboxGone(f"{what}: {exc}")
+    return SandboxError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+class _Heartbeats:
+    """Keeps a ``sleep <lease>`` exec running in every owned sandbox (the dead-man switch)."""
+
+    def __init__(self, lease: float) -> None:
+        self.lease = lease
+        self._sandboxes: dict[str, modal.Sandbox] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add(self, sb: modal.Sandbox) -> None:
+        self._beat(sb)
+        with self._lock:
+            self._sandboxes[sb.object_id] = sb
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pms-heartbeat", daemon=True)
+                self._thread.start()
+
+    def remove(self, sandbox_id: str) -> None:
+        with self._lock:
+            self._sandboxes.pop(sandbox_id, None)
+
+    def _beat(self, sb: modal.Sandbox) -> None:
+        with contextlib.suppress(Exception):
+            sb.exec(
+                "sleep",
+                str(int(self.lease)),
+                stdout=modal.stream_type.StreamType.DEVNULL,
+                stderr=modal.stream_type.StreamType.DEVNULL,
+            )
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.lease / 2)
+            with self._lock:
+                sandboxes = list(self._sandboxes.values())
+            for sb in sandboxes:
+                if self._closed:
+                    return
+                self._beat(sb)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+
+class ModalHandle:
+    def __init__(self, backend: ModalBackend, sb: modal.Sandbox) -> None:
+        self._backend = backend
+        self._sb = sb
+        self.id: str = sb.object_id
+        self._tunnels: dict[int, Any] | None = None
+        self.native_probe: Any = None  # set at create when Modal's own probe is used
+
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> RawExec:
+        deadline = None if timeout is None else max(1, math.ceil(timeout))
+        try:
+            proc = self._sb.exec(
+                *argv, env=dict(env) if env else None, workdir=workdir, timeout=deadline, text=False
+            )
+            if stdin:
+                proc.stdin.write(stdin)
+            if stdin is not None:
+                proc.stdin.write_eof()
+                proc.stdin.drain()
+            out = proc.stdout.read()
+            err = proc.stderr.read()
+            code = proc.wait()
+        except modal_exc.Error as exc:
+            raise _wrap(exc, f"exec {' '.join(argv)!r} in sandbox {self.id}") from exc
+        if code == -1 and timeout is not None:
+            raise ExecTimeout(
+                f"command {' '.join(argv)!r} in sandbox {self.id} ran past its timeout of "
+                f"{timeout:g}s",
+                stdout=bytes(out),
+                stderr=bytes(err),
+            )
+        return RawExec(code, bytes(out), bytes(err))
+
+    def wait_native_ready(self, timeout: float) -> bool:
+        """Modal's readiness probe: True when ready within ``timeout``, False if not yet."""
+        try:
+            self._sb.wait_until_ready(timeout=max(1, math.ceil(timeout)))
+        except modal_exc.TimeoutError:
+            return False
+        except modal_exc.Error as exc:
+            raise _wrap(exc, f"waiting for sandbox {self.id} to be ready") from exc
+        return True
+
+    def endpoint(self, port: int, kind: str) -> Endpoint:
+        if self._tunnels is None:
+            try:
+                self._tunnels = self._sb.tunnels()
+            except modal_exc.Error as exc:
+                raise _wrap(exc, f"tunnels of sandbox {self.id}") from exc
+        tunnel = self._tunnels.get(port)
+        if tunnel is None:
+            raise SandboxError(f"sandbox {self.id} has no tunnel for port {port}")
+        if kind == "unencrypted_ports":
+            host, host_port = tunnel.unencrypted_host, tunnel.unencrypted_port
+            return Endpoint(port, kind, f"http://{host}:{host_port}", host, host_port)
+        host, host_port = tunnel.host, tunnel.port
+        url = tunnel.url
+        if self._backend.emulator:
+            # the emulator's encrypted ports accept plain HTTP on the same port, so the URL
+            # works with any client's default settings (no emulator CA needed)
+            url = f"http://{host}:{host_port}"
+        return Endpoint(port, kind, url, host, host_port)
+
+    def finished(self) -> str | None:
+        try:
+            code = self._sb.poll()
+        except modal_exc.Error as exc:
+            return f"unknown ({exc})"
+        return None if code is None else f"exit code {code}"
+
+    def terminate(self, *, wait: bool = False) -> None:
+        self._backend.heartbeats.remove(self.id)
+        try:
+            if wait:
+                self._sb.terminate(wait=True)
+            else:
+                self._sb.terminate()
+        except modal_exc.Error as exc:
+            raise _wrap(exc, f"terminating sandbox {self.id}") from exc
+
+    def release(self) -> None:
+        self._backend.heartbeats.remove(self.id)
+
+    def keep(self, seconds: float) -> None:
+        """Hold the sandbox for ``seconds`` more with one long exec, then let it idle out."""
+        self._backend.heartbeats.remove(self.id)
+        with contextlib.suppress(modal_exc.Error):
+            self._sb.exec("sleep", str(int(seconds)))
+
+
+class ModalBackend:
+    def __init__(
+        self,
+        *,
+        emulator: bool = False,
+        app: str = "pytest-modal-sandbox",
+        environment: str | None = None,
+        server_url: str | None = None,
+        token_id: str | None = None,
+        token_secret: str | None = None,
+        lease: float = DEFAULT_LEASE,
+        idle_timeout: int = DEFAULT_IDLE,
+        **_ignored: object,
+    ) -> None:
+        warning = check_modal_version()
+        if warning:
+            warnings.warn(warning, stacklevel=2)
+        self.name = "emulator" if emulator else "modal"
+        self.emulator = emulator
+        self.app_name = app
+        self.environment = environment
+        self.default_idle = idle_timeout
+        self.heartbeats = _Heartbeats(lease)
+        self._images: dict[str, modal.Image] = {}
+        self._app: modal.App | None = None
+        self._lock = threading.Lock()
+        if server_url:
+            from modal_proto import api_pb2
+
+            creds = (
+                token_id or "ak-pytest-modal-sandbox",
+                token_secret or "as-pytest-modal-sandbox",
+            )
+            self.client = modal.Client(server_url, api_pb2.CLIENT_TYPE_CLIENT, creds)
+            self.client.__enter__()  # type: ignore[no-untyped-call]  # opens the connection; closed in close()
+        elif emulator:
+            raise BackendUnavailable("the emulator backend needs the emulator's server_url")
+        else:
+            try:
+                self.client = modal.Client.from_env()
+            except modal_exc.AuthError as exc:
+                raise BackendUnavailable(_CREDENTIALS_HELP) from exc
+        self.server_url = server_url or "Modal"
+
+    def header(self) -> str:
+        if self.emulator:
+            return f"emulator (Modal protocol at {self.server_url}, modal {modal.__version__})"
+        env = f", environment {self.environment}" if self.environment else ""
+        return f"modal (app {self.app_name}{env}, modal {modal.__version__})"
+
+    @property
+    def app(self) -> modal.App:
+        with self._lock:
+            if self._app is None:
+                try:
+                    self._app = modal.App.lookup(
+                        self.app_name,
+                        create_if_missing=True,
+                        client=self.client,
+                        environment_name=self.environment,
+                    )
+                except modal_exc.Error as exc:
+                    raise _wrap(exc, f"looking up Modal app {self.app_name!r}") from exc
+            return self._app
+
+    def _image(self, image: Any) -> modal.Image | None:
+        if image is None or isinstance(image, modal.Image):
+            return image
+        with self._lock:
+            if image not in self._images:
+                self._images[image] = modal.Image.from_registry(image)
+            return self._images[image]
+
+    def create(
+        self,
+        spec: SandboxSpec,
+        *,
+        tags: Mapping[str, str],
+        name: str | None = None,
+        shared: bool = False,
+    ) -> ModalHandle:
+        secrets = [
+            modal.Secret.from_dict(dict(s)) if isinstance(s, Mapping) else s for s in spec.secrets
+        ]
+        probes = [d.ready for d in spec.daemons if d.ready is not None]
+        native = None
+        if len(probes) == 1 and probes[0].kind == "tcp" and probes[0].port is not None:
+            native = modal.Probe.with_tcp(probes[0].port)
+        elif len(probes) == 1 and probes[0].kind == "exec":
+            native = modal.Probe.with_exec(*probes[0].argv)
+        kwargs: dict[str, Any] = {}
+        if spec.cpu is not None:
+            kwargs["cpu"] = spec.cpu
+        if spec.memory is not None:
+            kwargs["memory"] = spec.memory
+        if spec.gpu is not None:
+            kwargs["gpu"] = spec.gpu
+        try:
+            sb = modal.Sandbox.create(
+                app=self.app,
+                image=self._image(spec.image),
+                name=name,
+                tags=dict(tags),
+                env=dict(spec.env) or None,
+                secrets=secrets,
+                timeout=int(spec.timeout),
+                idle_timeout=int(spec.idle_timeout or self.default_idle),
+                workdir=spec.workdir,
+                encrypted_ports=list(spec.encrypted_ports),
+                unencrypted_ports=list(spec.unencrypted_ports),
+                h2_ports=list(spec.h2_ports),
+                readiness_probe=native,
+                client=self.client,
+                **kwargs,
+            )
+        except modal_exc.AlreadyExistsError as exc:
+            raise NameTaken(
+                f"a running sandbox of app {self.app_name!r} is named {name!r}"
+            ) from exc
+        except modal_exc.Error as exc:
+            raise _wrap(exc, f"creating a sandbox for {spec.image_label()}") from exc
+        handle = ModalHandle(self, sb)
+        handle.native_probe = native
+        self.heartbeats.add(sb)
+        return handle
+
+    def attach(self, sandbox_id: str) -> ModalHandle:
+        try:
+            sb = modal.Sandbox.from_id(sandbox_id, client=self.client)
+        except modal_exc.Error as exc:
+            raise _wrap(exc, f"attaching to sandbox {sandbox_id}") from exc
+        return ModalHandle(self, sb)
+
+    def from_name(self, name: str) -> ModalHandle | None:
+        try:
+            sb = modal.Sandbox.from_name(
+                self.app_name, name, environment_name=self.environment, client=self.client
+            )
+        except modal_exc.NotFoundError:
+            return None
+        except modal_exc.Error as exc:
+            raise _wrap(exc, f"looking up sandbox {name!r}") from exc
+        self.heartbeats.add(sb)
+        return ModalHandle(self, sb)
+
+    def list(self, tags: Mapping[str, str]) -> list[SandboxInfo]:
+        try:
+            found = list(
+                modal.Sandbox.list(app_id=self.app.app_id, tags=dict(tags), client=self.client)
+            )
+            return [SandboxInfo(sb.object_id, sb.get_tags()) for sb in found]
+        except modal_exc.Error as exc:
+            raise _wrap(exc, f"listing sandboxes of app {self.app_name!r}") from exc
+
+    def terminate(self, sandbox_id: str) -> None:
+        self.heartbeats.remove(sandbox_id)
+        try:
+            modal.Sandbox.from_id(sandbox_id, client=self.client).terminate()
+        except modal_exc.NotFoundError:
+            pass
+        except modal_exc.Error as exc:
+            raise _wrap(exc, f"terminating sandbox {sandbox_id}") from exc
+
+    def close(self) -> None:
+        self.heartbeats.close()
+        if self.server_url != "Modal":
+            with contextlib.suppress(Exception):
+                self.client.__exit__(None, None, None)  # type: ignore[no-untyped-call]  # own client (explicit URL)
