@@ -166,3 +166,25 @@ def test_merge_env_applies_sources_in_order_env_last() -> None:
     with pytest.raises(RpcError) as err:
         merge_env([api_pb2.SecretSource(secret_id="st-missing")], secrets=reg)
     assert err.value.status == "NOT_FOUND"
+
+
+@pytest.mark.parametrize(
+    ("kind", "exitcode", "idle_status", "status", "code"),
+    [
+        ("success", 0, "timeout", 1, 0),
+        ("failure", 3, "timeout", 2, 3),
+        ("terminated", None, "timeout", 3, 137),
+        ("timeout", None, "timeout", 4, 124),
+        ("idle_timeout", None, "timeout", 4, 124),
+        ("idle_timeout", None, "terminated", 3, 137),
+        ("idle_timeout", None, "idle_timeout", 7, 124),
+    ],
+)
+def test_exit_status_maps_to_the_generic_result_the_client_expects(
+    kind: str, exitcode: int | None, idle_status: str, status: int, code: int
+) -> None:
+    from pytest_modal_sandbox.emulator.sandboxes import result_for
+    from pytest_modal_sandbox.runtime import ExitStatus
+
+    result = result_for(ExitStatus(kind, exitcode, time.time()), idle_status)  # type: ignore[arg-type]
+    assert (result.status, result.exitcode) == (status, code)

@@ -34,6 +34,7 @@ class ExecProcess:
         self.stderr = OutputBuffer()
         self.started_at = time.time()
         self.returncode: int | None = None  # asyncio convention: -N = killed by signal N
+        self.exited_at: float | None = None
         self.exited = asyncio.Event()
         self.stdin_written = 0
         self.stdin_closed = False
@@ -98,6 +99,7 @@ class ExecProcess:
         finally:
             activity.__exit__(None, None, None)
             self.stdin_closed = True
+            self.exited_at = time.time()
             self.exited.set()
 
     def abandon(self) -> None:
@@ -105,6 +107,7 @@ class ExecProcess:
         self.stdout.close()
         self.stderr.close()
         self.stdin_closed = True
+        self.exited_at = time.time()
         self.exited.set()
 
     def kill(self) -> None:

@@ -44,6 +44,7 @@ FS_TOOLS_SCRIPT = str(Path(__file__).with_name("fs_tools.py"))
 MAX_TIMEOUT_SECS = 24 * 3600
 DEFAULT_TIMEOUT_SECS = 300
 POLL_INTERVAL = 0.05
+EXEC_RETENTION = 600.0  # seconds an exited exec's output stays readable
 
 IdleStatus = Literal["timeout", "terminated", "idle_timeout"]
 _R = api_pb2.GenericResult
@@ -433,6 +434,7 @@ class SandboxManager:
         self._by_id[sb.id] = sb
         self._by_task[sb.task_id] = sb
         self._ensure_poller()
+        self._prune_execs()
         return sb
 
     async def _create_local(self, config: SandboxConfig) -> LocalSandbox:
@@ -475,6 +477,16 @@ class SandboxManager:
         for proc in sb.execs.values():
             proc.kill()  # the pid namespace is gone; make sure nsenter is too
         sb.finished.set()
+
+    def _prune_execs(self) -> None:
+        """Forget execs that exited over EXEC_RETENTION ago, so long runs stay small."""
+        cutoff = time.time() - EXEC_RETENTION
+        for sb in self._by_id.values():
+            old = [
+                k for k, p in sb.execs.items() if p.exited_at is not None and p.exited_at < cutoff
+            ]
+            for key in old:
+                del sb.execs[key]
 
     def _ensure_poller(self) -> None:
         if self._poller is None or self._poller.done():
