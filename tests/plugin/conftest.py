@@ -1,49 +1,80 @@
-"""Fixtures for end-to-end plugin tests: each pytester run gets its own state directory, so
-"no sandbox left" can be asked of exactly that run's sandboxes."""
+"""Fixtures for end-to-end plugin tests.
+
+Each pytester run gets its own state directory (``PYTEST_MODAL_SANDBOX_STATE_DIR``), so "no
+sandbox left" is asked of exactly that run: of the backend's own records, and of the process
+table (no keeper, bwrap or emulator process mentioning the directory).
+"""
 
 from __future__ import annotations
 
 import os
-import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+BACKENDS = ["local", "emulator"]
+
+
+def processes_mentioning(text: str) -> list[tuple[int, str]]:
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != b"Z":
+            found.append((int(name), cmdline))
+    return found
+
+
+def running_sandboxes(state_dir: Path) -> list[str]:
+    """Sandboxes the local runtime (used directly, or by the emulator) still reports running."""
+    from pytest_modal_sandbox.runtime import LocalRuntime
+
+    ids = []
+    for sub in ("local", "emulator"):
+        if (state_dir / sub).exists():
+            ids += [sb.id for sb in LocalRuntime(state_dir / sub).list()]
+    return ids
+
+
+def leftovers(state_dir: Path, timeout: float = 15.0) -> tuple[list[str], list[tuple[int, str]]]:
+    """What is still running for ``state_dir`` once things had ``timeout`` seconds to end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sandboxes = running_sandboxes(state_dir)
+        procs = processes_mentioning(str(state_dir))
+        if (not sandboxes and not procs) or time.monotonic() > deadline:
+            return sandboxes, procs
+        time.sleep(0.1)
+
 
 @pytest.fixture
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     path = tmp_path / "pms-state"
     path.mkdir()
     monkeypatch.setenv("PYTEST_MODAL_SANDBOX_STATE_DIR", str(path))
-    return path
+    yield path
+    sandboxes, procs = leftovers(path)
+    assert not sandboxes, f"sandboxes left running: {sandboxes}"
+    assert not procs, f"processes left running: {procs}"
 
 
 @pytest.fixture
 def sbtester(pytester: pytest.Pytester, state_dir: Path) -> pytest.Pytester:
-    """A pytester whose runs use an isolated state dir and load only what they need."""
+    """A pytester whose runs use an isolated state dir, checked for leftovers afterwards."""
     pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
     return pytester
 
 
-def running_sandboxes(state_dir: Path) -> list[str]:
-    """Ids of sandboxes the local runtime in ``state_dir`` still reports as running."""
-    from pytest_modal_sandbox.runtime import LocalRuntime
-
-    return [sb.id for sb in LocalRuntime(state_dir / "local").list()]
-
-
-def wait_until_no_sandbox(state_dir: Path, timeout: float = 15.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        left = running_sandboxes(state_dir)
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
-
-
-def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every backend that runs offline: the behaviour suite is the same assertion on each."""
+    return str(request.param)
