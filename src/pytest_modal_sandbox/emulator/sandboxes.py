@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
+import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -40,7 +42,7 @@ from .secret_env import merge_env
 T = TypeVar("T")
 
 FS_TOOLS_PATH = "/__modal/.bin/modal-sandbox-fs-tools"
-FS_TOOLS_SCRIPT = str(Path(__file__).with_name("fs_tools.py"))
+FS_TOOLS_SCRIPT = Path(__file__).with_name("fs_tools.py")
 MAX_TIMEOUT_SECS = 24 * 3600
 DEFAULT_TIMEOUT_SECS = 300
 POLL_INTERVAL = 0.05
@@ -165,6 +167,18 @@ class EmuSandbox:
         if self.probe is not None:
             info.readiness_probe.CopyFrom(self.probe)
         return info
+
+
+@functools.lru_cache(maxsize=1)
+def fs_tools_command() -> tuple[str, ...]:
+    """The argv prefix that runs ``fs_tools.py`` inside a sandbox on the host root.
+
+    The *base* interpreter (a venv's ``python`` is a symlink to it) and the script's source
+    (``-c``) are used, because the sandbox has private ``/tmp``, ``/run`` and workdir mounts:
+    a venv or checkout living there would be invisible inside.
+    """
+    interpreter = os.path.realpath(sys.executable)
+    return (interpreter, "-I", "-S", "-c", FS_TOOLS_SCRIPT.read_text())
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -566,7 +580,7 @@ class SandboxManager:
             secrets=self,
         )
         if argv[0] == FS_TOOLS_PATH:
-            argv = [sys.executable, "-I", "-S", FS_TOOLS_SCRIPT, *argv[1:]]
+            argv = [*fs_tools_command(), *argv[1:]]
         proc = ExecProcess(req.exec_id)
         sb.execs[req.exec_id] = proc  # before any await: concurrent retries see it
         await asyncio.shield(self._detached(self._spawn(sb, proc, req, argv, env, workdir)))
