@@ -127,3 +127,48 @@ def test_everything_works_without_root(shared_state: Path) -> None:
         "status": "terminated",
     }
     assert processes_mentioning(str(shared_state)) == []
+
+
+ROOTFS_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig
+    rt = LocalRuntime(sys.argv[1])
+    sb = rt.create(SandboxConfig(rootfs=sys.argv[2], workdir="/app"))
+    r = sb.exec(["sh", "-c", "id -u; cat data.txt; echo w > /etc/w && cat /etc/w; ls /usr"])
+    out = {"mode": sb._meta["rootfs_mode"], "exec": [r.returncode, r.stdout.decode()]}
+    sb.terminate(wait=True)
+    out["status"] = sb.poll().kind
+    print(json.dumps(out))
+""")
+
+
+def test_image_root_without_root(shared_state: Path) -> None:
+    from test_rootfs import BUSYBOX, build_busybox_root, snapshot
+
+    python = _python_for_nobody()
+    if python is None or BUSYBOX is None:
+        pytest.skip("no Python of this version that nobody can run, or no busybox")
+    image = build_busybox_root(shared_state.parent / "image")
+    before = snapshot(image)
+    path = os.pathsep.join([SRC, sysconfig.get_paths()["purelib"]])
+    proc = subprocess.run(
+        [
+            SETPRIV,
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",  # type: ignore[list-item]
+            python,
+            "-c",
+            ROOTFS_SCRIPT,
+            str(shared_state),
+            str(image),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": path, "HOME": str(shared_state.parent)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out == {"mode": "copy", "exec": [1, "0\nfrom the image\nw\n"], "status": "terminated"}
+    assert snapshot(image) == before

@@ -244,28 +244,29 @@ class Keeper:
         return "; ".join(lines) if lines else None
 
     def mount_overlay(self, overlay: dict[str, Any]) -> None:
-        """Root only: private mount namespace for the keeper, overlay of the image root in it."""
+        """Root only: a private mount namespace for the keeper, the image root overlaid in it.
+
+        bwrap (our child) inherits the namespace and binds the merged dir as ``/``; the mount
+        is invisible to the host and goes away with the keeper.
+        """
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        CLONE_NEWNS = 0x00020000
-        MS_REC, MS_PRIVATE = 0x4000, 1 << 18
-        if libc.unshare(CLONE_NEWNS) != 0:
-            self.fail_start(f"unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())}")
-        if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-            self.fail_start(f"making / private: {os.strerror(ctypes.get_errno())}")
+        clone_newns, ms_rec, ms_private = 0x00020000, 0x4000, 1 << 18
         options = "lowerdir={lower},upperdir={upper},workdir={work}".format(**overlay)
-        merged = overlay["merged"]
-        if libc.mount(b"overlay", merged.encode(), b"overlay", 0, options.encode()) != 0:
-            self.fail_start(f"mounting overlay on {merged}: {os.strerror(ctypes.get_errno())}")
-        self.mounted = merged
-        for rel, text in overlay.get("files", {}).items():
-            path = os.path.join(merged, rel)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            if os.path.lexists(path) and not os.path.isdir(path):
-                os.unlink(path)
-            with open(path, "w") as f:
-                f.write(text)
+
+        def check(result: int, what: str) -> None:
+            if result != 0:
+                error = f"{what}: {os.strerror(ctypes.get_errno())}"
+                self.report({"error": error, "overlay_refused": True})
+                self.cleanup()
+                sys.exit(1)
+
+        check(libc.unshare(clone_newns), "unshare(CLONE_NEWNS)")
+        check(libc.mount(b"none", b"/", None, ms_rec | ms_private, None), "making / private")
+        merged = overlay["merged"].encode()
+        check(libc.mount(b"overlay", merged, b"overlay", 0, options.encode()), "mounting overlayfs")
+        self.mounted = overlay["merged"]
 
     # --- running ---------------------------------------------------------------------------
 

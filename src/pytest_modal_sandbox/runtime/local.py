@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import errors
 from .._paths import state_root
-from . import owners
+from . import owners, rootfs
 from .check import Tools, check
 from .config import DEFAULT_ENV, SandboxConfig
 from .errors import InvalidArgument, InvalidConfig, NameTaken, SandboxNotFound
@@ -77,6 +77,14 @@ class LocalRuntime:
             _require_lock_held(config.owner_lock)
         if config.rootfs is not None and not os.path.isdir(config.rootfs):
             raise InvalidConfig(f"SandboxConfig.rootfs={config.rootfs!r}: not a directory")
+        use_overlay = config.rootfs is not None and rootfs.overlay_usable()
+        try:
+            return self._create(config, tools, use_overlay)
+        except _OverlayRefused as exc:
+            rootfs.remember_overlay_failure(str(exc))
+            return self._create(config, tools, False)
+
+    def _create(self, config: SandboxConfig, tools: Tools, use_overlay: bool) -> LocalSandbox:
         sandbox_id = new_sandbox_id()
         paths = SandboxPaths(self.root, sandbox_id)
         paths.dir.mkdir(mode=0o700)
@@ -84,7 +92,7 @@ class LocalRuntime:
         keeper: subprocess.Popen[bytes] | None = None
         try:
             with contextlib.ExitStack() as stack:
-                launch, meta = self._prepare(config, paths, tools, pipes)
+                launch, meta = self._prepare(config, paths, tools, pipes, use_overlay)
                 if config.name is not None:
                     stack.enter_context(self._name_claim(config.app, config.name))
                 with open(paths.launch, "wb") as f:
@@ -101,6 +109,8 @@ class LocalRuntime:
                     )
                 pipes.close_child_ends()
                 ready = _read_ready(pipes, keeper, paths)
+                if "error" in ready and ready.get("overlay_refused"):
+                    raise _OverlayRefused(ready["error"])
                 if "error" in ready:
                     raise errors.SandboxStartError(
                         f"sandbox {sandbox_id} failed to start: {ready['error']}"
@@ -121,7 +131,12 @@ class LocalRuntime:
             raise
 
     def _prepare(
-        self, config: SandboxConfig, paths: SandboxPaths, tools: Tools, pipes: _Pipes
+        self,
+        config: SandboxConfig,
+        paths: SandboxPaths,
+        tools: Tools,
+        pipes: _Pipes,
+        use_overlay: bool,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Files, pipes and the keeper's launch record for a new sandbox."""
         sandbox_id = paths.dir.name
@@ -136,8 +151,9 @@ class LocalRuntime:
         write_json(paths.tags, dict(config.tags))
         host_workdir = None
         root = None
+        overlay = None
+        paths.hosts.write_text(hosts_file(hostname))
         if config.rootfs is None:
-            paths.hosts.write_text(hosts_file(hostname))
             if workdir != "/":
                 if os.path.lexists(workdir) and not os.path.isdir(workdir):
                     raise InvalidConfig(
@@ -147,7 +163,9 @@ class LocalRuntime:
                 paths.workdir.mkdir()
                 host_workdir = str(paths.workdir)
         else:
-            raise InvalidConfig("SandboxConfig.rootfs is not supported yet")
+            paths.resolv.write_text(rootfs.RESOLV_CONF)
+            overlay = rootfs.prepare(config.rootfs, paths, overlay=use_overlay)
+            root = str(paths.rootfs)
         argv = bwrap_argv(
             bwrap=tools.bwrap,
             command=command,
@@ -155,8 +173,9 @@ class LocalRuntime:
             workdir=workdir,
             user_namespace=user_namespace,
             host_workdir=host_workdir,
-            hosts_path=str(paths.hosts) if config.rootfs is None else None,
+            hosts_path=str(paths.hosts),
             root=root,
+            resolv_path=str(paths.resolv) if root is not None else None,
         )
         pipes.ready_r, pipes.ready_w = os.pipe()
         if config.owner_lock is None:
@@ -178,8 +197,8 @@ class LocalRuntime:
             "last_activity": str(paths.last_activity),
             "detached": str(paths.detached),
             "result": str(paths.result),
-            "cleanup": [str(paths.workdir), str(paths.upper), str(paths.rootfs)],
-            "overlay": None,
+            "cleanup": [str(p) for p in paths.writable()],
+            "overlay": overlay,
         }
         meta: dict[str, Any] = {
             "id": sandbox_id,
@@ -196,6 +215,7 @@ class LocalRuntime:
             "owner": config.owner_lock or f"pid {os.getpid()}",
             "stdin_pipe": config.stdin_pipe,
             "rootfs": config.rootfs,
+            "rootfs_mode": None if config.rootfs is None else ("overlay" if overlay else "copy"),
             "user_namespace": user_namespace,
             "creator_pid": os.getpid(),
         }
@@ -370,6 +390,10 @@ def _read_ready(
     if not isinstance(report, dict):
         raise errors.SandboxStartError(f"unexpected report from the sandbox keeper: {report!r}")
     return report
+
+
+class _OverlayRefused(Exception):
+    """The keeper could not mount overlayfs here: use a copy of the root instead."""
 
 
 class _Pipes:

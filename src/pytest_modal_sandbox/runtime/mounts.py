@@ -54,13 +54,15 @@ def bwrap_argv(
     host_workdir: str | None,
     hosts_path: str | None,
     root: str | None,
+    resolv_path: str | None = None,
     exists: Callable[[str], bool] = os.path.isdir,
     listdir: Callable[[str], Sequence[str]] = os.listdir,
 ) -> list[str]:
     """The full bwrap argv; ``root`` None means the host root read-only.
 
     ``host_workdir`` is the writable host directory to bind at ``workdir`` (host mode only);
-    ``hosts_path`` a file bound read-only at /etc/hosts (host mode only).
+    ``hosts_path`` and ``resolv_path`` are files bound at /etc/hosts and /etc/resolv.conf
+    (read-only over the host's root; writable in a private root).
     """
     argv = [bwrap]
     if user_namespace:
@@ -68,9 +70,11 @@ def bwrap_argv(
     argv += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     argv += ["--hostname", hostname, "--die-with-parent", "--info-fd", str(INFO_FD)]
     if root is not None:
-        argv += ["--bind", root, "/", "--proc", "/proc", "--dev", "/dev"]
-        for tmp in ("/tmp",):
-            argv += ["--tmpfs", tmp]
+        argv += ["--bind", root, "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        if hosts_path is not None:  # writable, like Docker's
+            argv += ["--bind", hosts_path, "/etc/hosts"]
+        if resolv_path is not None:
+            argv += ["--bind", resolv_path, "/etc/resolv.conf"]
         if workdir != "/":
             argv += ["--dir", workdir]
     else:

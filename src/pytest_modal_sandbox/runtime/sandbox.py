@@ -153,7 +153,7 @@ class LocalSandbox:
                     self._paths.result,
                     {"kind": status.kind, "exitcode": None, "finished_at": status.finished_at},
                 )
-            for path in (self._paths.workdir, self._paths.upper, self._paths.rootfs):
+            for path in self._paths.writable():
                 _remove_tree(path)
         return self._read_result() or status
 

@@ -12,6 +12,9 @@ Layout of ``<state>/<sandbox id>/``::
     detached         present once detach_owner() was called
     result.json      the exit status, written by the keeper when the sandbox ends
     work/            the writable workdir (removed when the sandbox ends)
+    hosts, resolv.conf  bound at /etc/hosts and /etc/resolv.conf
+    root/            with ``rootfs``: the sandbox's / (overlay mount point, or a copy)
+    upper/ ovl-work/ with ``rootfs`` on overlayfs: its upper and work dirs
 
 Every file is replaced atomically (write to a temporary name, then rename), so readers never
 see half a record.
@@ -30,6 +33,10 @@ __all__ = ["SandboxPaths", "read_json", "write_json"]
 class SandboxPaths:
     """Where each file of one sandbox lives."""
 
+    def writable(self) -> list[Path]:
+        """What the keeper removes when the sandbox ends."""
+        return [self.workdir, self.upper, self.overlay_work, self.rootfs]
+
     def __init__(self, root: Path, sandbox_id: str) -> None:
         self.dir = root / sandbox_id
         self.launch = self.dir / "launch.marshal"
@@ -44,6 +51,7 @@ class SandboxPaths:
         self.detached = self.dir / "detached"
         self.workdir = self.dir / "work"
         self.hosts = self.dir / "hosts"
+        self.resolv = self.dir / "resolv.conf"
         self.rootfs = self.dir / "root"
         self.upper = self.dir / "upper"
         self.overlay_work = self.dir / "ovl-work"

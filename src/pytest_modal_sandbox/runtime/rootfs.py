@@ -1,0 +1,80 @@
+"""A private writable ``/`` over a shared, read-only image root (``SandboxConfig.rootfs``).
+
+Preferred: overlayfs (the image root as the lower layer, upper and work dirs in the sandbox's
+state dir), mounted by the keeper in a private mount namespace of its own, so the mount is
+invisible to the host and vanishes with the keeper.  That needs root; where it is refused (not
+root, an upper dir on a file system overlayfs cannot use, an odd path) the root is copied with
+``cp -a --reflink=auto`` instead - instant on btrfs/xfs, a real copy elsewhere.  The image root
+itself is never written to in either case.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+from .. import errors
+from .store import SandboxPaths
+
+__all__ = ["MODE_ENV", "overlay_usable", "prepare", "remember_overlay_failure"]
+
+MODE_ENV = "PYTEST_MODAL_SANDBOX_ROOTFS"  # "overlay" or "copy": force one way (tests)
+RESOLV_CONF = "nameserver 127.0.0.1\n"  # no network inside: fail fast rather than time out
+
+_lock = threading.Lock()
+_overlay_failure: str | None = None
+
+
+def overlay_usable() -> bool:
+    """Whether to try overlayfs here (root, not forced off, not already seen to fail)."""
+    mode = os.environ.get(MODE_ENV)
+    if mode == "copy":
+        return False
+    with _lock:
+        failed = _overlay_failure is not None
+    return os.geteuid() == 0 and not failed
+
+
+def remember_overlay_failure(reason: str) -> None:
+    """Stop trying overlayfs in this process (the keeper could not mount it)."""
+    global _overlay_failure
+    with _lock:
+        _overlay_failure = reason
+
+
+def prepare(rootfs: str, paths: SandboxPaths, *, overlay: bool) -> dict[str, Any] | None:
+    """Make ``paths.rootfs`` the sandbox's future ``/``; returns the keeper's overlay plan, or
+    None when the root was copied."""
+    if not os.path.isdir(rootfs):
+        raise errors.SandboxStartError(f"rootfs {rootfs!r} is not a directory")
+    paths.rootfs.mkdir()
+    if overlay and not any(c in rootfs for c in ",:\\"):  # overlay option syntax
+        paths.upper.mkdir()
+        paths.overlay_work.mkdir()
+        return {
+            "lower": rootfs,
+            "upper": str(paths.upper),
+            "work": str(paths.overlay_work),
+            "merged": str(paths.rootfs),
+        }
+    copy_tree(rootfs, paths.rootfs)
+    return None
+
+
+def copy_tree(source: str, target: Path) -> None:
+    """``cp -a --reflink=auto source/. target`` (keeps modes, links, times; owners as root)."""
+    cp = shutil.which("cp") or "/bin/cp"
+    done = subprocess.run(
+        [cp, "-a", "--reflink=auto", "--", f"{source.rstrip('/')}/.", str(target)],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode != 0:
+        detail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+        raise errors.SandboxStartError(
+            f"cannot copy the image root {source!r} for a sandbox: " + " | ".join(detail)
+        )
