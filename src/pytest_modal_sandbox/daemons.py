@@ -9,18 +9,20 @@ from another process; files can.  Only a POSIX ``sh`` is needed in the image.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import DaemonExitedError, ExecTimeout, ReadinessTimeout, SandboxStartError, tail
 from .sandbox import DAEMON_DIR, Sandbox
 from .spec import Daemon, Probe, shell_quote
 
-__all__ = ["DaemonState", "daemon_states", "launch_daemons", "mark_ready", "wait_ready"]
+__all__ = ["DaemonState", "daemon_states", "mark_ready", "start_daemons"]
 
 READY_MARK = f"{DAEMON_DIR}/.ready"
 _EXITED_RC = 213  # exec-probe wrapper: "the daemon had already exited"
@@ -55,7 +57,7 @@ def _run_script(daemon: Daemon) -> str:
 
 def _supervisor_script(daemon: Daemon) -> str:
     d = shell_quote(_dir(daemon))
-    start = f'sh {d}/run >>{d}/log 2>&1 </dev/null & echo $! > {d}/pid; wait $!; rc=$?'
+    start = f"sh {d}/run >>{d}/log 2>&1 </dev/null & echo $! > {d}/pid; wait $!; rc=$?"
     if not daemon.restart:
         return f"{start}\necho $rc > {d}/exit.tmp && mv {d}/exit.tmp {d}/exit\n"
     note = shell_quote(f"[pytest-modal-sandbox] daemon {daemon.name} exited with code")
@@ -84,18 +86,6 @@ def launch_script(daemons: Sequence[Daemon]) -> str:
             f" else sh {d}/supervise </dev/null >/dev/null 2>&1 & fi",
         ]
     return "\n".join(parts) + "\n"
-
-
-def launch_daemons(sandbox: Sandbox) -> None:
-    """Start every daemon of the sandbox's spec (one exec for all of them)."""
-    if not sandbox.spec.daemons:
-        return
-    res = sandbox.exec("sh", "-c", launch_script(sandbox.spec.daemons), timeout=60)
-    if res.returncode != 0:
-        raise SandboxStartError(
-            f"could not launch daemons in sandbox {sandbox.id} (exit {res.returncode}); "
-            f"the image needs a POSIX sh:\n{tail(str(res.stderr) or str(res.stdout))}"
-        )
 
 
 def daemon_states(sandbox: Sandbox, names: Sequence[str] | None = None) -> list[DaemonState]:
@@ -139,14 +129,94 @@ def is_marked_ready(sandbox: Sandbox) -> bool:
 
 # -- readiness ----------------------------------------------------------------------------
 
+_TCP_WAIT = """
+now() { date +%s 2>/dev/null || echo 0; }
+t0=$(now)
+wait_tcp() {
+  while :; do
+    for f in /proc/net/tcp /proc/net/tcp6; do
+      [ -r "$f" ] || continue
+      while read -r sl local rem st rest; do
+        case "$local" in *:"$2") [ "$st" = 0A ] && { echo "READY $1"; return 0; } ;; esac
+      done < "$f"
+    done
+    if [ -f "$4/exit" ]; then echo "EXITED $1 $(cat "$4/exit")"; exit 0; fi
+    t=$(now)
+    if [ "$t0" -gt 0 ] && [ $((t - t0)) -ge "$3" ]; then echo "TIMEOUT $1"; exit 0; fi
+    sleep 0.05 2>/dev/null || sleep 1
+  done
+}
+"""
 
-def wait_ready(sandbox: Sandbox, *, log_lines: int = 20, started: float | None = None) -> None:
-    """Wait until every daemon's probe passes; fail fast, with its log, if one exits."""
-    started = time.monotonic() if started is None else started
-    for daemon in sandbox.spec.daemons:
-        if daemon.ready is not None:
-            _Waiter(sandbox, daemon, daemon.ready, started + daemon.ready.timeout, log_lines).run()
-    mark_ready(sandbox)
+
+def start_daemons(sandbox: Sandbox, *, mark: bool = False, log_lines: int = 20) -> None:
+    """Launch every daemon and wait until each one's probe passes; fail fast, with its log,
+    if one exits.  ``mark`` leaves the ready mark (for processes attaching later).
+
+    Round trips are what a sandbox costs on Modal, so: one exec launches every daemon *and*
+    waits for the TCP probes inside the sandbox; with Modal's own readiness probe the launch is
+    fire-and-forget and the wait is one RPC.  Other probes poll from here.
+    """
+    spec = sandbox.spec
+    started = time.monotonic()
+    probed = [(d, d.ready) for d in spec.daemons if d.ready is not None]
+    impl: Any = sandbox._impl
+    rest: list[tuple[Daemon, Probe]] = []
+    if len(probed) == 1 and getattr(impl, "native_probe", None) is not None:
+        daemon, probe = probed[0]
+        _Waiter(sandbox, daemon, probe, started + probe.timeout, log_lines).native()
+    else:
+        tcp = [(d, p) for d, p in probed if p.kind == "tcp"]
+        rest = [(d, p) for d, p in probed if p.kind != "tcp"]
+        if spec.daemons:
+            _launch_and_wait_tcp(sandbox, tcp, started, log_lines, mark=mark and not rest)
+            mark = mark and bool(rest)
+    for daemon, probe in rest:
+        _Waiter(sandbox, daemon, probe, started + probe.timeout, log_lines).run()
+    if mark:
+        mark_ready(sandbox)
+
+
+def _launch_and_wait_tcp(
+    sandbox: Sandbox,
+    tcp: Sequence[tuple[Daemon, Probe]],
+    started: float,
+    log_lines: int,
+    *,
+    mark: bool,
+) -> None:
+    """One exec: launch every daemon, wait for the TCP probes in the sandbox, maybe mark."""
+    script = launch_script(sandbox.spec.daemons)
+    waiters = {d.name: _Waiter(sandbox, d, p, started + p.timeout, log_lines) for d, p in tcp}
+    if tcp:
+        script += _TCP_WAIT
+        for daemon, probe in tcp:
+            limit = max(1, math.ceil(probe.timeout))
+            d = shell_quote(_dir(daemon))
+            script += f"wait_tcp {daemon.name} {probe.port:04X} {limit} {d}\n"
+    if mark:
+        script += f": > {READY_MARK}\n"
+    script += "echo ALL-READY\n"
+    timeout = max([p.timeout for _, p in tcp] or [0.0]) + 30.0
+    try:
+        res = sandbox.exec("sh", "-c", script, timeout=timeout)
+    except ExecTimeout:  # no `date` in the image: the exec's own deadline ended the wait
+        next(iter(waiters.values())).timed_out()
+        raise
+    lines = str(res.stdout).splitlines()
+    if "ALL-READY" in lines:
+        return
+    for line in lines:
+        word, _, rest = line.partition(" ")
+        name, _, code = rest.partition(" ")
+        if word == "EXITED" and name in waiters:
+            waiters[name].exited(_int(code))
+        if word == "TIMEOUT" and name in waiters:
+            waiters[name].timed_out()
+    raise SandboxStartError(
+        f"could not launch daemons in sandbox {sandbox.id} (exit {res.returncode}); "
+        f"the image needs a POSIX sh:\n{tail(str(res.stderr) or str(res.stdout))}"
+    )
 
 
 class _Waiter:
@@ -160,17 +230,13 @@ class _Waiter:
         self.log_lines = log_lines
 
     def run(self) -> None:
+        """Poll the probe from here (http, log and exec probes)."""
         checks: dict[str, Callable[[], bool]] = {
-            "tcp": self.tcp,
             "http": self.http,
             "log": self.log,
             "exec": self.exec_probe,
         }
         check = checks[self.probe.kind]
-        if self.probe.kind == "tcp":  # one in-sandbox loop; no polling round trips
-            if not check():
-                self.timed_out()
-            return
         delay = 0.05
         while True:
             if check():
@@ -180,41 +246,31 @@ class _Waiter:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 
+    def native(self) -> None:
+        """The backend's own probe (Modal's readiness probe): launch without waiting, then
+        wait in growing chunks, checking between chunks that the daemon is still alive."""
+        impl: Any = self.sandbox._impl
+        impl.spawn(["sh", "-c", launch_script(self.sandbox.spec.daemons)])
+        chunk = 1.0
+        while True:
+            if impl.wait_native_ready(min(chunk, self.remaining())):
+                return
+            state = daemon_states(self.sandbox, [self.daemon.name])
+            if state and state[0].state == "exited":
+                self.exited(state[0].exit_code)
+            if not state or state[0].state == "unknown":
+                raise SandboxStartError(
+                    f"daemon {self.daemon.name!r} was not launched in sandbox "
+                    f"{self.sandbox.id}; the image needs a POSIX sh"
+                )
+            if time.monotonic() >= self.deadline:
+                self.timed_out()
+            chunk = min(chunk * 2, 10.0)
+
     def remaining(self) -> float:
         return max(self.deadline - time.monotonic(), 0.1)
 
     # each check returns True when ready, False when not yet, raises when the daemon exited
-
-    def tcp(self) -> bool:
-        port = self.probe.port
-        assert port is not None
-        d = shell_quote(_dir(self.daemon))
-        script = (
-            f"hex={port:04X}\n"
-            "while :; do\n"
-            "  for f in /proc/net/tcp /proc/net/tcp6; do\n"
-            '    [ -r "$f" ] || continue\n'
-            "    while read -r sl local rem st rest; do\n"
-            '      case "$local" in *:"$hex") [ "$st" = 0A ] && { echo READY; exit 0; } ;; esac\n'
-            '    done < "$f"\n'
-            "  done\n"
-            f"  if [ -f {d}/exit ]; then echo EXITED $(cat {d}/exit); exit 0; fi\n"
-            "  sleep 0.05 2>/dev/null || sleep 1\n"
-            "done\n"
-        )
-        try:
-            res = self.sandbox.exec("sh", "-c", script, timeout=self.remaining())
-        except ExecTimeout:
-            return False
-        out = str(res.stdout).split()
-        if out[:1] == ["READY"]:
-            return True
-        if out[:1] == ["EXITED"]:
-            self.exited(_int(out[1]) if len(out) > 1 else None)
-        raise SandboxStartError(
-            f"readiness check for daemon {self.daemon.name!r} failed to run "
-            f"(exit {res.returncode}): {tail(str(res.stderr))}"
-        )
 
     def exec_probe(self) -> bool:
         d = _dir(self.daemon)

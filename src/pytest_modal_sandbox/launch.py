@@ -50,9 +50,7 @@ def launch(
     try:
         if on_created is not None:
             on_created(sandbox)
-        started = time.monotonic()
-        daemons.launch_daemons(sandbox)
-        daemons.wait_ready(sandbox, log_lines=log_lines, started=started)
+        daemons.start_daemons(sandbox, mark=shared, log_lines=log_lines)
         sandbox.timings.ready = time.time()
     except BaseException:
         sandbox.terminate()

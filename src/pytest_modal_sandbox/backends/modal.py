@@ -151,6 +151,14 @@ class ModalHandle:
             )
         return RawExec(code, bytes(out), bytes(err))
 
+    def spawn(self, argv: Sequence[str]) -> None:
+        """Start ``argv`` and do not wait for it (one RPC)."""
+        devnull = modal.stream_type.StreamType.DEVNULL
+        try:
+            self._sb.exec(*argv, stdout=devnull, stderr=devnull)
+        except modal_exc.Error as exc:
+            raise _wrap(exc, f"exec {' '.join(argv)!r} in sandbox {self.id}") from exc
+
     def wait_native_ready(self, timeout: float) -> bool:
         """Modal's readiness probe: True when ready within ``timeout``, False if not yet."""
         try:
