@@ -33,16 +33,25 @@ DEFAULT_APP = "pytest-modal-sandbox"
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("modal-sandbox", "ephemeral sandboxes (pytest-modal-sandbox)")
     group.addoption(
-        "--modal-sandbox", dest="modal_sandbox", nargs="?", const="", default=None,
-        metavar="BACKEND", help=ENABLE_HELP,
+        "--modal-sandbox",
+        dest="modal_sandbox",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="BACKEND",
+        help=ENABLE_HELP,
     )
     group.addoption("--modal-sandbox-app", dest="modal_sandbox_app", metavar="NAME", help=APP_HELP)
     group.addoption(
-        "--modal-sandbox-environment", dest="modal_sandbox_environment", metavar="NAME",
+        "--modal-sandbox-environment",
+        dest="modal_sandbox_environment",
+        metavar="NAME",
         help=ENVIRONMENT_HELP,
     )
     group.addoption(
-        "--modal-sandbox-log-lines", dest="modal_sandbox_log_lines", metavar="N",
+        "--modal-sandbox-log-lines",
+        dest="modal_sandbox_log_lines",
+        metavar="N",
         help=LOG_LINES_HELP,
     )
     parser.addini("modal_sandbox", ENABLE_INI_HELP, type="bool", default=False)

@@ -81,7 +81,12 @@ class Probe:
 
     @classmethod
     def http(
-        cls, port: int, path: str = "/", status: int = 200, *, timeout: float = DEFAULT_PROBE_TIMEOUT
+        cls,
+        port: int,
+        path: str = "/",
+        status: int = 200,
+        *,
+        timeout: float = DEFAULT_PROBE_TIMEOUT,
     ) -> Probe:
         """Ready when ``GET path`` through the port's tunnel answers ``status``."""
         return cls("http", port=port, path=path, status=status, timeout=timeout)
@@ -197,7 +202,7 @@ class SandboxSpec:
         return None
 
     def secret_values(self) -> list[str]:
-        """Plain values of dict secrets, for scrubbing output (``modal.Secret`` values are unknown)."""
+        """Values of dict secrets, for scrubbing output (``modal.Secret`` values are unknown)."""
         return [v for s in self.secrets if isinstance(s, Mapping) for v in s.values() if v]
 
     @property
@@ -304,8 +309,9 @@ class _Validator:
             if not isinstance(key, str) or not _ENV_KEY.match(key):
                 self.fail(f"{field} key", key, "must be an identifier ([A-Za-z_][A-Za-z0-9_]*)")
             if not isinstance(value, str):
-                self.fail(f"{field}[{key!r}]", "<hidden>" if "secret" in field else value,
-                          "must be a str")
+                self.fail(
+                    f"{field}[{key!r}]", "<hidden>" if "secret" in field else value, "must be a str"
+                )
 
     def check_workdir(self, field: str, workdir: Any) -> None:
         if workdir is None:
@@ -330,8 +336,11 @@ class _Validator:
             if not isinstance(daemon, Daemon):
                 self.fail(where, daemon, "must be a Daemon(...)")
             if not isinstance(daemon.name, str) or not _DAEMON_NAME.match(daemon.name):
-                self.fail(f"{where}.name", daemon.name,
-                          "must be 1-64 chars of letters, digits, '_', '.', '-'")
+                self.fail(
+                    f"{where}.name",
+                    daemon.name,
+                    "must be 1-64 chars of letters, digits, '_', '.', '-'",
+                )
             if daemon.name in names:
                 self.fail(f"{where}.name", daemon.name, "is a duplicate daemon name")
             names.add(daemon.name)
@@ -340,10 +349,15 @@ class _Validator:
             if isinstance(command, str):
                 if not command.strip():
                     self.fail(f"{where}.command", command, "must not be empty")
-            elif (not isinstance(command, tuple) or not command
-                  or not all(isinstance(a, str) for a in command) or not command[0]):
-                self.fail(f"{where}.command", command,
-                          "must be a non-empty shell string or list of str")
+            elif (
+                not isinstance(command, tuple)
+                or not command
+                or not all(isinstance(a, str) for a in command)
+                or not command[0]
+            ):
+                self.fail(
+                    f"{where}.command", command, "must be a non-empty shell string or list of str"
+                )
             self.check_env(f"{where}.env", daemon.env)
             self.check_workdir(f"{where}.workdir", daemon.workdir)
             if not isinstance(daemon.restart, bool):
@@ -361,9 +375,12 @@ class _Validator:
                 self.fail(f"{where}.port", port, "must be an int port in 1..65535")
         if probe.kind == "http":
             if port not in self.spec.ports:
-                self.fail(f"{where}.port", port,
-                          "is not declared; an http probe goes through the port's tunnel, "
-                          "so list it in encrypted_ports, unencrypted_ports or h2_ports")
+                self.fail(
+                    f"{where}.port",
+                    port,
+                    "is not declared; an http probe goes through the port's tunnel, "
+                    "so list it in encrypted_ports, unencrypted_ports or h2_ports",
+                )
             if not isinstance(probe.path, str) or not probe.path.startswith("/"):
                 self.fail(f"{where}.path", probe.path, "must start with '/'")
             if not _is_int(probe.status) or not 100 <= probe.status <= 599:

@@ -39,13 +39,19 @@ def test_valid_spec_is_hashable_and_stable():
         ({"encrypted_ports": [70000]}, "encrypted_ports[0]: is outside 1..65535 (got 70000)"),
         ({"h2_ports": ["80"]}, "h2_ports[0]: must be an int port number (got '80')"),
         ({"h2_ports": [True]}, "h2_ports[0]: must be an int port number (got True)"),
-        ({"encrypted_ports": [80, 80]}, "encrypted_ports[1]: is already declared in encrypted_ports"),
+        (
+            {"encrypted_ports": [80, 80]},
+            "encrypted_ports[1]: is already declared in encrypted_ports",
+        ),
         (
             {"encrypted_ports": [80], "unencrypted_ports": [80]},
             "unencrypted_ports[0]: is already declared in encrypted_ports (got 80)",
         ),
         ({"env": {"1A": "x"}}, "env key: must be an identifier"),
-        ({"env": {"A-B": "x"}}, "env key: must be an identifier ([A-Za-z_][A-Za-z0-9_]*) (got 'A-B')"),
+        (
+            {"env": {"A-B": "x"}},
+            "env key: must be an identifier ([A-Za-z_][A-Za-z0-9_]*) (got 'A-B')",
+        ),
         ({"env": {"A": 1}}, "env['A']: must be a str (got 1)"),
         ({"env": ["A=1"]}, "env: must be a dict of str to str"),
         ({"secrets": [{"K": 5}]}, "secrets[0]['K']: must be a str (got '<hidden>')"),
