@@ -58,7 +58,9 @@ def connect_once(address: tuple[str, int]) -> None:
 
 
 def tunnel_rows(rt: LocalRuntime, reps: int, label: str) -> list[tuple[str, list[float]]]:
-    sb = rt.create(SandboxConfig(command=[sys.executable, "-c", SERVER], ports=[8000]))
+    sb = rt.create(
+        SandboxConfig(command=[os.path.realpath(sys.executable), "-c", SERVER], ports=[8000])
+    )
     try:
         deadline = time.monotonic() + 30
         while b"00000000:1F40" not in sb.exec(["cat", "/proc/net/tcp"]).stdout.upper():

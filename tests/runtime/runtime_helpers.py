@@ -28,3 +28,8 @@ def spawn_python(code: str, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+# A Python for use *inside* host-mode sandboxes: the real interpreter, since a venv's
+# bin/python may live under /tmp, which is a private tmpfs in there.
+SANDBOX_PYTHON = os.path.realpath(sys.executable)

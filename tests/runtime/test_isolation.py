@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from runtime_helpers import SANDBOX_PYTHON
+
 from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig
 
 
@@ -43,7 +45,6 @@ def test_network_namespace_is_private(rt: LocalRuntime) -> None:
 
 
 def test_four_sandboxes_listen_on_the_same_port(rt: LocalRuntime) -> None:
-    import sys
 
     server = (
         "import socket, sys\n"
@@ -53,7 +54,7 @@ def test_four_sandboxes_listen_on_the_same_port(rt: LocalRuntime) -> None:
         "    c, _ = s.accept(); c.sendall(sys.argv[1].encode()); c.close()\n"
     )
     sandboxes = [
-        rt.create(SandboxConfig(command=[sys.executable, "-c", server, f"sb{i}"], ports=[8000]))
+        rt.create(SandboxConfig(command=[SANDBOX_PYTHON, "-c", server, f"sb{i}"], ports=[8000]))
         for i in range(4)
     ]
     client = (
@@ -65,5 +66,5 @@ def test_four_sandboxes_listen_on_the_same_port(rt: LocalRuntime) -> None:
         "print(c.recv(100).decode())\n"
     )
     for i, sb in enumerate(sandboxes):
-        assert sb.exec([sys.executable, "-c", client]).stdout == f"sb{i}\n".encode()
+        assert sb.exec([SANDBOX_PYTHON, "-c", client]).stdout == f"sb{i}\n".encode()
         assert sb.poll() is None

@@ -5,12 +5,12 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from runtime_helpers import SANDBOX_PYTHON
 
 from pytest_modal_sandbox.errors import NotDeclaredError
 from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig
@@ -30,7 +30,7 @@ while True:
 
 
 def _server(name: str, family: str = "4") -> SandboxConfig:
-    return SandboxConfig(command=[sys.executable, "-c", SERVER, name, family], ports=[8000])
+    return SandboxConfig(command=[SANDBOX_PYTHON, "-c", SERVER, name, family], ports=[8000])
 
 
 def _connect(address: tuple[str, int]) -> tuple[socket.socket, bytes]:
@@ -103,7 +103,7 @@ def test_listener_closes_when_the_sandbox_ends(rt: LocalRuntime) -> None:
 def test_open_tunnel_connection_counts_as_activity(rt: LocalRuntime) -> None:
     sb = rt.create(
         SandboxConfig(
-            command=[sys.executable, "-c", SERVER, "idle", "4"], ports=[8000], idle_timeout=0.5
+            command=[SANDBOX_PYTHON, "-c", SERVER, "idle", "4"], ports=[8000], idle_timeout=0.5
         )
     )
     address = sb.tunnel(8000)
@@ -149,7 +149,7 @@ def test_tls_or_plain_on_one_port(rt: LocalRuntime, certificate: tuple[Path, Pat
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert, key)
     web = "import http.server as h; h.test(h.SimpleHTTPRequestHandler, port=8000, bind='0.0.0.0')"
-    sb = rt.create(SandboxConfig(command=[sys.executable, "-c", web], ports=[8000], workdir="/srv"))
+    sb = rt.create(SandboxConfig(command=[SANDBOX_PYTHON, "-c", web], ports=[8000], workdir="/srv"))
     sb.exec(["sh", "-c", "echo secret-page > /srv/index.txt"])
     host, port = sb.tunnel(8000, tls=server_ctx)
     client_ctx = ssl.create_default_context(cafile=str(cert))

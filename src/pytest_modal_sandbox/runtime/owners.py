@@ -68,17 +68,20 @@ _exited_later: list[subprocess.Popen[bytes]] = []
 
 
 def reap() -> None:
-    """Collect keepers of ours that have exited, so none lingers as a zombie."""
+    """Collect keepers of ours that have exited (no zombies) and close what their sandboxes
+    no longer need (owner and stdin pipe ends), even if nobody polls those sandboxes."""
     with _lock:
         pending = list(_exited_later)
-        for owned in _table.values():
-            pending.append(owned.keeper)
+        owned = list(_table.items())
     done = [p for p in pending if p.poll() is not None]
+    ended = [sandbox_id for sandbox_id, o in owned if o.keeper.poll() is not None]
     if done:
         with _lock:
             for p in done:
                 if p in _exited_later:
                     _exited_later.remove(p)
+    for sandbox_id in ended:
+        forget(sandbox_id)
 
 
 def _after_fork_in_child() -> None:
