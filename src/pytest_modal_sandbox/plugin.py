@@ -17,6 +17,7 @@ import pytest
 from . import hookspecs, settings
 from .fixtures import FIXTURE_ATTR, SKIP_REASON, sandbox
 from .manager import Event, SandboxManager
+from .matrix import parametrize_id
 from .settings import Settings
 from .spec import SandboxSpec
 
@@ -114,7 +115,13 @@ def get_manager(config: pytest.Config) -> SandboxManager:
 
 
 def image_override(config: pytest.Config, spec: SandboxSpec) -> SandboxSpec:
-    return spec
+    """``--modal-sandbox-image`` / ``PYTEST_MODAL_SANDBOX_IMAGE`` applied to a test's spec."""
+    return settings_of(config).images.apply(spec)
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """Sandbox specs as parametrize values get readable ids that every worker agrees on."""
+    return parametrize_id(val)
 
 
 def call_report(item: pytest.Item) -> pytest.TestReport | None:

@@ -6,6 +6,7 @@ An invalid value is a ``pytest.UsageError`` that says where it came from.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from typing import Any
 import pytest
 
 from .backends import BACKENDS
+from .errors import SpecError
+from .matrix import IMAGE_ENV, IMAGE_HELP, ImageOverride, parse_image_override
 
 ENABLE_HELP = (
     "run tests that need a sandbox, on BACKEND: auto (Modal when credentials are configured, "
@@ -54,6 +57,14 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="N",
         help=LOG_LINES_HELP,
     )
+    group.addoption(
+        "--modal-sandbox-image",
+        dest="modal_sandbox_image",
+        action="append",
+        default=[],
+        metavar="[OLD=]NEW",
+        help=IMAGE_HELP,
+    )
     parser.addini("modal_sandbox", ENABLE_INI_HELP, type="bool", default=False)
     parser.addini("modal_sandbox_backend", BACKEND_INI_HELP, default="auto")
     parser.addini("modal_sandbox_app", APP_HELP, default=DEFAULT_APP)
@@ -70,6 +81,7 @@ class Settings:
     environment: str | None
     log_lines: int
     sigterm: bool
+    images: ImageOverride = dataclasses.field(default_factory=ImageOverride)
 
     def backend_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"app": self.app}
@@ -117,7 +129,19 @@ def read_settings(config: pytest.Config, environ: Mapping[str, str] = os.environ
             raise ValueError
     except ValueError:
         raise pytest.UsageError(f"{where}: {lines!r} is not a number of lines (>= 0)") from None
+    cli_images = config.getoption("modal_sandbox_image") or []
+    if cli_images:
+        image_values, where = list(cli_images), "--modal-sandbox-image"
+    else:
+        env_value = environ.get(IMAGE_ENV, "")
+        image_values = [v for v in env_value.split(",") if v.strip()]
+        where = f"the {IMAGE_ENV} environment variable"
+    try:
+        images = parse_image_override(image_values, where)
+    except SpecError as exc:
+        raise pytest.UsageError(str(exc)) from None
     return Settings(
+        images=images,
         enabled=enabled,
         backend=backend,
         app=app,
