@@ -28,6 +28,18 @@ APP_HELP = "Modal app that owns the sandboxes (default: pytest-modal-sandbox)"
 ENVIRONMENT_HELP = "Modal environment (default: the profile's default)"
 LOG_LINES_HELP = "lines of each daemon's log shown when it fails (default: 20)"
 SIGTERM_HELP = "treat SIGTERM like Ctrl-C so sandboxes are cleaned up (default: true)"
+LEASE_HELP = (
+    "Modal path: seconds each heartbeat exec keeps an owned sandbox busy; with the idle timeout "
+    "it bounds how long a sandbox outlives a SIGKILLed pytest (default: 60)"
+)
+IDLE_HELP = (
+    "Modal path: idle_timeout (s) for sandboxes whose spec sets none, the dead-man switch "
+    "after the last heartbeat (default: 60)"
+)
+REAP_HELP = (
+    "reap leftover sandboxes and exit without running tests: stale (runs whose pytest is gone, "
+    "the default), all (live runs too; asks on a tty) or a RUN_ID"
+)
 
 BACKEND_ENV = "PYTEST_MODAL_SANDBOX_BACKEND"
 DEFAULT_APP = "pytest-modal-sandbox"
@@ -71,6 +83,26 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("modal_sandbox_environment", ENVIRONMENT_HELP, default="")
     parser.addini("modal_sandbox_log_lines", LOG_LINES_HELP, default="20")
     parser.addini("modal_sandbox_sigterm", SIGTERM_HELP, type="bool", default=True)
+    group.addoption(
+        "--modal-sandbox-lease", dest="modal_sandbox_lease", metavar="S", help=LEASE_HELP
+    )
+    group.addoption(
+        "--modal-sandbox-idle-timeout",
+        dest="modal_sandbox_idle_timeout",
+        metavar="S",
+        help=IDLE_HELP,
+    )
+    group.addoption(
+        "--modal-sandbox-reap",
+        dest="modal_sandbox_reap",
+        nargs="?",
+        const="stale",
+        default=None,
+        metavar="stale|all|RUN_ID",
+        help=REAP_HELP,
+    )
+    parser.addini("modal_sandbox_lease", LEASE_HELP, default="60")
+    parser.addini("modal_sandbox_idle_timeout", IDLE_HELP, default="60")
 
 
 @dataclass(frozen=True)
@@ -82,11 +114,15 @@ class Settings:
     log_lines: int
     sigterm: bool
     images: ImageOverride = dataclasses.field(default_factory=ImageOverride)
+    lease: int = 60  # Modal path: heartbeat lease (s)
+    idle_timeout: int = 60  # Modal path: default idle_timeout (s)
 
     def backend_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"app": self.app}
         if self.environment:
             options["environment"] = self.environment
+        options["lease"] = self.lease
+        options["idle_timeout"] = self.idle_timeout
         return options
 
 
@@ -100,6 +136,20 @@ def _pick(
     if env and environ.get(env):
         return environ[env], f"the {env} environment variable"
     return config.getini(ini), f"ini option {ini}"
+
+
+def _seconds(config: pytest.Config, key: str, environ: Mapping[str, str]) -> int:
+    """A whole number of seconds (Modal takes ints), 1 to 24 hours."""
+    value, where = _pick(config, key, None, key, environ)
+    try:
+        seconds = int(str(value).strip())
+        if not 1 <= seconds <= 86400:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(
+            f"{where}: {value!r} is not a whole number of seconds between 1 and 86400"
+        ) from None
+    return seconds
 
 
 def read_settings(config: pytest.Config, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -140,7 +190,11 @@ def read_settings(config: pytest.Config, environ: Mapping[str, str] = os.environ
         images = parse_image_override(image_values, where)
     except SpecError as exc:
         raise pytest.UsageError(str(exc)) from None
+    lease = _seconds(config, "modal_sandbox_lease", environ)
+    idle_timeout = _seconds(config, "modal_sandbox_idle_timeout", environ)
     return Settings(
+        lease=lease,
+        idle_timeout=idle_timeout,
         images=images,
         enabled=enabled,
         backend=backend,
