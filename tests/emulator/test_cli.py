@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +178,47 @@ def test_rpc_counts_of_a_function_scoped_lifecycle(tmp_path: Path) -> None:
             client.__exit__(None, None, None)
     assert stats["control"] == {"SandboxCreateV2": 1, "SandboxTerminateV2": 1}
     assert stats["router"] == {"TaskExecStart": 1, "TaskExecWait": 1}
+
+
+def test_stop_answers_clients_that_are_waiting(tmp_path: Path) -> None:
+    """Blocked wait()/exec wait()/output reads get terminated/137/EOF, not a dead socket."""
+    import threading
+
+    from modal.exception import SandboxTerminatedError
+
+    emu = EmulatorProcess(state_dir=tmp_path).start()
+    client = open_client(emu.url)
+    results: dict[str, Any] = {}
+    try:
+        app = modal.App.lookup("stop-waiters", create_if_missing=True, client=client)
+        sb = modal.Sandbox.create(app=app, client=client)
+        chatty = modal.Sandbox.create("sh", "-c", "echo hi; sleep 300", app=app, client=client)
+        proc = sb.exec("sleep", "300")
+
+        def wait_sandbox() -> None:
+            try:
+                sb.wait()
+                results["wait"] = "returned"
+            except SandboxTerminatedError:
+                results["wait"] = "terminated"
+
+        def wait_exec() -> None:
+            results["exec"] = proc.wait()
+
+        def read_output() -> None:
+            results["read"] = chatty.stdout.read()
+
+        threads = [threading.Thread(target=f) for f in (wait_sandbox, wait_exec, read_output)]
+        for t in threads:
+            t.start()
+        for _ in range(300):  # until all three are blocked in the emulator
+            if emu.stats()["inflight"] >= 3:
+                break
+            time.sleep(0.05)
+        assert emu.stop() == 0
+        for t in threads:
+            t.join(60)
+    finally:
+        emu.stop()
+        client.__exit__(None, None, None)
+    assert results == {"wait": "terminated", "exec": 137, "read": "hi\n"}

@@ -536,9 +536,15 @@ class SandboxManager:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(sb.finished.wait(), timeout)
 
-    async def shutdown(self) -> None:
-        """Terminate every sandbox this emulator started and wait until they are gone."""
+    async def terminate_all(self) -> None:
+        """Refuse new sandboxes, let creates in flight finish, terminate every sandbox.
+
+        Clients blocked on this emulator (``wait()``, exec waits, output streams) get their
+        answers (terminated, 137, EOF) before the server goes away.
+        """
         self._closing = True
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=30)
         running = [sb for sb in self._by_id.values() if sb.running]
         await asyncio.gather(
             *(self.blocking(sb.local.terminate, wait=True) for sb in running),
@@ -546,6 +552,10 @@ class SandboxManager:
         )
         for sb in running:
             self._finish(sb, ExitStatus("terminated", None, time.time()))
+
+    async def close(self) -> None:
+        """After :meth:`terminate_all`: reap execs, stop the poller, close tunnels and threads."""
+        await self.terminate_all()  # idempotent; covers callers that skipped it
         for sb in self._by_id.values():
             for proc in sb.execs.values():
                 await proc.aclose()

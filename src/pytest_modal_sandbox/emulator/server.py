@@ -34,6 +34,7 @@ from .servicer import Instrumented, Stats
 from .tls import TlsMaterial, make_tls_material
 
 ADMIN_SERVICE = "/pytest_modal_sandbox.emulator.Admin"
+DRAIN_SECONDS = 2.0  # at stop, how long pending RPCs get to send their final answers
 
 
 @dataclass
@@ -174,7 +175,7 @@ class Emulator:
         control.router_url = self.url
 
     def stats_snapshot(self) -> dict[str, Any]:
-        snap: dict[str, Any] = {"rpcs": self.stats.snapshot()}
+        snap: dict[str, Any] = {"rpcs": self.stats.snapshot(), "inflight": self.stats.inflight}
         if self.sandboxes is not None:
             all_sbs = self.sandboxes.all()
             snap["sandboxes"] = {
@@ -184,13 +185,19 @@ class Emulator:
         return snap
 
     async def stop(self) -> None:
-        """Stop listening, terminate every sandbox this emulator started, clean up."""
+        """Terminate every sandbox this emulator started, answer pending RPCs, stop, clean up."""
+        if self.sandboxes is not None:
+            await self.sandboxes.terminate_all()
+            # Waiters just got their answers (terminated, exit 137, EOF): let them go out.
+            deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
+            while self.stats.inflight and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)
         if self._server is not None:
             self._server.close()
         if self.sandboxes is not None:
-            await self.sandboxes.shutdown()
+            await self.sandboxes.close()
         if self._server is not None:
-            # wait_closed() can hang on long-polls still open; they are cut below anyway.
+            # wait_closed() can hang on streams a client keeps open; bounded.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
         if self._tmp is not None:

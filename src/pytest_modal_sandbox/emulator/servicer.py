@@ -46,6 +46,7 @@ class Stats:
         self._counts: dict[str, collections.Counter[str]] = collections.defaultdict(
             collections.Counter
         )
+        self.inflight = 0  # RPCs being handled now (event loop only)
 
     def count(self, service: str, method: str) -> None:
         with self._lock:
@@ -97,14 +98,17 @@ class Instrumented:
     def _wrap(self, method: str, func: Handler) -> Handler:
         async def handler(stream: Any) -> None:
             self._stats.count(self._service, method)
-            if self._latency > 0:
-                await asyncio.sleep(self._latency)
-            if self._check is not None:
-                self._check(stream)
+            self._stats.inflight += 1
             try:
+                if self._latency > 0:
+                    await asyncio.sleep(self._latency)
+                if self._check is not None:
+                    self._check(stream)
                 await func(stream)
             except RpcError as err:
                 raise GRPCError(Status[err.status], err.message) from None
+            finally:
+                self._stats.inflight -= 1
 
         handler.__name__ = method
         assert inspect.iscoroutinefunction(handler)
