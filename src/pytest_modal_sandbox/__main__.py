@@ -26,7 +26,7 @@ from .lifecycle import (
     sweep,
 )
 
-__all__ = ["main", "reap"]
+__all__ = ["main", "reap", "reap_from_pytest", "run_reap"]
 
 
 def _backend_args(parser: argparse.ArgumentParser) -> None:
@@ -79,12 +79,15 @@ def reap(
     backend: Any, *, run: str | None = None, stale: bool = False, everything: bool = False
 ) -> list[str]:
     """Terminate what the selection names (never a live run's, unless ``everything``)."""
+    if run is not None and _run_state(run) == "alive":
+        raise SandboxError(
+            f"run {run} is still running (its pytest holds the run lock); "
+            "use reap --all to end its sandboxes anyway"
+        )
     infos = _listing(backend)
     if everything:
         chosen = [i.id for i in infos]
     elif run is not None:
-        if _run_state(run) == "alive":
-            raise SandboxError(f"run {run} is still running; use reap --all to end it anyway")
         chosen = [i.id for i in infos if i.tags.get(RUN_TAG) == run]
     elif stale:
         dead = {r.run_id for r in stale_runs(runs_dir())}
@@ -96,30 +99,88 @@ def reap(
         for record in stale_runs(runs_dir()):
             if record.backend in (backend.name, "emulator"):
                 forget_run(runs_dir(), record.run_id)
+    elif run is not None and _run_state(run) == "dead":
+        forget_run(runs_dir(), run)
     return done
 
 
-def cmd_reap(args: argparse.Namespace) -> int:
-    backend = make_backend(args.backend, app=args.app, environment=args.environment)
+def _confirm_all(backend: Any) -> bool:
+    """Ask on a terminal before touching live runs; without one, ``--all`` is the consent."""
+    if not sys.stdin.isatty():
+        return True
+    n = len(_listing(backend))
     try:
-        if args.all and sys.stdin.isatty() and not args.yes:
-            n = len(_listing(backend))
-            answer = input(
-                f"terminate all {n} sandboxes on {backend.name}, live runs included? [y/N] "
-            )
-            if answer.strip().lower() not in ("y", "yes"):
-                print("nothing done")
-                return 1
-        done = reap(backend, run=args.run, stale=args.stale, everything=args.all)
+        answer = input(f"terminate all {n} sandboxes on {backend.name}, live runs included? [y/N] ")
+    except EOFError:
+        answer = ""
+    return answer.strip().lower() in ("y", "yes")
+
+
+def run_reap(backend: Any, target: str, *, ask: bool = True) -> int:
+    """Reap ``target`` (``stale``, ``all`` or a run id), print what was done; an exit code."""
+    try:
+        if target == "all" and ask and not _confirm_all(backend):
+            print("nothing done")
+            return 1
+        done = reap(
+            backend,
+            run=None if target in ("stale", "all") else target,
+            stale=target == "stale",
+            everything=target == "all",
+        )
     except SandboxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        backend.close()
-    print(f"terminated {len(done)} sandbox{'es' if len(done) != 1 else ''} on {backend.name}")
+    what = {"stale": "of stale runs", "all": "(all runs)"}.get(target, f"of run {target}")
+    print(
+        f"terminated {len(done)} sandbox{'es' if len(done) != 1 else ''} {what} on {backend.name}"
+    )
     for sid in done:
         print(f"  {sid}")
     return 0
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    target = "all" if args.all else "stale" if args.stale else str(args.run)
+    backend = make_backend(args.backend, app=args.app, environment=args.environment)
+    try:
+        return run_reap(backend, target, ask=not args.yes)
+    finally:
+        backend.close()
+
+
+def reap_from_pytest(config: Any, target: str) -> int:
+    """``pytest --modal-sandbox-reap[=stale|all|RUN_ID]``: the backend and app come from pytest's
+    settings (``--modal-sandbox=BACKEND``, ini, environment); no test runs."""
+    from .backends import resolve_backend_name
+    from .settings import read_settings
+
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.suspend_global_capture(in_=True)  # print, and ask on a tty
+    try:
+        settings = read_settings(config)
+        name = resolve_backend_name(settings.backend)
+        if name == "emulator":
+            print(
+                "error: --modal-sandbox-reap: the emulator backend starts a fresh emulator for "
+                "each run (its sandboxes end with it); to reap a running emulator, use "
+                "--modal-sandbox=modal with MODAL_SERVER_URL pointing at it",
+                file=sys.stderr,
+            )
+            return 4
+        try:
+            backend = make_backend(name, **settings.backend_options())
+        except SandboxError as exc:
+            print(f"error: --modal-sandbox-reap: {exc}", file=sys.stderr)
+            return 2
+        try:
+            return run_reap(backend, target.strip() or "stale")
+        finally:
+            backend.close()
+    finally:
+        if capture is not None:
+            capture.resume_global_capture()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

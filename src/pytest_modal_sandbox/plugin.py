@@ -44,6 +44,17 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """``--modal-sandbox-reap``: reap leftovers and exit before any run starts."""
+    target = config.getoption("modal_sandbox_reap", None)
+    if target is None:
+        return None
+    from .__main__ import reap_from_pytest
+
+    return reap_from_pytest(config, str(target))
+
+
 def role_of(config: pytest.Config) -> str:
     if hasattr(config, "workerinput"):
         return "worker"
