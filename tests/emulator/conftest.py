@@ -84,4 +84,7 @@ def make_sandbox(app: Any, client: Any) -> Iterator[Callable[..., Any]]:
 
     yield make
     for sb in made:
-        sb.terminate()
+        try:
+            sb.terminate()
+        except modal.exception.ClientClosed:  # a detached handle: use a fresh one
+            modal.Sandbox.from_id(sb.object_id, client=client).terminate()

@@ -278,6 +278,9 @@ def test_secrets_and_env_in_modals_order(make_sandbox: Any, client: Any) -> None
     assert p.stdout.read() == "exec-secret env exec-env\n"
     with pytest.raises(NotFoundError):
         make_sandbox(secrets=[modal.Secret.from_name("no-such-secret")])
+    modal.Secret.objects.delete(created, client=client)
+    with pytest.raises(NotFoundError):
+        make_sandbox(secrets=[modal.Secret.from_name(created)])
 
 
 def test_images_are_accepted_and_cached(make_sandbox: Any, emulator: Any) -> None:
@@ -299,3 +302,26 @@ def test_wait_long_poll_returns_while_running(make_sandbox: Any) -> None:
     sb.wait()
     assert sb.returncode == 4
     assert time.monotonic() - start < 30  # sanity: the long-poll answered, no hang
+
+
+def test_set_name_later(make_sandbox: Any, client: Any) -> None:
+    name = f"late-{uuid.uuid4().hex[:8]}"
+    sb = make_sandbox()
+    sb._experimental_set_name(name)
+    assert modal.Sandbox.from_name("conformance", name, client=client).object_id == sb.object_id
+    sb._experimental_set_name(name)  # same name again: fine
+    with pytest.raises(ConflictError):
+        sb._experimental_set_name(name + "-other")  # already named
+    with pytest.raises(AlreadyExistsError):
+        make_sandbox()._experimental_set_name(name)
+
+
+def test_detached_handle_can_still_wait(make_sandbox: Any) -> None:
+    sb = make_sandbox("sh", "-c", "exit 5")
+    sb.detach()
+    sb.wait()
+    assert sb.returncode == 5
+
+
+def test_client_hello(client: Any) -> None:
+    client.hello()

@@ -323,3 +323,39 @@ def test_a_create_the_client_gave_up_on_is_still_tracked(emulator: Any) -> None:
         await terminate(control, listed[0].id)
 
     run(emulator.url, body)
+
+
+def test_router_access_and_app_stop(emulator: Any) -> None:
+    async def body(control: Any, router: Any) -> None:
+        app_id = await new_app(control)
+        sb = await control.SandboxCreateV2(create_request(app_id))
+        other_app = await control.AppGetOrCreate(
+            api_pb2.AppGetOrCreateRequest(app_name="wire-other", object_creation_type=1)
+        )
+        bystander = await control.SandboxCreateV2(create_request(other_app.app_id))
+        try:
+            by_sandbox = await control.SandboxGetCommandRouterAccess(
+                api_pb2.SandboxGetCommandRouterAccessRequest(sandbox_id=sb.sandbox_id)
+            )
+            by_task = await control.TaskGetCommandRouterAccess(
+                api_pb2.TaskGetCommandRouterAccessRequest(task_id=sb.task_id)
+            )
+            for access in (by_sandbox, by_task):
+                assert access.url == emulator.url
+                md = {"authorization": f"Bearer {access.jwt}"}
+                await router.TaskExecStart(
+                    tcr.TaskExecStartRequest(
+                        task_id=sb.task_id, exec_id=str(uuid.uuid4()), command_args=["true"]
+                    ),
+                    metadata=md,
+                )
+            await control.AppStop(api_pb2.AppStopRequest(app_id=app_id))
+            for sandbox_id, status in ((sb.sandbox_id, 3), (bystander.sandbox_id, 0)):
+                resp = await control.SandboxWaitV2(
+                    api_pb2.SandboxWaitRequest(sandbox_id=sandbox_id, timeout=0)
+                )
+                assert resp.result.status == status  # only the stopped app's sandbox ended
+        finally:
+            await terminate(control, sb.sandbox_id, bystander.sandbox_id)
+
+    run(emulator.url, body)

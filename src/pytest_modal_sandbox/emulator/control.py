@@ -291,7 +291,7 @@ class ControlPlane(api_grpc.ModalClientBase):
         req = await stream.recv_message()
         sb = self.sandboxes.get(req.sandbox_id)
         if sb.name == req.name:
-            await stream.send_message(empty_pb2.Empty())
+            await stream.send_message(api_pb2.SandboxSetNameResponse())
             return
         if sb.name is not None:
             raise RpcError("FAILED_PRECONDITION", f"Sandbox already has the name {sb.name!r}")
@@ -299,4 +299,4 @@ class ControlPlane(api_grpc.ModalClientBase):
         if holder is not None:
             raise RpcError("ALREADY_EXISTS", f"Sandbox with name {req.name!r} already exists")
         sb.name = req.name
-        await stream.send_message(empty_pb2.Empty())
+        await stream.send_message(api_pb2.SandboxSetNameResponse())
