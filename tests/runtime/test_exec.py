@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pytest_modal_sandbox.runtime import (
@@ -158,3 +160,30 @@ def test_write_stdin_feeds_the_entrypoint(rt: LocalRuntime, state_dir: object) -
     )
     done = run_python(code, str(state_dir), piped.id, timeout=60)
     assert "only the process that created" in done.stdout
+
+
+def test_kill_exec_stops_the_whole_exec_and_nothing_is_orphaned(rt: LocalRuntime) -> None:
+    import os
+    import subprocess
+
+    from pytest_modal_sandbox.runtime import kill_exec
+
+    sb = rt.create(SandboxConfig())
+    proc = sb.popen(
+        ["sh", "-c", "sleep 4141 & sleep 4242 & echo up; wait"], stdin=subprocess.DEVNULL
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    kill_exec(proc.pid)
+    assert proc.wait(30) == -9  # nsenter reaped its child, then took the same signal
+    listing = _sandbox_cmdlines(sb)
+    assert "sleep 4141" not in listing and "sleep 4242" not in listing
+    # nothing of the exec went to the host's init as an orphan
+    init = sb._init.pid  # type: ignore[union-attr]
+    pid_ns = os.readlink(f"/proc/{init}/ns/pid")
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() and os.readlink(f"/proc/{name}/ns/pid") == pid_ns:
+                stat = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+                assert int(stat[1]) != 1 or int(name) == init, f"orphan {name} under host init"
+        except OSError:
+            pass

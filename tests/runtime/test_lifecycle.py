@@ -230,3 +230,40 @@ def test_failed_start_leaves_nothing(rt: LocalRuntime, state_dir: Path) -> None:
     with pytest.raises(InvalidConfig, match="workdir"):
         rt.create(SandboxConfig(workdir="/etc/passwd"))
     assert [p for p in state_dir.iterdir() if p.name.startswith("sb-")] == []
+
+
+def test_touch_and_popen_count_as_activity(rt: LocalRuntime) -> None:
+    sb = rt.create(SandboxConfig(idle_timeout=0.6))
+    for _ in range(4):  # 1.2 s of touches, each well inside the idle period
+        time.sleep(0.3)
+        sb.touch()
+    assert sb.poll() is None
+    proc = sb.popen(["sleep", "1.5"], stdin=subprocess.DEVNULL)
+    assert proc.wait(30) == 0  # the sandbox was not idle-killed under it
+    assert sb.poll() is None
+    st = sb.wait(30)
+    assert st is not None and st.kind == "idle_timeout"
+
+
+def test_concurrent_creates_from_threads(rt: LocalRuntime) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pytest_modal_sandbox.runtime import NameTaken
+
+    def cycle(i: int) -> bytes:
+        sb = rt.create(SandboxConfig(env={"I": str(i)}))
+        out = sb.exec(["sh", "-c", 'echo "$I"']).stdout
+        sb.terminate(wait=True)
+        return out
+
+    def claim(_: int) -> str:
+        try:
+            return rt.create(SandboxConfig(app="race", name="only-one")).id
+        except NameTaken:
+            return "taken"
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(cycle, range(16))) == [f"{i}\n".encode() for i in range(16)]
+        claims = list(pool.map(claim, range(6)))
+    assert claims.count("taken") == 5
+    assert rt.from_name("race", "only-one").id in claims

@@ -11,6 +11,7 @@ pytest-free.  The plugin's ``local`` backend and the Modal emulator are both bui
 
 from .config import DEFAULT_ENV, ExecOutcome, ExitStatus, SandboxConfig
 from .errors import InvalidArgument, InvalidConfig, NameTaken, RuntimeUnavailable, SandboxNotFound
+from .execs import kill_exec
 from .local import LocalRuntime
 from .sandbox import LocalSandbox
 
@@ -26,4 +27,5 @@ __all__ = [
     "RuntimeUnavailable",
     "SandboxConfig",
     "SandboxNotFound",
+    "kill_exec",
 ]

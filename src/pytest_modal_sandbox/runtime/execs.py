@@ -1,7 +1,8 @@
 """Running one command to completion: feed stdin, collect output, enforce a timeout.
 
 The process (nsenter) leads its own process group, so a timeout kills the group, which
-includes the child that nsenter forked inside the sandbox.  Output is read until both pipes
+includes the child that nsenter forked inside the sandbox (see :func:`kill_exec` for why the
+leader goes last).  Output is read until both pipes
 close; but once the process has exited, a pipe that stays open and quiet for ``QUIET``
 seconds is abandoned, so a background process that inherited stdout cannot hang the caller.
 """
@@ -17,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from .config import ExecOutcome
 
-__all__ = ["QUIET", "returncode_of", "run_to_completion"]
+__all__ = ["QUIET", "kill_exec", "returncode_of", "run_to_completion"]
 
 QUIET = 0.1
 
@@ -27,11 +28,61 @@ def returncode_of(raw: int) -> int:
     return 128 - raw if raw < 0 else raw
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid`` (zombies excluded), from /proc."""
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            members.append(int(name))
+    return members
+
+
+def _kill_if_in_group(pid: int, pgid: int) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # pid == pgid: our unreaped child, so stable
-    except (ProcessLookupError, PermissionError):
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        if os.getpgid(pid) == pgid:  # still the process we found (checked through the pidfd)
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+def kill_exec(leader: int, *, grace: float = 2.0) -> None:
+    """Kill an exec started with ``start_new_session=True`` (``exec_command``/``popen``): every
+    process in its group, the nsenter leader last.
+
+    Killing the whole group at once orphans nsenter's child inside the sandbox; orphans of a
+    host process go to the host's init, and the sandbox's pid namespace cannot finish dying
+    until that init reaps them (about a second here, forever under a PID 1 that never reaps).
+    Killing the members first lets nsenter reap its child and exit by itself.
+    """
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        members = [pid for pid in _group_members(leader) if pid != leader]
+        if not members:
+            break
+        for pid in members:
+            _kill_if_in_group(pid, leader)
+        time.sleep(0.002)
+    while time.monotonic() < deadline and leader in _group_members(leader):
+        time.sleep(0.002)  # nsenter reaps its child, then kills itself with the same signal
+    _kill_if_in_group(leader, leader)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None or _group_members(proc.pid):
+        kill_exec(proc.pid)
 
 
 def run_to_completion(

@@ -212,9 +212,10 @@ class LocalSandbox:
     ) -> tuple[list[str], dict[str, str]]:
         """The host argv and environment that run ``argv`` inside the sandbox.
 
-        Spawn it with ``start_new_session=True`` (a timeout then kills its process group) and
-        hold :meth:`activity` while it runs.  Killed by signal N shows as exit -N from Popen
-        (128+N from :meth:`exec`); a missing program exits 127.
+        Spawn it with ``start_new_session=True`` and hold :meth:`activity` while it runs.  To
+        stop it early use :func:`~pytest_modal_sandbox.runtime.kill_exec` (its pid), not a
+        plain ``killpg``.  Killed by signal N shows as exit -N from Popen (128+N from
+        :meth:`exec`); a missing program exits 127.
         """
         argv = _check_argv(argv)
         overrides = _check_env(env)
@@ -275,7 +276,8 @@ class LocalSandbox:
     ) -> subprocess.Popen[bytes]:
         """Start ``argv`` in the sandbox; the sandbox counts as active until the process exits.
 
-        The process leads its own process group (kill it with ``os.killpg``).
+        The process leads its own process group; stop it early with
+        :func:`~pytest_modal_sandbox.runtime.kill_exec` ``(proc.pid)``.
         """
         command, full_env = self.exec_command(argv, env=env, workdir=workdir)
         token = activity.ActivityToken(self._paths.activity, self._paths.last_activity)
