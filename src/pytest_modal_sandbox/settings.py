@@ -36,12 +36,27 @@ IDLE_HELP = (
     "Modal path: idle_timeout (s) for sandboxes whose spec sets none, the dead-man switch "
     "after the last heartbeat (default: 60)"
 )
+KEEP_HELP = (
+    "keep a failed test's function-scoped sandbox alive for MINUTES (default 30; still bounded "
+    "by its timeout) and say in the report how to reach it; 0 turns it off"
+)
+PROGRESS_HELP = (
+    "live progress while sandboxes start: auto (lines rewritten in place on a tty, plain lines "
+    "otherwise), plain or off (default: auto; -q silences it)"
+)
+PRESTART_HELP = (
+    "start the session- and module-scoped sandbox fixtures the selected tests use concurrently, "
+    "in the background, before the first test needs them: on or off (default: on)"
+)
 REAP_HELP = (
     "reap leftover sandboxes and exit without running tests: stale (runs whose pytest is gone, "
     "the default), all (live runs too; asks on a tty) or a RUN_ID"
 )
 
 BACKEND_ENV = "PYTEST_MODAL_SANDBOX_BACKEND"
+KEEP_ENV = "PYTEST_MODAL_SANDBOX_KEEP_ON_FAILURE"
+DEFAULT_KEEP_MINUTES = 30.0
+PROGRESS_MODES = ("auto", "plain", "off")
 DEFAULT_APP = "pytest-modal-sandbox"
 
 
@@ -101,6 +116,30 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="stale|all|RUN_ID",
         help=REAP_HELP,
     )
+    group.addoption(
+        "--modal-sandbox-keep-on-failure",
+        dest="modal_sandbox_keep_on_failure",
+        nargs="?",
+        const=f"{DEFAULT_KEEP_MINUTES:g}",
+        default=None,
+        metavar="MINUTES",
+        help=KEEP_HELP,
+    )
+    group.addoption(
+        "--modal-sandbox-progress",
+        dest="modal_sandbox_progress",
+        metavar="auto|plain|off",
+        help=PROGRESS_HELP,
+    )
+    group.addoption(
+        "--modal-sandbox-prestart",
+        dest="modal_sandbox_prestart",
+        metavar="on|off",
+        help=PRESTART_HELP,
+    )
+    parser.addini("modal_sandbox_keep_on_failure", KEEP_HELP, default="0")
+    parser.addini("modal_sandbox_progress", PROGRESS_HELP, default="auto")
+    parser.addini("modal_sandbox_prestart", PRESTART_HELP, default="on")
     parser.addini("modal_sandbox_lease", LEASE_HELP, default="60")
     parser.addini("modal_sandbox_idle_timeout", IDLE_HELP, default="60")
 
@@ -116,6 +155,9 @@ class Settings:
     images: ImageOverride = dataclasses.field(default_factory=ImageOverride)
     lease: int = 60  # Modal path: heartbeat lease (s)
     idle_timeout: int = 60  # Modal path: default idle_timeout (s)
+    keep_on_failure: float = 0.0  # minutes a failed test's sandbox is kept (0: off)
+    progress: str = "auto"  # auto, plain or off
+    prestart: bool = True
 
     def backend_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"app": self.app}
@@ -150,6 +192,44 @@ def _seconds(config: pytest.Config, key: str, environ: Mapping[str, str]) -> int
             f"{where}: {value!r} is not a whole number of seconds between 1 and 86400"
         ) from None
     return seconds
+
+
+def _keep_minutes(config: pytest.Config, environ: Mapping[str, str]) -> float:
+    value, where = _pick(
+        config, "modal_sandbox_keep_on_failure", KEEP_ENV, "modal_sandbox_keep_on_failure", environ
+    )
+    text = str(value).strip().lower()
+    if text in ("off", "no", "false"):
+        return 0.0
+    try:
+        minutes = float(text)
+        if not 0 <= minutes <= 24 * 60:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(
+            f"{where}: {value!r} is not a number of minutes between 0 and 1440"
+        ) from None
+    return minutes
+
+
+def _progress(config: pytest.Config, environ: Mapping[str, str]) -> str:
+    value, where = _pick(config, "modal_sandbox_progress", None, "modal_sandbox_progress", environ)
+    mode = str(value).strip().lower()
+    if mode not in PROGRESS_MODES:
+        raise pytest.UsageError(
+            f"{where}: {value!r} is not a progress mode; choose one of {', '.join(PROGRESS_MODES)}"
+        )
+    return mode
+
+
+def _switch(config: pytest.Config, key: str, environ: Mapping[str, str]) -> bool:
+    value, where = _pick(config, key, None, key, environ)
+    text = str(value).strip().lower()
+    if text in ("on", "yes", "true", "1"):
+        return True
+    if text in ("off", "no", "false", "0"):
+        return False
+    raise pytest.UsageError(f"{where}: {value!r} is not on or off")
 
 
 def read_settings(config: pytest.Config, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -193,6 +273,9 @@ def read_settings(config: pytest.Config, environ: Mapping[str, str] = os.environ
     lease = _seconds(config, "modal_sandbox_lease", environ)
     idle_timeout = _seconds(config, "modal_sandbox_idle_timeout", environ)
     return Settings(
+        keep_on_failure=_keep_minutes(config, environ),
+        progress=_progress(config, environ),
+        prestart=_switch(config, "modal_sandbox_prestart", environ),
         lease=lease,
         idle_timeout=idle_timeout,
         images=images,
