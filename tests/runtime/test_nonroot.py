@@ -142,13 +142,19 @@ ROOTFS_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_image_root_without_root(shared_state: Path) -> None:
+@pytest.mark.parametrize(("owner", "mode"), [(0, "copy"), (NOBODY, "overlay")])
+def test_image_root_without_root(shared_state: Path, owner: int, mode: str) -> None:
+    """An image root of our own is overlaid in a user namespace; one owned by someone else
+    (root here) is copied, since its files could not be written inside."""
     from test_rootfs import BUSYBOX, build_busybox_root, snapshot
 
     python = _python_for_nobody()
     if python is None or BUSYBOX is None:
         pytest.skip("no Python of this version that nobody can run, or no busybox")
     image = build_busybox_root(shared_state.parent / "image")
+    for dirpath, dirnames, filenames in os.walk(image):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+            os.lchown(name, owner, owner)
     before = snapshot(image)
     path = os.pathsep.join([SRC, sysconfig.get_paths()["purelib"]])
     proc = subprocess.run(
@@ -170,5 +176,9 @@ def test_image_root_without_root(shared_state: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out == {"mode": "copy", "exec": [1, "0\nfrom the image\nw\n"], "status": "terminated"}
+    assert out == {"mode": mode, "exec": [1, "0\nfrom the image\nw\n"], "status": "terminated"}
     assert snapshot(image) == before
+    assert sorted(p.name for p in shared_state.iterdir() if p.name.startswith("sb-")) != []
+    for sandbox_dir in shared_state.glob("sb-*"):
+        for leftover in ("root", "upper", "ovl-work"):
+            assert not (sandbox_dir / leftover).exists(), leftover

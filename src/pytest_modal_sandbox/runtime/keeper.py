@@ -46,13 +46,25 @@ def _write_result(path: str, kind: str, exitcode: int | None) -> None:
 
 
 def _rmtree(path: str) -> None:
-    """Remove a directory tree, ignoring errors (shutil is slow to import)."""
+    """Remove a directory tree, ignoring errors (shutil is slow to import).
+
+    Directories are made accessible first: overlayfs leaves a mode-000 ``work`` dir behind,
+    which only root could otherwise remove.
+    """
     if os.path.islink(path) or not os.path.isdir(path):
         try:
             os.unlink(path)
         except OSError:
             pass
         return
+    for root, dirs, _ in os.walk(path):
+        for name in dirs:
+            sub = os.path.join(root, name)
+            if not os.path.islink(sub):
+                try:
+                    os.chmod(sub, 0o700)
+                except OSError:
+                    pass
     for root, dirs, files in os.walk(path, topdown=False):
         for name in files:
             try:
@@ -262,7 +274,19 @@ class Keeper:
                 self.cleanup()
                 sys.exit(1)
 
-        check(libc.unshare(clone_newns), "unshare(CLONE_NEWNS)")
+        userns = overlay.get("userns")
+        if userns:
+            clone_newuser = 0x10000000
+            check(libc.unshare(clone_newuser | clone_newns), "unshare(CLONE_NEWUSER)")
+            for name, text in (
+                ("setgroups", "deny"),
+                ("uid_map", f"0 {userns[0]} 1"),
+                ("gid_map", f"0 {userns[1]} 1"),
+            ):
+                with open(f"/proc/self/{name}", "w") as f:
+                    f.write(text)
+        else:
+            check(libc.unshare(clone_newns), "unshare(CLONE_NEWNS)")
         check(libc.mount(b"none", b"/", None, ms_rec | ms_private, None), "making / private")
         merged = overlay["merged"].encode()
         check(libc.mount(b"overlay", merged, b"overlay", 0, options.encode()), "mounting overlayfs")

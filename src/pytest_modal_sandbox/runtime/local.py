@@ -9,7 +9,6 @@ import hashlib
 import marshal
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from .errors import InvalidArgument, InvalidConfig, NameTaken, SandboxNotFound
 from .ids import is_sandbox_id, new_sandbox_id
 from .mounts import bwrap_argv, hosts_file, merged_env
 from .sandbox import LocalSandbox
-from .store import SandboxPaths, read_json, write_json
+from .store import SandboxPaths, read_json, remove_tree, write_json
 
 __all__ = ["KEEP_FINISHED", "LocalRuntime"]
 
@@ -77,7 +76,7 @@ class LocalRuntime:
             _require_lock_held(config.owner_lock)
         if config.rootfs is not None and not os.path.isdir(config.rootfs):
             raise InvalidConfig(f"SandboxConfig.rootfs={config.rootfs!r}: not a directory")
-        use_overlay = config.rootfs is not None and rootfs.overlay_usable()
+        use_overlay = config.rootfs is not None and rootfs.overlay_usable(config.rootfs)
         try:
             return self._create(config, tools, use_overlay)
         except _OverlayRefused as exc:
@@ -127,7 +126,7 @@ class LocalRuntime:
                 with contextlib.suppress(OSError):
                     os.killpg(keeper.pid, signal.SIGKILL)
                 keeper.wait()
-            shutil.rmtree(paths.dir, ignore_errors=True)
+            remove_tree(paths.dir)
             raise
 
     def _prepare(
@@ -330,14 +329,14 @@ class LocalRuntime:
                 except FileNotFoundError:
                     continue
                 if age > ORPHAN_AGE:
-                    shutil.rmtree(path, ignore_errors=True)
+                    remove_tree(path)
                     removed.append(entry.name)
                 continue
             sandbox = LocalSandbox(self.root, meta, check())
             status = sandbox.poll()
             old = status is not None and now - status.finished_at >= keep
             if old and sandbox.wait(0) is not None:  # and its keeper has exited
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)
                 removed.append(entry.name)
         return removed
 

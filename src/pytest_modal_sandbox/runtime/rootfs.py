@@ -2,8 +2,11 @@
 
 Preferred: overlayfs (the image root as the lower layer, upper and work dirs in the sandbox's
 state dir), mounted by the keeper in a private mount namespace of its own, so the mount is
-invisible to the host and vanishes with the keeper.  That needs root; where it is refused (not
-root, an upper dir on a file system overlayfs cannot use, an odd path) the root is copied with
+invisible to the host and vanishes with the keeper.  As root that is all; as another user the
+keeper first enters a user namespace of its own (Linux >= 5.11 allows overlayfs there), which
+only helps when the image root belongs to that user - files of unmapped owners could not be
+written inside.  Where overlayfs is refused or unsuitable (an upper dir on a file system it
+cannot use, an odd path, a root owned by someone else) the root is copied with
 ``cp -a --reflink=auto`` instead - instant on btrfs/xfs, a real copy elsewhere.  The image root
 itself is never written to in either case.
 """
@@ -29,14 +32,21 @@ _lock = threading.Lock()
 _overlay_failure: str | None = None
 
 
-def overlay_usable() -> bool:
-    """Whether to try overlayfs here (root, not forced off, not already seen to fail)."""
+def overlay_usable(rootfs: str) -> bool:
+    """Whether to try overlayfs for ``rootfs`` (not forced off, not already seen to fail, and
+    as non-root only for a root that belongs to us)."""
     mode = os.environ.get(MODE_ENV)
     if mode == "copy":
         return False
     with _lock:
-        failed = _overlay_failure is not None
-    return os.geteuid() == 0 and not failed
+        if _overlay_failure is not None:
+            return False
+    if os.geteuid() == 0 or mode == "overlay":
+        return True
+    try:
+        return os.stat(rootfs).st_uid == os.geteuid()
+    except OSError:
+        return False
 
 
 def remember_overlay_failure(reason: str) -> None:
@@ -60,6 +70,8 @@ def prepare(rootfs: str, paths: SandboxPaths, *, overlay: bool) -> dict[str, Any
             "upper": str(paths.upper),
             "work": str(paths.overlay_work),
             "merged": str(paths.rootfs),
+            # not root: map ourselves to root in a user namespace of the keeper's first
+            "userns": None if os.geteuid() == 0 else [os.geteuid(), os.getegid()],
         }
     copy_tree(rootfs, paths.rootfs)
     return None

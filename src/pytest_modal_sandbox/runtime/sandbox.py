@@ -25,7 +25,7 @@ from .config import ExecOutcome, ExitStatus
 from .errors import InvalidArgument, SandboxNotFound
 from .execs import run_to_completion
 from .mounts import merged_env, resolve_in_root
-from .store import SandboxPaths, read_json, write_json
+from .store import SandboxPaths, read_json, remove_tree, write_json
 
 __all__ = ["LocalSandbox"]
 
@@ -154,7 +154,7 @@ class LocalSandbox:
                     {"kind": status.kind, "exitcode": None, "finished_at": status.finished_at},
                 )
             for path in self._paths.writable():
-                _remove_tree(path)
+                remove_tree(path)
         return self._read_result() or status
 
     def wait(self, timeout: float | None = None) -> ExitStatus | None:
@@ -348,15 +348,6 @@ class LocalSandbox:
             raise InvalidArgument(f"tls must be an ssl.SSLContext, not {type(tls).__name__}")
         init = self._require_running("open a tunnel")
         return tunnels.open_tunnel(self, init, port, tls)
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.exists():
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _release_on_exit(proc: subprocess.Popen[bytes], token: activity.ActivityToken) -> None:

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
+import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SandboxPaths", "read_json", "write_json"]
+__all__ = ["SandboxPaths", "read_json", "remove_tree", "write_json"]
 
 
 class SandboxPaths:
@@ -79,3 +82,28 @@ def read_json(path: Path) -> Any:
             return json.loads(f.read())
     except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
+
+
+def remove_tree(path: Path) -> None:
+    """Remove ``path`` (file or tree), ignoring what is already gone.  Directories without
+    permissions (overlayfs leaves a mode-000 ``work`` dir) are opened up first."""
+
+    def retry(func: object, name: str, _exc: object) -> None:
+        parent = os.path.dirname(name)
+        try:
+            os.chmod(parent, stat.S_IRWXU)
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, stat.S_IRWXU)
+                shutil.rmtree(name, ignore_errors=True)
+            else:
+                os.unlink(name)
+        except OSError:
+            pass
+
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=retry)
+        else:
+            shutil.rmtree(path, onerror=retry)
