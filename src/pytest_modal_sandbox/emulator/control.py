@@ -7,6 +7,9 @@ Only what the sandbox code paths of the 1.6 client use is implemented (see the w
 from __future__ import annotations
 
 import asyncio
+import codecs
+import os
+import time
 from typing import Any
 
 from google.protobuf import empty_pb2  # type: ignore[import-untyped]
@@ -17,6 +20,7 @@ from .registry import Registry
 from .rpc_error import RpcError
 from .sandboxes import EmuSandbox, SandboxManager
 from .servicer import fill_unimplemented
+from .stdio import follow_file
 
 Stream = Any  # grpclib.server.Stream[Request, Response]
 
@@ -194,6 +198,7 @@ class ControlPlane(api_grpc.ModalClientBase):
     SandboxTerminate = SandboxTerminateV2
 
     async def SandboxGetTaskIdV2(self, stream: Stream) -> None:
+        """A finished sandbox has no task any more: its result instead (client: ConflictError)."""
         req = await stream.recv_message()
         sb = self.sandboxes.get(req.sandbox_id)
         if sb.result is not None:
@@ -201,7 +206,71 @@ class ControlPlane(api_grpc.ModalClientBase):
         else:
             await stream.send_message(api_pb2.SandboxGetTaskIdResponse(task_id=sb.task_id))
 
-    SandboxGetTaskId = SandboxGetTaskIdV2
+    # -- the V1 sandbox path (pty=True, gpu=, MODAL_SANDBOX_V2=0) ------------------------------
+    async def SandboxCreate(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        v2 = api_pb2.SandboxCreateV2Request(app_id=req.app_id, definition=req.definition)
+        v2.tags.extend(req.tags)
+        sb = await self.sandboxes.create(v2, stream.metadata.get("x-idempotency-key"))
+        await stream.send_message(
+            api_pb2.SandboxCreateResponse(sandbox_id=sb.id, metadata=sb.metadata())
+        )
+
+    async def SandboxGetTaskId(self, stream: Stream) -> None:
+        """V1 polls this right after create: the task id stays known after the end."""
+        req = await stream.recv_message()
+        sb = self.sandboxes.get(req.sandbox_id)
+        resp = api_pb2.SandboxGetTaskIdResponse(task_id=sb.task_id)
+        if sb.result is not None:
+            resp.task_result.CopyFrom(sb.result)
+        await stream.send_message(resp)
+
+    async def SandboxGetLogs(self, stream: Stream) -> None:
+        """V1 entrypoint output: text batches, ``entry_id`` = bytes consumed, ``eof`` at the end."""
+        req = await stream.recv_message()
+        sb = self.sandboxes.get(req.sandbox_id)
+        stderr = req.file_descriptor == api_pb2.FILE_DESCRIPTOR_STDERR
+        path = sb.local.stderr_path if stderr else sb.local.stdout_path
+        try:
+            offset = int(req.last_entry_id or 0)
+        except ValueError:
+            raise RpcError(
+                "INVALID_ARGUMENT", f"last_entry_id {req.last_entry_id!r} is not ours"
+            ) from None
+        hold = min(req.timeout or MAX_LONG_POLL, MAX_LONG_POLL)
+        deadline = time.monotonic() + hold
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        fd = req.file_descriptor or api_pb2.FILE_DESCRIPTOR_STDOUT
+        read_to = offset
+        async for chunk in follow_file(path, offset, lambda: not sb.running, deadline=deadline):
+            read_to += len(chunk)
+            text = decoder.decode(chunk)
+            consumed = read_to - len(decoder.getstate()[0])  # keep split characters for later
+            if text:
+                await stream.send_message(
+                    api_pb2.TaskLogsBatch(
+                        items=[api_pb2.TaskLogs(data=text, file_descriptor=fd)],
+                        entry_id=str(consumed),
+                        sandbox_id=sb.id,
+                    )
+                )
+        if not sb.running and read_to >= _file_size(path):  # else: the client re-polls
+            tail = decoder.decode(b"", final=True)
+            items = [api_pb2.TaskLogs(data=tail, file_descriptor=fd)] if tail else []
+            await stream.send_message(
+                api_pb2.TaskLogsBatch(
+                    items=items, entry_id=str(read_to), eof=True, sandbox_id=sb.id
+                )
+            )
+
+    async def SandboxStdinWrite(self, stream: Stream) -> None:
+        """V1 stdin: numbered writes (from 1); a retried index is dropped."""
+        req = await stream.recv_message()
+        sb = self.sandboxes.get(req.sandbox_id)
+        if req.index > sb.v1_stdin_index:
+            await self.sandboxes.write_stdin(sb, sb.stdin_written, req.input, req.eof)
+            sb.v1_stdin_index = req.index
+        await stream.send_message(api_pb2.SandboxStdinWriteResponse())
 
     async def SandboxGetCommandRouterAccess(self, stream: Stream) -> None:
         req = await stream.recv_message()
@@ -300,3 +369,10 @@ class ControlPlane(api_grpc.ModalClientBase):
             raise RpcError("ALREADY_EXISTS", f"Sandbox with name {req.name!r} already exists")
         sb.name = req.name
         await stream.send_message(api_pb2.SandboxSetNameResponse())
+
+
+def _file_size(path: Any) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0

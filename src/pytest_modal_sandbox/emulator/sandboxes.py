@@ -117,6 +117,7 @@ class EmuSandbox:
     execs: dict[str, ExecProcess] = field(default_factory=dict)
     stdin_written: int = 0
     stdin_closed: bool = False
+    v1_stdin_index: int = 0  # last SandboxStdinWrite index applied (V1 writes by index)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

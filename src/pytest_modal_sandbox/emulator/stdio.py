@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -63,12 +64,18 @@ class OutputBuffer:
 
 
 async def follow_file(
-    path: Path, offset: int, finished: Callable[[], bool], *, poll_interval: float = 0.02
+    path: Path,
+    offset: int,
+    finished: Callable[[], bool],
+    *,
+    poll_interval: float = 0.02,
+    deadline: float | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield non-empty chunks of a file another process appends to, from ``offset``.
 
     Ends when ``finished()`` is true and a last read found nothing new (the writer, the
-    sandbox's entrypoint, has exited, so the file is complete).  A missing file counts as empty.
+    sandbox's entrypoint, has exited, so the file is complete), or, with ``deadline`` (a
+    ``time.monotonic()`` value), when it passes with nothing new.  A missing file is empty.
     """
     offset = max(0, offset)
     while True:
@@ -78,7 +85,7 @@ async def follow_file(
             offset += len(chunk)
             yield chunk
             continue
-        if done:
+        if done or (deadline is not None and time.monotonic() >= deadline):
             return
         await asyncio.sleep(poll_interval)
 
