@@ -22,19 +22,37 @@ from pytest_modal_sandbox.runtime import (
 from registry import LocalRegistry, busybox_layer, directory, file
 
 
-@pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[LocalRuntime]:
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if text.encode() in fh.read():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(params=["overlay", "copy"])
+def runtime(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[LocalRuntime]:
+    """The local runtime, once with an overlayfs root and once with a copied root."""
     try:
         LocalRuntime.check()
     except RuntimeUnavailable as exc:
         pytest.skip(str(exc))
-    rt = LocalRuntime(tmp_path / "state")
+    monkeypatch.setenv("PYTEST_MODAL_SANDBOX_ROOTFS", request.param)
+    state = tmp_path / "state"
+    rt = LocalRuntime(state)
     try:
         yield rt
     finally:
         for sb in rt.list(include_finished=False):
             sb.terminate(wait=True)
         rt.close()
+    assert _processes_mentioning(str(state)) == []
 
 
 @pytest.fixture
@@ -75,8 +93,17 @@ def _get(url: str) -> bytes:
     raise AssertionError(f"{url} never answered: {last}")
 
 
-def test_env_workdir_and_isolation(runtime: LocalRuntime, web_image: ImageRoot) -> None:
-    sb = _create(runtime, web_image)
+def test_env_workdir_and_isolation(
+    runtime: LocalRuntime, web_image: ImageRoot, store: ImageStore
+) -> None:
+    with web_image.use():  # what the local backend does while a sandbox runs in the root
+        sb = _create(runtime, web_image)
+        assert store.prune() == []  # in use: kept
+        _check_env_workdir_and_isolation(sb, web_image)
+    assert [c.config_digest for c in store.prune(dry_run=True)] == [web_image.config_digest]
+
+
+def _check_env_workdir_and_isolation(sb: LocalSandbox, web_image: ImageRoot) -> None:
     try:
         out = sb.exec(["sh", "-c", 'echo "$GREETING"; pwd; cat index.html; id -u'])
         assert out.returncode == 0, out
@@ -89,6 +116,8 @@ def test_env_workdir_and_isolation(runtime: LocalRuntime, web_image: ImageRoot) 
         changed = sb.exec(["sh", "-c", "echo new > /srv/new.txt && rm /bin/ls && ls_gone=1"])
         assert changed.returncode == 0, changed
         assert sb.exec(["cat", "/srv/new.txt"]).stdout == b"new\n"
+        hosts = sb.exec(["cat", "/etc/hosts"]).stdout.decode()
+        assert "localhost" in hosts
     finally:
         sb.terminate(wait=True)
     assert not (web_image.path / "srv/new.txt").exists()
