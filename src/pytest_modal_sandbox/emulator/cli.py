@@ -89,7 +89,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME=KEY=VALUE",
         help="define a named secret key (repeatable)",
     )
-    p.add_argument("--secrets-file", help='JSON file {"name": {"KEY": "VALUE"}}')
+    p.add_argument(
+        "--secrets-file",
+        action="append",
+        default=[],
+        help='JSON file {"name": {"KEY": "VALUE"}} (repeatable)',
+    )
     p.add_argument(
         "--environment",
         action="append",
@@ -111,8 +116,9 @@ def parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
     secrets: dict[str, dict[str, str]] = {}
-    if args.secrets_file:
-        secrets.update(_load_secrets_file(args.secrets_file))
+    for path in args.secrets_file:
+        for name, env in _load_secrets_file(path).items():
+            secrets.setdefault(name, {}).update(env)
     for name, key, value in args.secret:
         secrets.setdefault(name, {})[key] = value
     return EmulatorOptions(

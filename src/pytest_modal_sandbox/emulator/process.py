@@ -9,6 +9,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -51,9 +52,8 @@ class EmulatorProcess:
             args += ["--latency-ms", str(latency_ms)]
         if state_dir is not None:
             args += ["--state-dir", os.fspath(state_dir)]
-        for name, values in (secrets or {}).items():
-            for key, value in values.items():
-                args += ["--secret", f"{name}={key}={value}"]
+        # Secret values go through a private file, never the command line (ps shows argv).
+        self._secrets = {name: dict(values) for name, values in (secrets or {}).items()}
         for name in environments:
             args += ["--environment", name]
         self.args = [*args, *extra_args]
@@ -73,19 +73,27 @@ class EmulatorProcess:
     def start(self) -> EmulatorProcess:
         if self._proc is not None:
             raise RuntimeError("the emulator process was already started")
-        self._proc = subprocess.Popen(
-            self.args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=self._env,
-            start_new_session=True,  # a Ctrl-C to our process group is ours to forward
-        )
-        try:
-            self._read_banner()
-        except BaseException:
-            self._kill()
-            raise
+        with tempfile.TemporaryDirectory(prefix="modal-emulator-secrets-") as tmp:
+            args = list(self.args)
+            if self._secrets:
+                path = Path(tmp) / "secrets.json"
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(self._secrets, f)
+                args += ["--secrets-file", str(path)]
+            self._proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self._env,
+                start_new_session=True,  # a Ctrl-C to our process group is ours to forward
+            )
+            try:
+                self._read_banner()  # the file is read before the banner is printed
+            except BaseException:
+                self._kill()
+                raise
         return self
 
     def _read_banner(self) -> None:
