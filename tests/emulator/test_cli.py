@@ -222,3 +222,12 @@ def test_stop_answers_clients_that_are_waiting(tmp_path: Path) -> None:
         emu.stop()
         client.__exit__(None, None, None)
     assert results == {"wait": "terminated", "exec": 137, "read": "hi\n"}
+
+
+def test_a_missing_runtime_is_a_clear_start_error(tmp_path: Path) -> None:
+    from pytest_modal_sandbox.errors import BackendUnavailable
+
+    emu = EmulatorProcess(state_dir=tmp_path, env={**os.environ, "PATH": str(tmp_path)})
+    with pytest.raises(BackendUnavailable, match="bubblewrap"):
+        emu.start()
+    assert emu.stop() == 1
