@@ -231,3 +231,28 @@ def test_a_missing_runtime_is_a_clear_start_error(tmp_path: Path) -> None:
     with pytest.raises(BackendUnavailable, match="bubblewrap"):
         emu.start()
     assert emu.stop() == 1
+
+
+def test_sigkilled_emulator_takes_its_sandboxes_with_it(tmp_path: Path) -> None:
+    """The runtime ties each sandbox to the emulator process: no orphan survives a SIGKILL."""
+    emu = EmulatorProcess(state_dir=tmp_path).start()
+    client = open_client(emu.url)
+    try:
+        app = modal.App.lookup("sigkill", create_if_missing=True, client=client)
+        sb = modal.Sandbox.create(app=app, client=client)
+        sb.exec("sh", "-c", "setsid sleep 3131 >/dev/null 2>&1 &").wait()  # a daemon
+        assert processes_mentioning("sleep 3131")
+        assert emu.pid is not None
+        os.kill(emu.pid, signal.SIGKILL)
+        assert emu.stop() == -signal.SIGKILL
+    finally:
+        client.__exit__(None, None, None)
+        emu.stop()
+    deadline = time.monotonic() + 30
+
+    def left() -> list[tuple[int, str]]:
+        return processes_mentioning(str(tmp_path)) + processes_mentioning("sleep 3131")
+
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left() == []
