@@ -206,3 +206,29 @@ def test_behaviour_suite(sbtester, backend):
     result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-v", "-rfE")
     result.assert_outcomes(passed=16)
     result.stdout.fnmatch_lines([f"modal-sandbox: {backend}*"])
+
+
+def test_modal_backend_against_a_standalone_emulator(sbtester, state_dir, monkeypatch):
+    """`--modal-sandbox=modal` with MODAL_* pointing at an emulator runs the same suite, and
+    afterwards Modal itself lists no running sandbox of the app."""
+    from pytest_modal_sandbox.emulator import EmulatorProcess
+
+    with EmulatorProcess(state_dir=state_dir / "emulator") as emulator:
+        env = emulator.client_env()
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        sbtester.makepyfile(test_suite=SUITE)
+        result = sbtester.runpytest_subprocess("--modal-sandbox=modal", "-rfE")
+        result.assert_outcomes(passed=16)
+        result.stdout.fnmatch_lines(["modal-sandbox: modal (app pytest-modal-sandbox*"])
+        assert running_in_app(env, "pytest-modal-sandbox") == []
+
+
+def running_in_app(env, app_name):
+    import modal
+    from modal_proto import api_pb2
+
+    creds = (env["MODAL_TOKEN_ID"], env["MODAL_TOKEN_SECRET"])
+    with modal.Client(env["MODAL_SERVER_URL"], api_pb2.CLIENT_TYPE_CLIENT, creds) as client:
+        app = modal.App.lookup(app_name, client=client)
+        return [sb.object_id for sb in modal.Sandbox.list(app_id=app.app_id, client=client)]

@@ -54,6 +54,13 @@ def check_modal_version(version: str = modal.__version__) -> str | None:
     return None
 
 
+def _is_loopback(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    hosts = {urlparse(part.strip()).hostname for part in url.split(",")}
+    return bool(hosts) and hosts <= {"localhost", "127.0.0.1", "::1"}
+
+
 def _wrap(exc: Exception, what: str) -> SandboxError:
     """A Modal error as one of ours, original attached by the caller (``raise ... from exc``)."""
     if isinstance(exc, modal_exc.AuthError):
@@ -183,7 +190,7 @@ class ModalHandle:
             return Endpoint(port, kind, f"http://{host}:{host_port}", host, host_port)
         host, host_port = tunnel.host, tunnel.port
         url = tunnel.url
-        if self._backend.emulator:
+        if self._backend.loopback:
             # the emulator's encrypted ports accept plain HTTP on the same port, so the URL
             # works with any client's default settings (no emulator CA needed)
             url = f"http://{host}:{host_port}"
@@ -259,6 +266,9 @@ class ModalBackend:
             except modal_exc.AuthError as exc:
                 raise BackendUnavailable(_CREDENTIALS_HELP) from exc
         self.server_url = server_url or "Modal"
+        # Modal itself is never on loopback: a local server_url is the emulator
+        url = server_url or str(modal.config.config.get("server_url") or "")
+        self.loopback = emulator or _is_loopback(url)
 
     def header(self) -> str:
         if self.emulator:
