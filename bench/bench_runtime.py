@@ -10,13 +10,16 @@ Times, with a private state dir and real sandboxes:
 * each step alone: create, exec("true"), terminate(wait=True);
 * tunnel: first ``tunnel(port)`` call (listener + namespace socket maker), then TCP connect
   through the tunnel to a server inside until its first byte arrives (plain, setns path);
-* the same connect through the relay helper (the non-root path).
+* the same connect through the relay helper (the non-root path);
+* create -> exec("true") -> terminate() in an image root (a busybox-static root built here,
+  ~400 entries): overlayfs and copy (``cp -a``; its cost grows with the image).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -24,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig
+from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig, rootfs
 from pytest_modal_sandbox.runtime.netns import MODE_ENV
 
 SERVER = (
@@ -42,7 +45,15 @@ def percentiles(samples: list[float]) -> tuple[float, float, float]:
     return statistics.median(ordered), p90, ordered[-1]
 
 
-def timed(fn: Callable[[], object], reps: int) -> list[float]:
+def settle(rt: LocalRuntime) -> None:
+    """Let sandboxes ended without waiting finish tearing down before the next row."""
+    for sb in rt.list():
+        sb.wait(30)
+
+
+def timed(fn: Callable[[], object], reps: int, rt: LocalRuntime | None = None) -> list[float]:
+    if rt is not None:
+        settle(rt)
     out = []
     for _ in range(reps):
         start = time.perf_counter()
@@ -80,6 +91,37 @@ def tunnel_rows(rt: LocalRuntime, reps: int, label: str) -> list[tuple[str, list
         rt.close()
 
 
+def busybox_root(path: str) -> str | None:
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        return None
+    os.makedirs(f"{path}/bin")
+    shutil.copy(busybox, f"{path}/bin/busybox")
+    for name in os.popen(f"{busybox} --list").read().split():
+        if name != "busybox":
+            os.symlink("busybox", f"{path}/bin/{name}")
+    os.makedirs(f"{path}/etc")
+    return path
+
+
+def rootfs_rows(rt: LocalRuntime, reps: int, root: str) -> list[tuple[str, list[float]]]:
+    rows = []
+    for mode in ("overlay", "copy"):
+        os.environ[rootfs.MODE_ENV] = mode
+
+        def cycle() -> None:
+            sb = rt.create(SandboxConfig(rootfs=root))
+            sb.exec(["true"])
+            sb.terminate()
+
+        try:
+            cycle()  # warm
+            rows.append((f"same, in an image root ({mode})", timed(cycle, reps, rt)))
+        finally:
+            del os.environ[rootfs.MODE_ENV]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=50)
@@ -101,11 +143,10 @@ def main() -> None:
             sb.terminate(wait=True)
 
         rows: list[tuple[str, list[float]]] = [
-            ("create -> exec(true) -> terminate()", timed(cycle, args.reps)),
-            ("create -> exec(true) -> terminate(wait=True)", timed(cycle_wait, args.reps)),
+            ("create -> exec(true) -> terminate()", timed(cycle, args.reps, rt)),
+            ("create -> exec(true) -> terminate(wait=True)", timed(cycle_wait, args.reps, rt)),
         ]
-        for sb in rt.list():
-            sb.wait(30)
+        settle(rt)
         sandboxes = []
         rows.append(
             ("create", timed(lambda: sandboxes.append(rt.create(SandboxConfig())), args.reps))
@@ -122,6 +163,10 @@ def main() -> None:
                 rows += tunnel_rows(rt, args.reps, "relay")
             finally:
                 del os.environ[MODE_ENV]
+        root = busybox_root(f"{tmp}/image")
+        if root is not None:
+            rows[1:1] = rootfs_rows(rt, args.reps, root)
+        settle(rt)
         rt.gc(keep_finished=0)
 
     print(f"local runtime, {args.reps} reps, {os.cpu_count()} cores, uid {os.geteuid()}")
