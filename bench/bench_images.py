@@ -9,14 +9,15 @@ Starts a real docker-registry on 127.0.0.1 (tests/registry.py), pushes two image
 
 * cold: ``ImageStore(<empty cache>).get(ref)``: manifest, blobs, verification, unpack, publish;
 * warm: ``ImageStore(<same cache>).get(ref)`` in a fresh store: the cache hit a test pays;
-* sandbox: create -> exec("true") -> terminate on the local runtime, in the image (``rootfs=``)
-  and with the host mapping, when the runtime supports ``rootfs``.
+* sandbox: create -> exec("true") -> terminate on the local runtime with the host mapping, and
+  in the busybox image (``rootfs=``) with an overlayfs root and with a copied root.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import sysconfig
@@ -32,6 +33,8 @@ from pytest_modal_sandbox._paths import cache_root
 from pytest_modal_sandbox.images import ImageStore
 from pytest_modal_sandbox.images.unpack import remove_tree
 from registry import LocalRegistry, busybox_layer
+
+ROOTFS_MODE_ENV = "PYTEST_MODAL_SANDBOX_ROOTFS"  # the runtime's switch: "overlay" or "copy"
 
 
 def stdlib_layer() -> bytes:
@@ -65,10 +68,10 @@ def timed(fn: Callable[[], object], reps: int, setup: Callable[[], object] | Non
 
 def row(label: str, samples: list[float]) -> str:
     if not samples:
-        return f"| {label:<44} | {'n/a':>9} | {'n/a':>9} |"
+        return f"| {label:<48} | {'n/a':>9} | {'n/a':>9} |"
     ordered = sorted(samples)
     p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
-    return f"| {label:<44} | {statistics.median(ordered):9.2f} | {p90:9.2f} |"
+    return f"| {label:<48} | {statistics.median(ordered):9.2f} | {p90:9.2f} |"
 
 
 def sandbox_samples(rootfs: str | None, reps: int) -> list[float] | str:
@@ -128,17 +131,22 @@ def main() -> int:
             rows.append(row(f"{label}: warm get (cache hit, new ImageStore)", warm))
         root = ImageStore(work / "cache-busybox").get(small.reference)
         host = sandbox_samples(None, args.reps)
-        image_sb = sandbox_samples(str(root.path), args.reps)
+        os.environ[ROOTFS_MODE_ENV] = "overlay"
+        overlay = sandbox_samples(str(root.path), args.reps)
+        os.environ[ROOTFS_MODE_ENV] = "copy"
+        copy = sandbox_samples(str(root.path), args.reps)
+        os.environ.pop(ROOTFS_MODE_ENV)
         notes = []
-        for label, samples in (("sandbox create->exec->terminate, host map", host),
-                               ("sandbox create->exec->terminate, busybox", image_sb)):
+        for label, samples in (("sandbox create->exec->terminate, host mapping", host),
+                               ("sandbox ..., busybox image (overlay root)", overlay),
+                               ("sandbox ..., busybox image (copied root)", copy)):
             if isinstance(samples, str):
                 rows.append(row(label, []))
                 notes.append(f"{label}: {samples}")
             else:
                 rows.append(row(label, samples))
-        print(f"| {'operation':<44} | {'p50 ms':>9} | {'p90 ms':>9} |")
-        print(f"|{'-' * 46}|{'-' * 11}|{'-' * 11}|")
+        print(f"| {'operation':<48} | {'p50 ms':>9} | {'p90 ms':>9} |")
+        print(f"|{'-' * 50}|{'-' * 11}|{'-' * 11}|")
         print("\n".join(rows))
         for note in notes:
             print("note:", note)
