@@ -102,6 +102,8 @@ class SandboxManager:
         self.swept: list[str] = []
         self.crashed_workers: list[str] = []
         self._pending: list[threading.Thread] = []
+        self._reports: list[str] = []  # what the termination layers did, for the terminal
+        self._reports_lock = threading.Lock()
 
     # -- the run (controller / only process) ------------------------------------------------
 
@@ -115,10 +117,13 @@ class SandboxManager:
         RunRecord(self.run_id, self.backend_name, self._portable_options()).save(self.runs)
 
     def end_run(self) -> None:
+        """Release the run lock and forget the run - unless it kept a sandbox on failure: the
+        record stays, so a later run's stale sweep ends that sandbox after its deadline."""
         if self._run_lock is not None:
             self._run_lock.release()
             self._run_lock = None
-            forget_run(self.runs, self.run_id)
+            if not self.kept_ids():
+                forget_run(self.runs, self.run_id)
 
     def _portable_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.backend_options.items() if isinstance(v, (str, int, float))}
@@ -266,6 +271,30 @@ class SandboxManager:
             with contextlib.suppress(Exception):
                 sandbox._impl.release()
 
+    def kept(self, sandbox: Sandbox, *, share: str, test: str) -> None:
+        """A sandbox is kept alive on purpose (keep-on-failure, already untied and tagged
+        ``KEEP_TAG``): this run's sweeps leave it alone, later runs end it after the tag's time."""
+        self._event("kept", sandbox, share, test)
+
+    def kept_ids(self) -> set[str]:
+        """Sandboxes of this run kept on failure (from every process, through the ledger)."""
+        return {str(e.get("id")) for e in self.ledger.entries() if e.get("event") == "kept"}
+
+    def _split_kept(self, run_id: str) -> tuple[list[str], list[str]]:
+        """A stale run's sandboxes: (kept with a deadline still ahead, the others)."""
+        from .lifecycle import KEEP_TAG
+
+        kept: list[str] = []
+        others: list[str] = []
+        with contextlib.suppress(SandboxError, OSError):
+            for info in self.backend.list({RUN_TAG: run_id}):
+                try:
+                    ahead = float(info.tags.get(KEEP_TAG, "0")) > time.time()
+                except ValueError:
+                    ahead = False
+                (kept if ahead else others).append(info.id)
+        return kept, others
+
     # -- sweeps ----------------------------------------------------------------------------
 
     def worker_down(self, worker: str) -> None:
@@ -273,10 +302,9 @@ class SandboxManager:
         self.crashed_workers.append(worker)
 
         def work() -> None:
+            live = self.ledger.live()
             ids = [
-                i
-                for i, e in self.ledger.live().items()
-                if e.get("worker") == worker and e.get("share") != "run"
+                i for i, e in live.items() if e.get("worker") == worker and e.get("share") != "run"
             ]
             with contextlib.suppress(Exception):
                 ids += [
@@ -288,6 +316,10 @@ class SandboxManager:
             for sid in done:
                 self.ledger.record("terminated", sid, worker=worker, share="crash")
             self.swept.extend(done)
+            self._report(
+                f"worker {worker} crashed: terminated {_count(done)} it had started"
+                + _detail(done, live)
+            )
 
         thread = threading.Thread(target=work, name=f"pms-down-{worker}", daemon=True)
         thread.start()
@@ -303,7 +335,8 @@ class SandboxManager:
         if ids or self.crashed_workers or self.backend_started:
             with contextlib.suppress(Exception):
                 ids += [info.id for info in self.backend.list({RUN_TAG: self.run_id})]
-        ids = [i for i in dict.fromkeys(ids) if not keep(i)]
+        kept = self.kept_ids()  # kept on failure: ended by a later run, after its deadline
+        ids = [i for i in dict.fromkeys(ids) if not keep(i) and i not in kept]
         if not ids:
             return []
         done = sweep(self.backend.terminate, ids)
@@ -311,6 +344,7 @@ class SandboxManager:
             with contextlib.suppress(OSError):
                 self.ledger.record("terminated", sid, worker="controller", share="sweep")
         self.swept.extend(done)
+        self._report(f"end of run: terminated {_count(done)} still running" + _detail(done, live))
         return done
 
     def sweep_stale_runs(self) -> list[str]:
@@ -320,16 +354,55 @@ class SandboxManager:
             if record.run_id == self.run_id:
                 continue
             if record.backend == self.backend_name:
+                kept, others = self._split_kept(record.run_id)
+                if kept:  # a sandbox kept on failure, deadline ahead: keep the record too
+                    swept += sweep(self.backend.terminate, others)
+                    continue
+                done: list[str] = []
                 with contextlib.suppress(SandboxError, OSError):
                     infos = self.backend.list({RUN_TAG: record.run_id})
-                    swept += sweep(self.backend.terminate, [i.id for i in infos])
+                    done = sweep(self.backend.terminate, [i.id for i in infos])
+                swept += done
+                self._report(
+                    f"stale run {record.run_id} (its pytest died): terminated {_count(done)}"
+                    + _detail(done, {})
+                )
             elif record.backend != "local":
                 continue  # another backend's run: leave it for a run that can reach it
             forget_run(self.runs, record.run_id)
         self.swept.extend(swept)
         return swept
 
+    # -- telling the user ------------------------------------------------------------------
+
+    def _report(self, line: str) -> None:
+        with self._reports_lock:
+            self._reports.append(line)
+
+    def take_reports(self) -> list[str]:
+        """What the termination layers did since the last call (one line each)."""
+        with self._reports_lock:
+            lines, self._reports = self._reports, []
+        return lines
+
     def close(self) -> None:
         if self._backend is not None:
             with contextlib.suppress(Exception):
                 self._backend.close()
+
+
+def _count(ids: list[str]) -> str:
+    return f"{len(ids)} sandbox" + ("" if len(ids) == 1 else "es")
+
+
+def _detail(ids: list[str], live: Mapping[str, Mapping[str, Any]], limit: int = 8) -> str:
+    """``: sb-1 (shared), sb-2 (test_a.py::test_x)`` — which sandboxes, and whose."""
+    if not ids:
+        return ""
+    parts = []
+    for sid in ids[:limit]:
+        entry = live.get(sid, {})
+        whose = "shared" if entry.get("share") == "run" else entry.get("test", "")
+        parts.append(f"{sid} ({whose})" if whose else sid)
+    more = f", and {len(ids) - limit} more" if len(ids) > limit else ""
+    return ": " + ", ".join(parts) + more

@@ -93,6 +93,9 @@ def pytest_configure(config: pytest.Config) -> None:
         log_lines=s.log_lines,
     )
     config.stash[MANAGER_KEY] = manager
+    from .reporting.hooks import install
+
+    install(config, manager, s)  # progress, failure sections, secrets, summary, prestart
     if s.sigterm:
         config.stash[CLEANUP_KEY].append(install_sigterm_handler())
     if manager.owns_run:
@@ -110,10 +113,13 @@ def _start_emulator(config: pytest.Config) -> dict[str, Any]:
     import secrets
 
     from .emulator import EmulatorProcess
+    from .lifecycle import kill_with_this_process
 
     token = (f"ak-{secrets.token_hex(8)}", f"as-{secrets.token_hex(8)}")
     emulator = EmulatorProcess(token_id=token[0], token_secret=token[1]).start()
     config.stash[CLEANUP_KEY].append(emulator.stop)
+    if emulator.pid is not None:  # it must die with us, even if we are SIGKILLed
+        config.stash[CLEANUP_KEY].append(kill_with_this_process(emulator.pid))
     return {"server_url": emulator.url, "token_id": token[0], "token_secret": token[1]}
 
 
@@ -203,7 +209,19 @@ def _finish_run(config: pytest.Config) -> None:
     manager = config.stash.get(MANAGER_KEY, None)
     if manager is None or not manager.owns_run:
         return
-    manager.sweep_run()
+    try:
+        manager.sweep_run()
+    finally:
+        say(config, manager.take_reports())
+
+
+def say(config: pytest.Config, lines: list[str]) -> None:
+    """Termination news for the terminal, one ``modal-sandbox:`` line each."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    for line in lines:
+        if reporter is not None:
+            with contextlib.suppress(Exception):
+                reporter.write_line(f"modal-sandbox: {line}")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

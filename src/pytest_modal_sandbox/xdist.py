@@ -22,4 +22,8 @@ class XdistController:
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         if error is not None:
-            self.manager.worker_down(node.gateway.id)
+            worker = node.gateway.id
+            self.manager.worker_down(worker)
+            from .plugin import say
+
+            say(node.config, [f"worker {worker} went down ({error}); ending its sandboxes"])
