@@ -267,3 +267,10 @@ def test_concurrent_creates_from_threads(rt: LocalRuntime) -> None:
         claims = list(pool.map(claim, range(6)))
     assert claims.count("taken") == 5
     assert rt.from_name("race", "only-one").id in claims
+
+
+def test_missing_entrypoint_fails_like_a_shell_would(rt: LocalRuntime) -> None:
+    sb = rt.create(SandboxConfig(command=["no-such-entrypoint"]))
+    st = sb.wait(30)
+    assert st is not None and (st.kind, st.exitcode) == ("failure", 127)
+    assert b"no-such-entrypoint" in sb.stderr_path.read_bytes()

@@ -143,3 +143,16 @@ def test_rootfs_that_overlayfs_cannot_name_is_copied(rt: LocalRuntime, tmp_path:
 def test_missing_rootfs_is_a_config_error(rt: LocalRuntime, tmp_path: Path) -> None:
     with pytest.raises(InvalidConfig, match="rootfs"):
         rt.create(SandboxConfig(rootfs=str(tmp_path / "nope")))
+
+
+def test_a_root_bubblewrap_cannot_set_up_is_a_start_error(
+    rt: LocalRuntime, tmp_path: Path, state_dir: Path, mode: str
+) -> None:
+    from pytest_modal_sandbox.errors import SandboxStartError
+
+    broken = build_busybox_root(tmp_path / "broken")
+    shutil.rmtree(broken / "etc")
+    (broken / "etc").write_text("a file where /etc should be a directory")
+    with pytest.raises(SandboxStartError, match=r"failed to start: bwrap: .*etc"):
+        rt.create(SandboxConfig(rootfs=str(broken)))
+    assert list(state_dir.glob("sb-*")) == []  # nothing left behind

@@ -245,14 +245,19 @@ class Keeper:
             delay = min(delay * 1.5, 0.005)
         self.fail_start("the sandbox did not finish setting up within 20 s")
 
-    def bwrap_error(self) -> str | None:
-        """bubblewrap's own complaint (``bwrap: ...``) from the stderr file, if any."""
+    def bwrap_lines(self) -> list[str]:
+        """bubblewrap's own complaints (``bwrap: ...``) from the stderr file."""
         try:
             with open(self.launch["stderr"], "rb") as f:
                 text = f.read(8192).decode("utf-8", "replace")
         except OSError:
-            return None
-        lines = [line for line in text.splitlines() if line.startswith("bwrap: ")]
+            return []
+        return [line for line in text.splitlines() if line.startswith("bwrap: ")]
+
+    def bwrap_error(self) -> str | None:
+        """A set-up failure reported by bubblewrap.  A failed execvp of the entrypoint is not
+        one: the sandbox ran and its entrypoint could not start (see ``end_by_exit``)."""
+        lines = [line for line in self.bwrap_lines() if not line.startswith("bwrap: execvp ")]
         return "; ".join(lines) if lines else None
 
     def mount_overlay(self, overlay: dict[str, Any]) -> None:
@@ -461,6 +466,11 @@ class Keeper:
         status = self.bwrap_status or 0
         signalled = os.WIFSIGNALED(status)
         code = 128 + os.WTERMSIG(status) if signalled else os.WEXITSTATUS(status)
+        if code == 1:
+            # bwrap exits 1 when it cannot execvp the entrypoint; report what a shell would.
+            for line in self.bwrap_lines():
+                if line.startswith("bwrap: execvp "):
+                    code = 127 if line.endswith("No such file or directory") else 126
         self.end("success" if code == 0 else "failure", code)
 
     def end(self, kind: str, exitcode: int | None = None) -> None:
