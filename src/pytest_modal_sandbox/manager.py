@@ -332,9 +332,11 @@ class SandboxManager:
             thread.join(timeout=30)
         live = self.ledger.live()
         ids = list(live)
+        running: list[str] | None = None  # what the backend lists; None if it could not
         if ids or self.crashed_workers or self.backend_started:
             with contextlib.suppress(Exception):
-                ids += [info.id for info in self.backend.list({RUN_TAG: self.run_id})]
+                running = [info.id for info in self.backend.list({RUN_TAG: self.run_id})]
+                ids += running
         kept = self.kept_ids()  # kept on failure: ended by a later run, after its deadline
         ids = [i for i in dict.fromkeys(ids) if not keep(i) and i not in kept]
         if not ids:
@@ -344,7 +346,11 @@ class SandboxManager:
             with contextlib.suppress(OSError):
                 self.ledger.record("terminated", sid, worker="controller", share="sweep")
         self.swept.extend(done)
-        self._report(f"end of run: terminated {_count(done)} still running" + _detail(done, live))
+        ended = done if running is None else [i for i in done if i in running]
+        if ended:  # (terminating the ledger's already-ended ones is a no-op, not news)
+            self._report(
+                f"end of run: terminated {_count(ended)} still running" + _detail(ended, live)
+            )
         return done
 
     def sweep_stale_runs(self) -> list[str]:
