@@ -329,3 +329,19 @@ def test_dropped_blob_downloads_are_retried(registry: LocalRegistry, tmp_path: P
         assert image.layer_digests[0].split(":")[1] not in blobs
     finally:
         proxy.close()
+
+
+def test_progress_messages_only_when_pulling(registry: LocalRegistry, tmp_path: Path) -> None:
+    image = registry.push_image("pull/progress", "v1",
+                                [[file("a", "1")], [file("b", "2")], [file("c", "3")]])
+    messages: list[str] = []
+    store = ImageStore(tmp_path / "c", progress=messages.append)
+    root = store.get(image.reference)
+    assert messages[0].startswith(f"pulling {image.reference}: 3 layer(s)")
+    assert [m.split(" (")[0] for m in messages[1:4]] == [
+        "unpacking layer 1/3", "unpacking layer 2/3", "unpacking layer 3/3"]
+    assert messages[-1] == f"unpacked {image.reference} (0.0 MiB)"
+    assert sorted(p.name for p in root.path.iterdir()) == ["a", "b", "c"]
+    messages.clear()
+    store.get(image.reference)
+    assert messages == []

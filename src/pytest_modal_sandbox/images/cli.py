@@ -67,7 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        store = ImageStore(args.cache_dir, platform=getattr(args, "platform", None))
+        store = ImageStore(
+            args.cache_dir,
+            platform=getattr(args, "platform", None),
+            progress=lambda message: print(message, file=sys.stderr, flush=True),
+        )
         if args.command == "list":
             images = store.list()
             if not images:

@@ -27,7 +27,8 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +60,7 @@ from .unpack import LayerApplier, remove_tree
 __all__ = ["CachedImage", "ImageRoot", "ImageStore"]
 
 _BLOB_ATTEMPTS = 3
+_PARALLEL_DOWNLOADS = 3  # as docker pull
 _CONFIG_TYPES = (
     "application/vnd.oci.image.config.v1+json",
     "application/vnd.docker.container.image.v1+json",
@@ -140,6 +142,7 @@ class ImageStore:
     live in its ``images/`` subdirectory.  ``platform`` ("linux/arm64") defaults to this
     machine's; ``mirror`` (host[:port] or URL) to ``$PYTEST_MODAL_SANDBOX_REGISTRY_MIRROR`` and
     applies to Docker Hub images only, falling back to Docker Hub when the mirror fails.
+    ``progress`` receives one-line messages while an image is pulled (never on a cache hit).
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class ImageStore:
         platform: str | Platform | None = None,
         mirror: str | None = None,
         timeout: float = 30.0,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         base = Path(cache_dir) if cache_dir is not None else cache_root()
         self.root = base / "images"
@@ -158,6 +162,7 @@ class ImageStore:
         )
         self.mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
         self.timeout = timeout
+        self.progress = progress
         self._blobs = self.root / "blobs" / "sha256"
         self._roots = self.root / "roots"
         self._refs = self.root / "refs"
@@ -265,6 +270,10 @@ class ImageStore:
                     remove_tree(trash)
             finally:
                 lock.release()
+
+    def _say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
 
     # -- references ---------------------------------------------------------------------------
 
@@ -438,23 +447,32 @@ class ImageStore:
         config_path = self._ensure_blob(client, ref, config_desc)
         config: ImageConfig = parse_config(config_path.read_bytes(), f"config of image {ref}")
         check_layers(layers, config, f"image {ref}")
-        blobs = [self._ensure_blob(client, ref, desc) for desc in layers]
+        total = sum(d.size for d in layers)
+        self._say(f"pulling {ref}: {len(layers)} layer(s), {total / 2**20:.1f} MiB")
         tag = f"{os.getpid()}-{secrets.token_hex(4)}"
         staging = self._tmp / f"root-{_hex(config_desc.digest)}-{tag}"
-        rootfs = staging / "rootfs"
-        rootfs.mkdir(parents=True)
+        # Layers download in parallel (latency-bound on real registries) and are unpacked in
+        # order as soon as each one is in, so unpacking overlaps the remaining downloads.
+        pool = ThreadPoolExecutor(max_workers=_PARALLEL_DOWNLOADS,
+                                  thread_name_prefix="image-blob")
         try:
+            futures = [pool.submit(self._ensure_blob, client, ref, d) for d in layers]
+            rootfs = staging / "rootfs"
+            rootfs.mkdir(parents=True)
             applier = LayerApplier(rootfs)
-            work = zip(layers, blobs, config.diff_ids, strict=True)
-            for i, (desc, blob, diff_id) in enumerate(work):
+            work = zip(layers, futures, config.diff_ids, strict=True)
+            for i, (desc, future, diff_id) in enumerate(work):
+                blob = future.result()
+                name = f"{i + 1}/{len(layers)} ({desc.digest[:19]}) of {ref}"
+                self._say(f"unpacking layer {name}")
                 try:
-                    applier.apply(blob, diff_id=diff_id,
-                                  name=f"{i + 1}/{len(layers)} ({desc.digest[:19]}) of {ref}")
+                    applier.apply(blob, diff_id=diff_id, name=name)
                 except ImageError:
                     blob.unlink(missing_ok=True)  # never reuse a blob that failed to unpack
                     raise
             report = applier.finish()
-            meta = {
+            size = _tree_size(rootfs)
+            meta: dict[str, Any] = {
                 "config_digest": config_desc.digest,
                 "manifest_digest": manifest_digest,
                 "first_reference": str(ref),
@@ -466,7 +484,7 @@ class ImageStore:
                 "entrypoint": list(config.entrypoint) if config.entrypoint else None,
                 "cmd": list(config.cmd) if config.cmd else None,
                 "platform": config.platform or str(self.platform),
-                "size": _tree_size(rootfs),
+                "size": size,
                 "owners": {k: list(v) for k, v in report.owners.items()},
                 "skipped": report.skipped,
                 "unpacked_at": time.time(),
@@ -475,9 +493,13 @@ class ImageStore:
             (staging / "image.json").write_text(json.dumps(meta, indent=1))
             (staging / "use.lock").touch()
             os.rename(staging, root_dir)
+            self._say(f"unpacked {ref} ({size / 2**20:.1f} MiB)")
         except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
             remove_tree(staging)
             raise
+        finally:
+            pool.shutdown(wait=True)
 
     # -- garbage ------------------------------------------------------------------------------
 
