@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -71,27 +72,31 @@ def _wrap(exc: Exception, what: str) -> SandboxError:
 
 
 class _Heartbeats:
-    """Keeps a ``sleep <lease>`` exec running in every owned sandbox (the dead-man switch)."""
+    """Keeps a ``sleep <lease>`` exec running in every owned sandbox (the dead-man switch).
+
+    A new sandbox is active for its first ``idle_timeout`` seconds anyway, so its first beat
+    is due only halfway through that: a short function-scoped test never pays the RPC.
+    """
 
     def __init__(self, lease: float) -> None:
         self.lease = lease
-        self._sandboxes: dict[str, modal.Sandbox] = {}
+        self._due: dict[str, tuple[float, modal.Sandbox]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def add(self, sb: modal.Sandbox) -> None:
-        self._beat(sb)
+    def add(self, sb: modal.Sandbox, *, first_in: float = 0.0) -> None:
         with self._lock:
-            self._sandboxes[sb.object_id] = sb
+            self._due[sb.object_id] = (time.monotonic() + first_in, sb)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="pms-heartbeat", daemon=True)
                 self._thread.start()
+        self._wake.set()
 
     def remove(self, sandbox_id: str) -> None:
         with self._lock:
-            self._sandboxes.pop(sandbox_id, None)
+            self._due.pop(sandbox_id, None)
 
     def _beat(self, sb: modal.Sandbox) -> None:
         with contextlib.suppress(Exception):
@@ -104,13 +109,18 @@ class _Heartbeats:
 
     def _run(self) -> None:
         while not self._closed:
-            self._wake.wait(self.lease / 2)
+            now = time.monotonic()
             with self._lock:
-                sandboxes = list(self._sandboxes.values())
-            for sb in sandboxes:
+                due = [(sid, sb) for sid, (t, sb) in self._due.items() if t <= now]
+                for sid, sb in due:
+                    self._due[sid] = (now + self.lease / 2, sb)
+                upcoming = min((t for t, _ in self._due.values()), default=now + self.lease)
+            for _, sb in due:
                 if self._closed:
                     return
                 self._beat(sb)
+            self._wake.wait(max(0.05, upcoming - time.monotonic()))
+            self._wake.clear()
 
     def close(self) -> None:
         self._closed = True
@@ -349,7 +359,9 @@ class ModalBackend:
             raise _wrap(exc, f"creating a sandbox for {spec.image_label()}") from exc
         handle = ModalHandle(self, sb)
         handle.native_probe = native
-        self.heartbeats.add(sb)
+        self.heartbeats.add(
+            sb, first_in=min(self.heartbeats.lease, spec.idle_timeout or self.default_idle) / 2
+        )
         return handle
 
     def attach(self, sandbox_id: str) -> ModalHandle:
