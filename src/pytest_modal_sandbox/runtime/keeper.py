@@ -188,7 +188,8 @@ class Keeper:
         child_pid = self.read_info(info_r)
         os.close(info_r)
         if child_pid is None:
-            self.reap_bwrap(block=True)
+            select.select([self.bwrap_pidfd], [], [], 1.0)  # let it finish its complaint
+            self.reap_bwrap(block=False)
             self.fail_start(self.bwrap_error() or "bubblewrap exited before starting the sandbox")
         self.init_pid = child_pid
         try:
