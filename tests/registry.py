@@ -560,16 +560,53 @@ class LocalRegistry:
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class FlakyProxy:
-    """An HTTP front for a registry that cuts the next ``drop_blobs`` blob downloads in half.
+class _Cdn:
+    """Serves blobs at signed-looking URLs on ``localhost`` and records each request's headers."""
 
-    ``host`` replaces the registry's host in references; ``blob_gets`` counts blob GETs seen.
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.seen: list[dict[str, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.seen.append(dict(self.headers.items()))
+                body = outer.blobs.get(urllib.parse.urlsplit(self.path).path.rsplit("/", 1)[-1])
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://localhost:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+class FlakyProxy:
+    """An HTTP front for a registry, passing the client's auth through.
+
+    It cuts the next ``drop_blobs`` blob downloads in half; with ``cdn=True`` it answers blob
+    GETs with a 307 to another host (``self.cdn``), like Docker Hub's CDN redirects.
+    ``host`` replaces the registry's host in references; ``blob_gets`` counts blob GETs seen and
+    ``authorized`` how many requests carried an Authorization header.
     """
 
-    def __init__(self, upstream: LocalRegistry, drop_blobs: int = 0) -> None:
+    def __init__(self, upstream: LocalRegistry, drop_blobs: int = 0, *, cdn: bool = False
+                 ) -> None:
         self.upstream = upstream
         self.drop_blobs = drop_blobs
         self.blob_gets = 0
+        self.authorized = 0
+        self.cdn = _Cdn() if cdn else None
         self._lock = threading.Lock()
         outer = self
 
@@ -591,12 +628,23 @@ class FlakyProxy:
         headers = {k: v for k, v in req.headers.items() if k.lower() in ("accept", "authorization")}
         status, resp_headers, body = self.upstream.http("GET", req.path, headers=headers)
         drop = False
+        if "authorization" in {k.lower() for k in headers}:
+            with self._lock:
+                self.authorized += 1
         if "/blobs/" in req.path and status == 200:
             with self._lock:
                 self.blob_gets += 1
                 if self.drop_blobs > 0:
                     self.drop_blobs -= 1
                     drop = True
+            if self.cdn is not None:
+                digest = req.path.rsplit("/", 1)[-1]
+                self.cdn.blobs[digest] = body
+                req.send_response(307)
+                req.send_header("Location", f"{self.cdn.base}/cdn/{digest}?signature=abc")
+                req.send_header("Content-Length", "0")
+                req.end_headers()
+                return
         req.send_response(status)
         for key, value in resp_headers.items():
             if key.lower() not in ("content-length", "connection", "transfer-encoding", "date",
@@ -613,6 +661,8 @@ class FlakyProxy:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
+        if self.cdn is not None:
+            self.cdn.close()
 
 
 # -- fixtures -----------------------------------------------------------------------------------

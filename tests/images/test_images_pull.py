@@ -345,3 +345,21 @@ def test_progress_messages_only_when_pulling(registry: LocalRegistry, tmp_path: 
     messages.clear()
     store.get(image.reference)
     assert messages == []
+
+
+def test_blob_redirects_do_not_carry_credentials(
+    registry_factory: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg: LocalRegistry = registry_factory(auth="htpasswd")  # type: ignore[operator]
+    image = reg.push_image("private/cdn", "v1", [[file("a", "1")], [file("b", "2")]])
+    front = FlakyProxy(reg, cdn=True)
+    try:
+        monkeypatch.setenv("PYTEST_MODAL_SANDBOX_REGISTRY_AUTH",
+                           json.dumps({front.host: f"{HTPASSWD_USER}:{HTPASSWD_PASSWORD}"}))
+        root = ImageStore(tmp_path / "c").get(image.reference.replace(reg.host, front.host))
+        assert (root.path / "b").read_text() == "2"
+        assert front.cdn is not None and len(front.cdn.seen) == 3  # config + 2 layers
+        assert front.authorized >= 4  # manifest + 3 blob requests to the registry itself
+        assert all("Authorization" not in h for h in front.cdn.seen)
+    finally:
+        front.close()
