@@ -94,7 +94,7 @@ def shared_state(runtime_available: None) -> Iterator[Path]:
 
 
 def test_everything_works_without_root(shared_state: Path) -> None:
-    from conftest import processes_mentioning
+    from runtime_helpers import processes_mentioning
 
     python = _python_for_nobody()
     if python is None:
@@ -146,7 +146,7 @@ ROOTFS_SCRIPT = textwrap.dedent("""
 def test_image_root_without_root(shared_state: Path, owner: int, mode: str) -> None:
     """An image root of our own is overlaid in a user namespace; one owned by someone else
     (root here) is copied, since its files could not be written inside."""
-    from test_rootfs import BUSYBOX, build_busybox_root, snapshot
+    from test_runtime_rootfs import BUSYBOX, build_busybox_root, snapshot
 
     python = _python_for_nobody()
     if python is None or BUSYBOX is None:
