@@ -44,6 +44,8 @@ from typing import Any
 import pytest
 
 __all__ = [
+    "HAVE_OPENSSL",
+    "HAVE_ZSTD",
     "HTPASSWD_PASSWORD",
     "HTPASSWD_USER",
     "FlakyProxy",
@@ -56,6 +58,8 @@ __all__ = [
     "fifo",
     "file",
     "hardlink",
+    "needs_openssl",
+    "needs_zstd",
     "opaque",
     "registry",
     "registry_factory",
@@ -64,6 +68,11 @@ __all__ = [
 ]
 
 REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+HAVE_ZSTD = shutil.which("zstd") is not None  # apt package zstd: builds zstd test layers
+HAVE_OPENSSL = shutil.which("openssl") is not None  # apt package openssl: signs test tokens
+needs_zstd = pytest.mark.skipif(not HAVE_ZSTD, reason="the zstd command is missing (apt zstd)")
+needs_openssl = pytest.mark.skipif(not HAVE_OPENSSL,
+                                   reason="the openssl command is missing (apt openssl)")
 BUSYBOX = "/bin/busybox"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -32,6 +32,8 @@ from registry import (
     directory,
     file,
     hardlink,
+    needs_openssl,
+    needs_zstd,
     opaque,
     symlink,
     whiteout,
@@ -79,6 +81,7 @@ def test_multi_layer_image(registry: LocalRegistry, store: ImageStore) -> None:
     assert out.stdout == "ok\n"
 
 
+@needs_zstd
 def test_docker_media_types_and_zstd(registry: LocalRegistry, store: ImageStore) -> None:
     docker = registry.push_image("pull/docker", "v1", SMALL, docker_media_types=True)
     zstd = registry.push_image("pull/zstd", "v1", SMALL, compression="zstd")
@@ -242,6 +245,7 @@ def test_basic_auth(registry_factory: object, tmp_path: Path,
     assert (root.path / "bin/tool").exists()
 
 
+@needs_openssl
 def test_bearer_token_auth(registry_factory: object, tmp_path: Path,
                            monkeypatch: pytest.MonkeyPatch) -> None:
     reg: LocalRegistry = registry_factory(auth="token", anonymous_pull=("public/",))  # type: ignore[operator]
