@@ -1,0 +1,62 @@
+"""Fixtures for the fault-injection suite (see ``faultlib``).
+
+``world`` is parametrized over the offline backends: ``local`` and ``emulator`` (the modal
+backend against one emulator shared by the session, so sandboxes outlive an inner run and only
+the plugin's own layers end them).  After each test, no sandbox of any inner run is left
+running — asked of the backend itself — and no inner pytest process is left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import faultlib
+import pytest
+
+BACKENDS = ["local", "emulator"]
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
+    """One emulator for the suite, and a ``modal`` client lister pointed at it."""
+    from pytest_modal_sandbox.emulator import EmulatorProcess
+
+    root = tmp_path_factory.mktemp("emulator")
+    token = ("ak-faults", "as-faults")
+    emu = EmulatorProcess(token_id=token[0], token_secret=token[1], state_dir=root).start()
+    lister = None
+    try:
+        lister = faultlib.ModalLister(emu.url, token)
+        yield emu, lister
+        left = lister.running(tags={"pytest-modal-sandbox": "1"})
+        assert not left, f"sandboxes left running in the emulator: {left}"
+    finally:
+        if lister is not None:
+            lister.close()
+        emu.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def world(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[faultlib.World]:
+    monkeypatch.setenv("PYTEST_MODAL_SANDBOX_STATE_DIR", str(tmp_path / "state"))
+    if request.param == "local":
+        w = faultlib.local_world(tmp_path)
+    else:
+        emu, lister = request.getfixturevalue("emulator")
+        w = faultlib.World("emulator", tmp_path, lister, env=emu.client_env())
+    yield w
+    for run in w.runs:
+        run.kill()
+    for run in w.runs:
+        for note in run.notes("run"):
+            faultlib.none_running(w, note["run_id"])
+
+
+@pytest.fixture
+def local_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> faultlib.World:
+    monkeypatch.setenv("PYTEST_MODAL_SANDBOX_STATE_DIR", str(tmp_path / "state"))
+    return faultlib.local_world(tmp_path)

@@ -1,0 +1,565 @@
+"""Fault-injection harness: inner pytest runs in their own process group, and the backend asked
+directly which of a run's sandboxes still run.
+
+Shared by ``tests/faults`` (behaviour: zero sandboxes left, the report says what happened) and
+``bench/bench_faults.py`` (the time from the fault until the backend no longer lists the
+sandbox).  A uniquely named module: the tests directories are not packages.
+
+Backends:
+
+* ``local``: the inner run uses ``--modal-sandbox=local``; "running" is what the local runtime's
+  own records under ``<state dir>/local`` say.
+* ``emulator``: the inner run uses ``--modal-sandbox=modal`` with ``MODAL_*`` pointing at an
+  :class:`EmulatorProcess` started here, so the sandboxes outlive the inner run and only the
+  plugin's layers (not the emulator's shutdown) can end them; "running" is
+  ``modal.Sandbox.list(app_id=..., tags={"pms-run": id})`` asked of that emulator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RUN_TAG = "pms-run"
+APP = "pytest-modal-sandbox"
+
+# The inner runs' conftest: notes what happens (as JSON lines in $FAULT_DIR) and injects faults.
+CONFTEST = r'''
+import json, os, signal, time
+
+import pytest
+
+FAULT_DIR = os.environ["FAULT_DIR"]
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def note(kind, **data):
+    data.update(t=time.time(), pid=os.getpid(), worker=WORKER)
+    with open(os.path.join(FAULT_DIR, kind + ".jsonl"), "a") as f:
+        f.write(json.dumps(data) + "\n")
+
+
+def first(name):
+    """True for the first caller in the whole run (an O_EXCL marker file)."""
+    try:
+        os.close(os.open(os.path.join(FAULT_DIR, name + ".once"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True
+
+
+def hang(where):
+    """Tell the outer test we got here, then wait for its signal."""
+    note("reached", where=where)
+    time.sleep(float(os.environ.get("FAULT_HANG", "120")))
+
+
+def pytest_sessionstart(session):
+    from pytest_modal_sandbox.plugin import MANAGER_KEY
+
+    manager = session.config.stash.get(MANAGER_KEY, None)
+    if manager is not None:
+        note("run", run_id=manager.run_id, role=manager.role)
+
+
+def pytest_modal_sandbox_created(sandbox):
+    note("created", id=sandbox.id)
+    action = os.environ.get("FAULT_ON_CREATED", "")
+    if action == "raise":
+        raise RuntimeError("injected fault: the created hook raised")
+    if action == "kill-once" and first("kill-on-created"):
+        note("fault", what="worker SIGKILLed itself right after create", id=sandbox.id)
+        os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(line))
+    return out
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
+    """``check()``'s first truthy value; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- asking the backend itself ----------------------------------------------------------------
+
+
+class LocalLister:
+    """The local runtime's own records: which sandboxes of a run are still running."""
+
+    name = "local"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir / "local"
+
+    def running(
+        self, run_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> list[str]:
+        from pytest_modal_sandbox.runtime import LocalRuntime
+
+        if not self.root.exists():
+            return []
+        want = dict(tags or {})
+        if run_id is not None:
+            want[RUN_TAG] = run_id
+        return [sb.id for sb in LocalRuntime(self.root).list(tags=want)]
+
+    def close(self) -> None:
+        pass
+
+
+class ModalLister:
+    """``modal.Sandbox.list`` against a running emulator, with the real client."""
+
+    name = "emulator"
+
+    def __init__(self, url: str, token: tuple[str, str]) -> None:
+        import modal
+        from modal_proto import api_pb2
+
+        self._modal = modal
+        self.client = modal.Client(url, api_pb2.CLIENT_TYPE_CLIENT, token)
+        self.client.__enter__()
+        self.app_id = modal.App.lookup(APP, create_if_missing=True, client=self.client).app_id
+
+    def running(
+        self, run_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> list[str]:
+        want = dict(tags or {})
+        if run_id is not None:
+            want[RUN_TAG] = run_id
+        found = self._modal.Sandbox.list(app_id=self.app_id, tags=want, client=self.client)
+        return [sb.object_id for sb in found]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.__exit__(None, None, None)
+
+
+# -- the inner run ------------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """Where inner runs happen and how to reach their backend.
+
+    ``backend`` is ``local`` or ``emulator`` (see the module docstring); ``env`` is what every
+    inner run gets on top of ours.
+    """
+
+    backend: str
+    root: Path
+    lister: Any
+    env: dict[str, str] = field(default_factory=dict)
+    ini: dict[str, str] = field(default_factory=dict)
+    runs: list[InnerRun] = field(default_factory=list)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def plugin_backend(self) -> str:
+        return "modal" if self.backend == "emulator" else "local"
+
+
+class InnerRun:
+    """``python -m pytest`` in a fresh directory, as the leader of its own process group."""
+
+    def __init__(
+        self,
+        world: World,
+        name: str,
+        files: Mapping[str, str],
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        ini: Mapping[str, str] | None = None,
+        backend_flag: str | None = None,
+    ) -> None:
+        self.world = world
+        world.runs.append(self)
+        self.dir = world.root / name
+        self.dir.mkdir(parents=True)
+        self.fault_dir = self.dir / "fault"
+        self.fault_dir.mkdir()
+        settings = {"addopts": "-p no:cacheprovider", **world.ini, **(ini or {})}
+        (self.dir / "pytest.ini").write_text(
+            "[pytest]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+        )
+        (self.dir / "conftest.py").write_text(CONFTEST)
+        for fname, text in files.items():
+            (self.dir / fname).write_text(text)
+        flag = backend_flag or f"--modal-sandbox={world.plugin_backend}"
+        self.argv = [sys.executable, "-m", "pytest", flag, "-rA", "-v", *args]
+        self.env = {
+            **os.environ,
+            "PYTEST_MODAL_SANDBOX_STATE_DIR": str(world.state_dir),
+            "FAULT_DIR": str(self.fault_dir),
+            "PYTHONUNBUFFERED": "1",
+            "PYTEST_ADDOPTS": "",
+            **world.env,
+            **(env or {}),
+        }
+        self.env.pop("PYTEST_XDIST_WORKER", None)
+        self.env.pop("PYTEST_XDIST_TESTRUNUID", None)
+        self.out_path = self.dir / "output.txt"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.t_start = 0.0
+
+    def start(self) -> InnerRun:
+        self.t_start = time.time()
+        with open(self.out_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=self.dir,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: we signal the group
+            )
+        return self
+
+    @property
+    def pgid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def notes(self, kind: str) -> list[dict[str, Any]]:
+        return _read_jsonl(self.fault_dir / f"{kind}.jsonl")
+
+    def wait_note(self, kind: str, timeout: float = 60.0, count: int = 1) -> dict[str, Any]:
+        """The ``count``-th note of ``kind`` (the run must still be going)."""
+
+        def check() -> dict[str, Any] | None:
+            found = self.notes(kind)
+            if len(found) >= count:
+                return found[count - 1]
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"the inner run exited ({self.proc.returncode}) before it noted {kind!r}:\n"
+                    + self.output()
+                )
+            return None
+
+        note: dict[str, Any] = wait_until(check, timeout, f"the inner run to note {kind!r}")
+        return note
+
+    @property
+    def run_id(self) -> str:
+        """The run id the controller (or only process) minted."""
+        note = self.wait_note("run")
+        for n in self.notes("run"):
+            if n["role"] != "worker":
+                return str(n["run_id"])
+        return str(note["run_id"])
+
+    def group_pids(self) -> list[int]:
+        """Live processes in the run's process group (the controller and its workers)."""
+        pids = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.pgid and fields[0] != b"Z":
+                pids.append(int(name))
+        return pids
+
+    def signal_group(self, sig: int) -> float:
+        """Send ``sig`` to the whole process group; returns when it was sent."""
+        t = time.time()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pgid, sig)
+        return t
+
+    def wait(self, timeout: float = 120.0) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(
+                f"the inner run did not end within {timeout:g}s:\n{self.output()}"
+            ) from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, signal.SIGKILL)
+            self.proc.wait()
+        # workers may outlive the leader for a moment
+        for pid in self.group_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def output(self) -> str:
+        try:
+            return self.out_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> InnerRun:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def none_running(world: World, run_id: str, timeout: float = 15.0) -> None:
+    """Assert that the backend lists no sandbox of ``run_id`` (within ``timeout``)."""
+    left: list[str] = []
+
+    def check() -> bool:
+        left[:] = world.lister.running(run_id)
+        return not left
+
+    try:
+        wait_until(check, timeout, f"run {run_id}'s sandboxes to end", interval=0.05)
+    except AssertionError:
+        raise AssertionError(f"{world.backend}: run {run_id} left {left} running") from None
+
+
+def time_to_gone(
+    lister: Any, sandbox_ids: Sequence[str], t_fault: float, timeout: float = 60.0
+) -> float:
+    """Seconds from ``t_fault`` until the backend lists none of ``sandbox_ids`` any more."""
+    ids = set(sandbox_ids)
+
+    def gone() -> bool:
+        return not ids & set(lister.running())
+
+    wait_until(gone, timeout, f"sandboxes {sorted(ids)} to be gone", interval=0.01)
+    return time.time() - t_fault
+
+
+@contextlib.contextmanager
+def emulator_world(root: Path, **emulator_args: Any) -> Iterator[World]:
+    """An emulator of our own (its state under ``root``) and a world pointing inner runs at it."""
+    from pytest_modal_sandbox.emulator import EmulatorProcess
+
+    token = ("ak-faults", "as-faults")
+    emu = EmulatorProcess(
+        token_id=token[0], token_secret=token[1], state_dir=root / "emulator", **emulator_args
+    ).start()
+    lister = None
+    try:
+        lister = ModalLister(emu.url, token)
+        yield World("emulator", root, lister, env=emu.client_env())
+    finally:
+        if lister is not None:
+            lister.close()
+        emu.stop()
+
+
+def local_world(root: Path) -> World:
+    world = World("local", root, None)
+    world.lister = LocalLister(world.state_dir)
+    return world
+
+
+# -- scenarios: one fault each, shared by the tests and bench/bench_faults.py -------------------
+
+SIGNAL_TESTS = r"""
+import pytest
+from pytest_modal_sandbox import Daemon, Probe, sandbox_fixture
+from conftest import hang
+
+shared = sandbox_fixture(scope="session", share="run")
+
+
+@pytest.mark.sandbox(daemons=[Daemon("slow", "sleep 600", ready=Probe.log("never", timeout=120))])
+def test_setup(sandbox):
+    pass
+
+
+def test_call(sandbox):
+    hang("call")
+
+
+@pytest.fixture
+def slow_teardown(sandbox):
+    yield sandbox
+    hang("teardown")
+
+
+def test_teardown(slow_teardown):
+    pass
+
+
+def test_shared_call(shared, sandbox):
+    hang("call")
+"""
+
+DEADMAN_INI = {"modal_sandbox_lease": "1", "modal_sandbox_idle_timeout": "2"}
+
+
+@dataclass
+class Outcome:
+    """What a scenario did: the run, the sandboxes the fault hit, and when they were gone."""
+
+    run: InnerRun
+    ids: list[str]
+    t_fault: float
+    gone_after: float  # seconds from the fault until the backend listed none of ``ids``
+    returncode: int
+    output: str
+
+
+def signal_fault(
+    world: World,
+    where: str,
+    sig: int,
+    *,
+    workers: int = 0,
+    test: str | None = None,
+    ini: Mapping[str, str] | None = None,
+    name: str | None = None,
+    gone_timeout: float = 60.0,
+) -> Outcome:
+    """Run ``test_<where>`` (or ``test``), send ``sig`` to the process group once it is in its
+    ``where`` phase (setup: right after create), and time the sandboxes' end."""
+    dist = ["-n", str(workers)] if workers else ["-p", "no:xdist"]
+    test = test or f"test_{where}"
+    run = InnerRun(
+        world,
+        name or f"{where}-{signal.Signals(sig).name}-n{workers}-{len(world.runs)}",
+        {"test_faults.py": SIGNAL_TESTS},
+        args=[f"test_faults.py::{test}", *dist],
+        ini=ini,
+    )
+    with run:
+        run.wait_note("created" if where == "setup" else "reached", timeout=90)
+        ids = [n["id"] for n in run.notes("created")]
+        t = run.signal_group(sig)
+        gone = time_to_gone(world.lister, ids, t, timeout=gone_timeout)
+        rc = run.wait(90)
+    return Outcome(run, ids, t, gone, rc, run.output())
+
+
+CRASH_TESTS = r"""
+import os, signal, time
+
+import pytest
+from pytest_modal_sandbox import Daemon, Probe, sandbox_fixture
+from pytest_modal_sandbox.plugin import get_manager
+from conftest import FAULT_DIR, hang, note
+
+shared = sandbox_fixture(
+    scope="session", share="run", daemons=[Daemon("d", "sleep 600", ready=Probe.exec("true"))]
+)
+
+
+def released():
+    return os.path.exists(os.path.join(FAULT_DIR, "release"))
+
+
+def test_victim(sandbox):
+    note("fault", what="worker SIGKILLed itself during a test", id=sandbox.id)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_bystander(sandbox):
+    note("reached", where="bystander")
+    deadline = time.monotonic() + 120
+    while not released() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("n", range(6))
+def test_uses_shared(shared, request, n):
+    manager = get_manager(request.config)
+    running = manager.backend.list({"pms-run": manager.run_id, "pms-share": "run"})
+    note("used", id=shared.id, running=[i.id for i in running])
+    assert shared.exec("true").returncode == 0
+    assert [i.id for i in running] == [shared.id]
+
+
+def test_plain(sandbox):
+    pass
+
+
+@pytest.mark.sandbox(daemons=[Daemon("crasher", "echo crashing; exit 3", ready=Probe.tcp(8000))])
+def test_daemon_crashes(sandbox):
+    pass
+
+
+@pytest.mark.sandbox(daemons=[Daemon("slow", "sleep 600", ready=Probe.tcp(8000, timeout=1.0))])
+def test_never_ready(sandbox):
+    pass
+"""
+
+
+def _crash_run(world: World, name: str, args: Sequence[str], **kw: Any) -> InnerRun:
+    return InnerRun(world, name, {"test_crash.py": CRASH_TESTS}, args=list(args), **kw)
+
+
+def worker_killed_in_test(world: World, name: str = "") -> Outcome:
+    """-n 2: one worker SIGKILLs itself in a test's call; timed while the run goes on."""
+    run = _crash_run(
+        world,
+        name or f"victim-{len(world.runs)}",
+        ["test_crash.py::test_victim", "test_crash.py::test_bystander", "-n", "2"],
+    )
+    with run:
+        fault = run.wait_note("fault", timeout=90)
+        gone = time_to_gone(world.lister, [fault["id"]], fault["t"])
+        (run.fault_dir / "release").touch()
+        rc = run.wait(90)
+    return Outcome(run, [fault["id"]], fault["t"], gone, rc, run.output())
+
+
+def worker_killed_in_shared_setup(world: World, name: str = "") -> Outcome:
+    """-n 2: the first worker to create the run's shared sandbox SIGKILLs itself right after
+    the create, before it is ready; another process must replace it."""
+    run = _crash_run(
+        world,
+        name or f"shared-victim-{len(world.runs)}",
+        ["test_crash.py::test_uses_shared", "-n", "2"],
+        env={"FAULT_ON_CREATED": "kill-once"},
+    )
+    with run:
+        fault = run.wait_note("fault", timeout=90)
+        gone = time_to_gone(world.lister, [fault["id"]], fault["t"])
+        rc = run.wait(90)
+    return Outcome(run, [fault["id"]], fault["t"], gone, rc, run.output())
+
+
+def start_failure(world: World, test: str, env: Mapping[str, str] | None = None) -> Outcome:
+    """A sandbox whose start fails (``test``): timed from its creation to its end."""
+    run = _crash_run(
+        world, f"{test}-{len(world.runs)}", [f"test_crash.py::{test}", "-p", "no:xdist"], env=env
+    )
+    with run:
+        created = run.wait_note("created", timeout=90)
+        gone = time_to_gone(world.lister, [created["id"]], created["t"])
+        rc = run.wait(90)
+    return Outcome(run, [created["id"]], created["t"], gone, rc, run.output())
