@@ -111,6 +111,14 @@ def test_digest_references(registry: LocalRegistry, store: ImageStore) -> None:
     image = registry.push_image("pull/pinned", "v1", SMALL)
     root = store.get(image.by_digest)
     assert root.digest == image.digest and root.reference.endswith("@" + image.digest)
+    before = len(registry.requests())
+    tagged = registry.push_image("pull/pinned", "v2", [[file("v2")]])
+    store.get(tagged.reference)
+    again = store.get(tagged.by_digest)  # pulled by tag before: served from the cache
+    assert again.config_digest == tagged.config_digest
+    assert again.reference == tagged.by_digest
+    assert [r.path for r in registry.requests()[before:]
+            if r.method == "GET" and "/manifests/" in r.path] == ["/v2/pull/pinned/manifests/v2"]
     missing = image.by_digest[: -64] + "0" * 64
     with pytest.raises(ImageNotFound, match="has no digest"):
         store.get(missing)
@@ -233,7 +241,7 @@ def test_basic_auth(registry_factory: object, tmp_path: Path,
         ImageStore(tmp_path / "a").get(image.reference)
     monkeypatch.setenv("PYTEST_MODAL_SANDBOX_REGISTRY_AUTH",
                        json.dumps({reg.host: f"{HTPASSWD_USER}:wrong"}))
-    with pytest.raises(RegistryAuthError, match="pull access denied"):
+    with pytest.raises(RegistryAuthError, match="credentials of 'alice' were refused"):
         ImageStore(tmp_path / "b").get(image.reference)
     monkeypatch.delenv("PYTEST_MODAL_SANDBOX_REGISTRY_AUTH")
     import base64

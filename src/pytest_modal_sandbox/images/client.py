@@ -215,9 +215,15 @@ class RegistryClient:
         body = exc.read()
         codes = _api_error_codes(body)
         if exc.code in (401, 403):
+            creds = self._credentials
+            why = (
+                f"the credentials of {creds.username!r} were refused, or the repository does "
+                "not exist" if creds is not None else
+                "the repository does not exist or needs credentials (docker login, or "
+                "$PYTEST_MODAL_SANDBOX_REGISTRY_AUTH)"
+            )
             return ImageAccessDenied(
-                f"pull access denied for {self.display}/{repository}: the repository does not "
-                "exist or needs credentials (docker login, or $PYTEST_MODAL_SANDBOX_REGISTRY_AUTH)"
+                f"pull access denied for {self.display}/{repository}: {why}"
                 f" [HTTP {exc.code} {', '.join(codes) or _short_body(body)}]"
             )
         if exc.code == 429:

@@ -189,7 +189,7 @@ class ImageStore:
             raise ValueError(f"pull must be 'missing' or 'always', not {pull!r}")
         ref = parse_reference(reference)
         if pull == "missing":
-            record = self._read_ref(ref)
+            record = self._read_ref(ref) or self._find_digest(ref)
             if record is not None:
                 root = self._load_root(str(ref), record)
                 if root is not None:
@@ -287,6 +287,17 @@ class ImageStore:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) and data.get("reference") == str(ref) else None
+
+    def _find_digest(self, ref: Reference) -> dict[str, Any] | None:
+        """A pinned digest already pulled under another reference (content is the same)."""
+        if ref.digest is None:
+            return None
+        for record in self._ref_records():
+            if record.get("platform") == str(self.platform) and ref.digest in (
+                record.get("digest"), record.get("manifest_digest")
+            ):
+                return record
+        return None
 
     def _ref_records(self) -> Iterator[dict[str, Any]]:
         for path in self._refs.glob("*.json"):
