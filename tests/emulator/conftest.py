@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from emulator_helpers import open_client, processes_mentioning
+from emulator_helpers import no_process_mentions, open_client
 
 _CONFIG = Path(tempfile.mkdtemp(prefix="modal-config-")) / "modal.toml"
 _CONFIG.touch()
@@ -49,7 +49,7 @@ def emulator(tmp_path_factory: pytest.TempPathFactory, runtime_available: None) 
         yield proc
     finally:
         assert proc.stop() == 0
-        assert processes_mentioning(str(state)) == []
+        assert no_process_mentions(str(state))
 
 
 @pytest.fixture(scope="session")

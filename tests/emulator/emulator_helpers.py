@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 
@@ -41,3 +42,17 @@ def open_client(url: str, token_id: str = "ak-test", token_secret: str = "as-tes
     client = modal.Client(url, api_pb2.CLIENT_TYPE_CLIENT, (token_id, token_secret))
     client.__enter__()
     return client
+
+
+def no_process_mentions(text: str, settle: float = 10.0) -> bool:
+    """Whether every process mentioning ``text`` is gone within ``settle`` seconds.
+
+    A keeper finishing its cleanup may outlive the emulator by a few milliseconds; this is a
+    liveness bound, not a timing assertion.
+    """
+    deadline = time.monotonic() + settle
+    while processes_mentioning(text):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

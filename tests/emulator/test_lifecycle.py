@@ -219,6 +219,9 @@ def test_names_unique_among_running_and_reusable_after_exit(make_sandbox: Any, c
     assert modal.Sandbox.from_name("conformance", name, client=client).object_id == (
         second.object_id
     )
+    second.terminate()  # not waiting: the name is free as soon as terminate() returns
+    third = make_sandbox(name=name)
+    assert third.object_id not in (first.object_id, second.object_id)
 
 
 def test_from_name_unknown_app_or_name_is_not_found(client: Any) -> None:

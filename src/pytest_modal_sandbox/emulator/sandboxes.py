@@ -14,6 +14,7 @@ import collections
 import contextlib
 import functools
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -30,7 +31,6 @@ from ..runtime import (
     InvalidArgument,
     LocalRuntime,
     LocalSandbox,
-    NameTaken,
     SandboxConfig,
 )
 from . import ids, images
@@ -47,6 +47,8 @@ MAX_TIMEOUT_SECS = 24 * 3600
 DEFAULT_TIMEOUT_SECS = 300
 POLL_INTERVAL = 0.05
 EXEC_RETENTION = 600.0  # seconds an exited exec's output stays readable
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # Modal's object-name rule
 
 IdleStatus = Literal["timeout", "terminated", "idle_timeout"]
 _R = api_pb2.GenericResult
@@ -118,6 +120,7 @@ class EmuSandbox:
     stdin_written: int = 0
     stdin_closed: bool = False
     v1_stdin_index: int = 0  # last SandboxStdinWrite index applied (V1 writes by index)
+    exit_unconfirmed: bool = False  # terminated without waiting for the runtime to finish
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -354,8 +357,20 @@ class SandboxManager:
 
     def _config(
         self, req: api_pb2.SandboxCreateV2Request, app_id: str
-    ) -> tuple[SandboxConfig, list[api_pb2.PortSpec]]:
+    ) -> tuple[SandboxConfig, str | None, list[api_pb2.PortSpec]]:
+        """The runtime's config, the sandbox's name, its port specs.
+
+        The name is not given to the runtime: uniqueness among *running* sandboxes is decided
+        here, at once, while the runtime would still count a just-terminated sandbox whose
+        keeper is exiting (a create right after ``terminate()`` would spuriously collide).
+        """
         d = req.definition
+        name = d.name if d.HasField("name") else None
+        if name is not None and not _NAME.match(name):
+            raise RpcError(
+                "INVALID_ARGUMENT",
+                f"invalid Sandbox name {name!r}: 1-64 letters, digits, '.', '-' or '_'",
+            )
         timeout = d.timeout_secs or DEFAULT_TIMEOUT_SECS
         if not 0 < timeout <= MAX_TIMEOUT_SECS:
             raise RpcError(
@@ -390,12 +405,11 @@ class SandboxManager:
             idle_timeout=None if idle is None else float(idle),
             ports=numbers,
             app=app_id,
-            name=d.name if d.HasField("name") else None,
             tags={t.tag_name: t.tag_value for t in req.tags},
             stdin_pipe=True,
             rootfs=images.rootfs_for_chain(chain),
         )
-        return config, ports
+        return config, name, ports
 
     async def _create(self, req: api_pb2.SandboxCreateV2Request) -> EmuSandbox:
         if self._closing:
@@ -406,15 +420,13 @@ class SandboxManager:
         app = self.registry.app_by_id(app_id)  # stale ids (emulator restarted) are accepted
         environment = app.environment if app is not None else DEFAULT_ENVIRONMENT
         try:
-            config, ports = self._config(req, app_id)
+            config, name, ports = self._config(req, app_id)
         except errors.SpecError as exc:
             raise RpcError("INVALID_ARGUMENT", str(exc)) from exc
-        name_key = (app_id, config.name) if config.name else None
+        name_key = (app_id, name) if name else None
         if name_key is not None:
             if name_key in self._pending_names or self.name_holder(*name_key) is not None:
-                raise RpcError(
-                    "ALREADY_EXISTS", f"Sandbox with name {config.name!r} already exists"
-                )
+                raise RpcError("ALREADY_EXISTS", f"Sandbox with name {name!r} already exists")
             self._pending_names.add(name_key)
         try:
             local = await self._create_local(config)
@@ -424,7 +436,7 @@ class SandboxManager:
                     task_id=ids.task_id(),
                     app_id=app_id,
                     environment=environment,
-                    name=config.name,
+                    name=name,
                     tags=dict(config.tags),
                     created_at=self._unique_created_at(),
                     image_id=req.definition.image_id,
@@ -455,10 +467,6 @@ class SandboxManager:
     async def _create_local(self, config: SandboxConfig) -> LocalSandbox:
         try:
             return await self.blocking(self.runtime.create, config)
-        except NameTaken as exc:
-            raise RpcError(
-                "ALREADY_EXISTS", f"Sandbox with name {config.name!r} already exists"
-            ) from exc
         except errors.SpecError as exc:
             raise RpcError("INVALID_ARGUMENT", str(exc)) from exc
         except errors.BackendUnavailable as exc:
@@ -527,7 +535,8 @@ class SandboxManager:
         if status is not None:
             self._finish(sb, status)
             return sb.result
-        await self.blocking(sb.local.terminate)
+        await self.blocking(sb.local.terminate)  # no wait: the client does not wait either
+        sb.exit_unconfirmed = True
         self._finish(sb, ExitStatus("terminated", None, time.time()))
         return None
 
@@ -546,12 +555,13 @@ class SandboxManager:
         self._closing = True
         if self._background:
             await asyncio.wait(list(self._background), timeout=30)
-        running = [sb for sb in self._by_id.values() if sb.running]
+        targets = [sb for sb in self._by_id.values() if sb.running or sb.exit_unconfirmed]
         await asyncio.gather(
-            *(self.blocking(sb.local.terminate, wait=True) for sb in running),
+            *(self.blocking(sb.local.terminate, wait=True) for sb in targets),
             return_exceptions=True,
         )
-        for sb in running:
+        for sb in targets:
+            sb.exit_unconfirmed = False
             self._finish(sb, ExitStatus("terminated", None, time.time()))
 
     async def close(self) -> None:
