@@ -432,6 +432,7 @@ class Outcome:
     gone_after: float  # seconds from the fault until the backend listed none of ``ids``
     returncode: int
     output: str
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def signal_fault(
@@ -563,3 +564,111 @@ def start_failure(world: World, test: str, env: Mapping[str, str] | None = None)
         gone = time_to_gone(world.lister, [created["id"]], created["t"])
         rc = run.wait(90)
     return Outcome(run, [created["id"]], created["t"], gone, rc, run.output())
+
+
+def processes_mentioning(text: str) -> list[tuple[int, str]]:
+    """Live processes whose command line contains ``text``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != b"Z":
+            found.append((int(name), cmdline))
+    return found
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != b"Z":
+            found.append(int(name))
+    return found
+
+
+def cli(
+    world: World,
+    *args: str,
+    pytest_option: bool = False,
+    answer: str | None = None,
+    cwd: Path | None = None,
+) -> tuple[int, str]:
+    """``python -m pytest_modal_sandbox ARGS`` (or ``python -m pytest ARGS`` with
+    ``pytest_option``) against the world's backend; with ``answer``, stdin is a terminal that
+    types it."""
+    import pty
+
+    if pytest_option:
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
+    else:
+        argv = [sys.executable, "-m", "pytest_modal_sandbox", *args]
+    env = {
+        **os.environ,
+        "PYTEST_MODAL_SANDBOX_STATE_DIR": str(world.state_dir),
+        "PYTEST_ADDOPTS": "",
+        **world.env,
+    }
+    master = slave = None
+    stdin: Any = subprocess.DEVNULL
+    if answer is not None:
+        master, slave = pty.openpty()
+        stdin = slave
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd or world.root,
+            env=env,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        if master is not None:
+            os.write(master, answer.encode() + b"\n")  # type: ignore[union-attr]
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        for fd in (master, slave):
+            if fd is not None:
+                os.close(fd)
+    return proc.returncode, out.decode(errors="replace")
+
+
+def backend_args(world: World) -> list[str]:
+    """The CLI's ``--backend`` for this world (the emulator is reached as ``modal``)."""
+    return ["--backend", world.plugin_backend]
+
+
+def stale_run_swept_by_next(world: World) -> Outcome:
+    """A run's pytest processes are all SIGKILLed (default lease: on the Modal path its
+    sandboxes outlive it); the next run's start sweeps it.  Timed from the next run's start."""
+    dead = InnerRun(
+        world,
+        f"dead-{len(world.runs)}",
+        {"test_faults.py": SIGNAL_TESTS},
+        args=["test_faults.py::test_shared_call", "-p", "no:xdist"],
+    )
+    with dead:
+        dead.wait_note("reached", timeout=90)
+        dead_id = dead.run_id
+        ids = [n["id"] for n in dead.notes("created")]
+        dead.signal_group(signal.SIGKILL)
+        dead.wait(30)
+    still = world.lister.running(dead_id)
+    nxt = InnerRun(world, f"next-{len(world.runs)}", {"test_x.py": "def test_x():\n    pass\n"})
+    with nxt:
+        t = nxt.t_start
+        gone = time_to_gone(world.lister, ids, t)
+        rc = nxt.wait(90)
+    return Outcome(nxt, ids, t, gone, rc, nxt.output(), {"dead": dead_id, "still": still})
