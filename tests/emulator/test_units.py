@@ -183,7 +183,7 @@ def test_merge_env_applies_sources_in_order_env_last() -> None:
 def test_exit_status_maps_to_the_generic_result_the_client_expects(
     kind: str, exitcode: int | None, idle_status: str, status: int, code: int
 ) -> None:
-    from pytest_modal_sandbox.emulator.sandboxes import result_for
+    from pytest_modal_sandbox.emulator.records import result_for
     from pytest_modal_sandbox.runtime import ExitStatus
 
     result = result_for(ExitStatus(kind, exitcode, time.time()), idle_status)  # type: ignore[arg-type]

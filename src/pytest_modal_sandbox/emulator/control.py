@@ -16,9 +16,10 @@ from google.protobuf import empty_pb2  # type: ignore[import-untyped]
 from modal_proto import api_grpc, api_pb2
 
 from . import ids, images
+from .records import EmuSandbox
 from .registry import Registry
 from .rpc_error import RpcError
-from .sandboxes import EmuSandbox, SandboxManager
+from .sandboxes import SandboxManager
 from .servicer import fill_unimplemented
 from .stdio import follow_file
 

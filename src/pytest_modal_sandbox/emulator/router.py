@@ -14,8 +14,9 @@ from modal_proto import task_command_router_grpc
 from modal_proto import task_command_router_pb2 as tcr
 
 from .probes import listening_ports
+from .records import EmuSandbox
 from .rpc_error import RpcError
-from .sandboxes import EmuSandbox, SandboxManager
+from .sandboxes import SandboxManager
 from .servicer import fill_unimplemented
 from .stdio import follow_file
 

@@ -19,9 +19,8 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from modal_proto import api_pb2
 
@@ -35,6 +34,7 @@ from ..runtime import (
 )
 from . import ids, images
 from .execs import ExecProcess
+from .records import EmuSandbox, IdleStatus, result_for
 from .registry import DEFAULT_ENVIRONMENT, Registry
 from .rpc_error import RpcError
 from .secret_env import merge_env
@@ -49,128 +49,6 @@ POLL_INTERVAL = 0.05
 EXEC_RETENTION = 600.0  # seconds an exited exec's output stays readable
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # Modal's object-name rule
-
-IdleStatus = Literal["timeout", "terminated", "idle_timeout"]
-_R = api_pb2.GenericResult
-
-
-def result_for(status: ExitStatus, idle_status: IdleStatus = "timeout") -> api_pb2.GenericResult:
-    """Modal's ``GenericResult`` for how a local sandbox ended.
-
-    The client derives ``returncode`` from it: TIMEOUT -> 124 (and ``wait()`` raises
-    ``SandboxTimeoutError``), TERMINATED -> 137, otherwise ``exitcode``.  How Modal reports an
-    idle timeout is not documented; ``idle_status`` picks TIMEOUT (default), TERMINATED or
-    IDLE_TIMEOUT (no exception, returncode 124 here).
-    """
-    kind = status.kind
-    if kind == "idle_timeout":
-        kind = "timeout" if idle_status == "timeout" else idle_status
-        if kind == "idle_timeout":
-            return _R(
-                status=_R.GENERIC_STATUS_IDLE_TIMEOUT,
-                exitcode=124,
-                exception="Sandbox was idle for longer than its idle_timeout",
-            )
-        if kind == "terminated":
-            return _R(
-                status=_R.GENERIC_STATUS_TERMINATED,
-                exitcode=137,
-                exception="Sandbox was terminated after its idle_timeout",
-            )
-        return _R(
-            status=_R.GENERIC_STATUS_TIMEOUT,
-            exitcode=124,
-            exception="Sandbox was idle for longer than its idle_timeout",
-        )
-    if kind == "success":
-        return _R(status=_R.GENERIC_STATUS_SUCCESS, exitcode=status.exitcode or 0)
-    if kind == "failure":
-        code = 1 if status.exitcode is None else status.exitcode
-        return _R(status=_R.GENERIC_STATUS_FAILURE, exitcode=code)
-    if kind == "terminated":
-        return _R(
-            status=_R.GENERIC_STATUS_TERMINATED, exitcode=137, exception="Sandbox was terminated"
-        )
-    return _R(
-        status=_R.GENERIC_STATUS_TIMEOUT, exitcode=124, exception="Sandbox exceeded its timeout"
-    )
-
-
-@dataclass(eq=False)
-class EmuSandbox:
-    """Modal's view of one sandbox."""
-
-    id: str
-    task_id: str
-    app_id: str
-    environment: str
-    name: str | None
-    tags: dict[str, str]
-    created_at: float
-    image_id: str
-    timeout_secs: int
-    idle_timeout_secs: int | None
-    probe: api_pb2.Probe | None
-    local: LocalSandbox
-    tunnels: list[api_pb2.TunnelData] = field(default_factory=list)
-    result: api_pb2.GenericResult | None = None
-    finished_at: float | None = None
-    ready_at: float | None = None
-    execs: dict[str, ExecProcess] = field(default_factory=dict)
-    stdin_written: int = 0
-    stdin_closed: bool = False
-    v1_stdin_index: int = 0  # last SandboxStdinWrite index applied (V1 writes by index)
-    exit_unconfirmed: bool = False  # terminated without waiting for the runtime to finish
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
-    stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    @property
-    def running(self) -> bool:
-        return self.result is None
-
-    def metadata(self) -> api_pb2.SandboxHandleMetadata:
-        return api_pb2.SandboxHandleMetadata(app_id=self.app_id, result=self.result)
-
-    def describe_end(self) -> str:
-        if self.result is None:
-            return "running"
-        names = {
-            _R.GENERIC_STATUS_SUCCESS: "exited",
-            _R.GENERIC_STATUS_FAILURE: "exited",
-            _R.GENERIC_STATUS_TERMINATED: "terminated",
-            _R.GENERIC_STATUS_TIMEOUT: "timed out",
-            _R.GENERIC_STATUS_IDLE_TIMEOUT: "idle timed out",
-        }
-        return f"{names.get(self.result.status, 'finished')}, exit code {self.result.exitcode}"
-
-    def info(self) -> api_pb2.SandboxInfo:
-        """The ``SandboxInfo`` of ``SandboxListV2``."""
-        info = api_pb2.SandboxInfo(
-            id=self.id,
-            created_at=self.created_at,
-            app_id=self.app_id,
-            tags=[api_pb2.SandboxTag(tag_name=k, tag_value=v) for k, v in self.tags.items()],
-            name=self.name or "",
-            image_id=self.image_id,
-            timeout_secs=self.timeout_secs,
-            tunnels=self.tunnels,
-            metadata=self.metadata(),
-            task_info=api_pb2.TaskInfo(
-                id=self.task_id,
-                sandbox_id=self.id,
-                enqueued_at=self.created_at,
-                started_at=self.created_at,
-                finished_at=self.finished_at or 0.0,
-                result=self.result,
-            ),
-        )
-        if self.idle_timeout_secs is not None:
-            info.idle_timeout_secs = self.idle_timeout_secs
-        if self.ready_at is not None:
-            info.ready_at = self.ready_at
-        if self.probe is not None:
-            info.readiness_probe.CopyFrom(self.probe)
-        return info
 
 
 @functools.lru_cache(maxsize=1)

@@ -27,9 +27,10 @@ from .._paths import state_root
 from ..runtime import LocalRuntime
 from . import ids, images
 from .control import ControlPlane
+from .records import IdleStatus
 from .registry import Registry
 from .router import Router
-from .sandboxes import IdleStatus, SandboxManager
+from .sandboxes import SandboxManager
 from .servicer import Instrumented, Stats
 from .tls import TlsMaterial, make_tls_material
 
