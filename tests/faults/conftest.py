@@ -49,14 +49,14 @@ def world(
         emu, lister = request.getfixturevalue("emulator")
         w = faultlib.World("emulator", tmp_path, lister, env=emu.client_env())
     yield w
-    for run in w.runs:
-        run.kill()
-    for run in w.runs:
-        for note in run.notes("run"):
-            faultlib.none_running(w, note["run_id"])
+    leaked = faultlib.clean_up(w)
+    assert not leaked, f"sandboxes left running after the test: {leaked}"
 
 
 @pytest.fixture
-def local_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> faultlib.World:
+def local_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[faultlib.World]:
     monkeypatch.setenv("PYTEST_MODAL_SANDBOX_STATE_DIR", str(tmp_path / "state"))
-    return faultlib.local_world(tmp_path)
+    w = faultlib.local_world(tmp_path)
+    yield w
+    leaked = faultlib.clean_up(w)
+    assert not leaked, f"sandboxes left running after the test: {leaked}"

@@ -129,6 +129,12 @@ class LocalLister:
             want[RUN_TAG] = run_id
         return [sb.id for sb in LocalRuntime(self.root).list(tags=want)]
 
+    def terminate(self, ids: Sequence[str]) -> None:
+        from pytest_modal_sandbox.runtime import LocalRuntime
+
+        for sid in ids:
+            LocalRuntime(self.root).get(sid).terminate(wait=True)
+
     def close(self) -> None:
         pass
 
@@ -155,6 +161,10 @@ class ModalLister:
             want[RUN_TAG] = run_id
         found = self._modal.Sandbox.list(app_id=self.app_id, tags=want, client=self.client)
         return [sb.object_id for sb in found]
+
+    def terminate(self, ids: Sequence[str]) -> None:
+        for sid in ids:
+            self._modal.Sandbox.from_id(sid, client=self.client).terminate()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -346,6 +356,23 @@ def none_running(world: World, run_id: str, timeout: float = 15.0) -> None:
         wait_until(check, timeout, f"run {run_id}'s sandboxes to end", interval=0.05)
     except AssertionError:
         raise AssertionError(f"{world.backend}: run {run_id} left {left} running") from None
+
+
+def clean_up(world: World) -> list[str]:
+    """After a test: end the inner runs, then anything of theirs still running (so one failure
+    does not leak into the next test); returns what had to be ended that way (ideally none)."""
+    for run in world.runs:
+        run.kill()
+    leaked: list[str] = []
+    for run in world.runs:
+        for note in run.notes("run"):
+            try:
+                none_running(world, note["run_id"])
+            except AssertionError:
+                left = world.lister.running(note["run_id"])
+                world.lister.terminate(left)
+                leaked += left
+    return leaked
 
 
 def time_to_gone(
