@@ -91,3 +91,45 @@ def test_open_tunnel_connection_counts_as_activity(make_sandbox: Any) -> None:
         assert sb.poll() is None
     with pytest.raises(modal.exception.SandboxTimeoutError):
         sb.wait()
+
+
+def test_alpn_offers_h2_only_on_h2_ports(make_sandbox: Any, emulator: Any) -> None:
+    import shutil
+    import subprocess
+
+    both = "python3 -m http.server 8001 --bind 127.0.0.1 -d /tmp & " + HTTP.format(port=8000)
+    sb = make_sandbox(
+        "sh",
+        "-c",
+        both,
+        env={"WHO": "web"},
+        encrypted_ports=[8000],
+        h2_ports=[8001],
+        readiness_probe=modal.Probe.with_exec(
+            "sh",
+            "-c",
+            "grep -q ':1F40 .* 0A ' /proc/net/tcp && grep -q ':1F41 .* 0A ' /proc/net/tcp",
+        ),
+    )
+    sb.wait_until_ready(timeout=60)
+    tunnels = sb.tunnels()
+    ctx = ssl.create_default_context(cafile=str(emulator.ca_file))
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    negotiated = {}
+    for port in (8000, 8001):
+        host, tunnel_port = tunnels[port].tls_socket
+        with (
+            socket.create_connection((host, tunnel_port), timeout=30) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            negotiated[port] = tls.selected_alpn_protocol()
+    assert negotiated == {8000: "http/1.1", 8001: "h2"}
+    if shutil.which("curl"):  # an h2-capable client against an HTTP/1.1 server
+        out = subprocess.run(
+            ["curl", "-sS", "--cacert", str(emulator.ca_file), tunnels[8000].url + "/who"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == b"web\n"

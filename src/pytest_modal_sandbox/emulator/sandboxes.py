@@ -81,14 +81,14 @@ class SandboxManager:
         registry: Registry,
         image_store: images.ImageStore,
         *,
-        tls_context: Any,
+        tls_contexts: tuple[Any, Any],
         idle_status: IdleStatus = "timeout",
         executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.runtime = runtime
         self.registry = registry
         self.images = image_store
-        self._tls = tls_context
+        self._tls, self._tls_h2 = tls_contexts  # (http/1.1 ports, h2_ports)
         self._idle_status: IdleStatus = idle_status
         self._executor = executor or ThreadPoolExecutor(64, thread_name_prefix="emulator-rt")
         self._by_id: dict[str, EmuSandbox] = {}
@@ -360,7 +360,9 @@ class SandboxManager:
         """One loopback listener per port, serving TLS *and* plain on the same port."""
         out = []
         for spec in ports:
-            host, port = await self.blocking(local.tunnel, spec.port, tls=self._tls)
+            h2 = spec.HasField("tunnel_type") and spec.tunnel_type == api_pb2.TUNNEL_TYPE_H2
+            tls = self._tls_h2 if h2 else self._tls
+            host, port = await self.blocking(local.tunnel, spec.port, tls=tls)
             data = api_pb2.TunnelData(host=host, port=port, container_port=spec.port)
             if spec.unencrypted:
                 data.unencrypted_host = host

@@ -133,7 +133,7 @@ class Emulator:
             LocalRuntime(sandbox_dir),
             registry,
             image_store,
-            tls_context=self.tls.server_context(),
+            tls_contexts=(self.tls.server_context(), self.tls.server_context(h2=True)),
             idle_status=opts.idle_timeout_status,
         )
         # fill_unimplemented made them concrete; mypy only sees the generated ABCs.

@@ -41,12 +41,17 @@ class TlsMaterial:
     cert_file: Path
     key_file: Path
 
-    def server_context(self) -> ssl.SSLContext:
-        """A server-side context for the tunnels (HTTP/1.1 and h2 offered via ALPN)."""
+    def server_context(self, *, h2: bool = False) -> ssl.SSLContext:
+        """A server-side context for tunnels.
+
+        ALPN offers ``h2`` only for ``h2_ports`` (whose servers speak HTTP/2); an ordinary
+        encrypted port offers ``http/1.1``, so an h2-capable client (curl, httpx) does not
+        send HTTP/2 frames to an HTTP/1.1 server behind the tunnel.
+        """
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
-        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        ctx.set_alpn_protocols(["h2", "http/1.1"] if h2 else ["http/1.1"])
         return ctx
 
     def client_context(self) -> ssl.SSLContext:
