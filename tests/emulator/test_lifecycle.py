@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import warnings
 from typing import Any
 
 import pytest
@@ -248,6 +249,10 @@ def test_tags_and_list_with_pagination(make_sandbox: Any, app: Any, client: Any)
     assert other.object_id not in {sb.object_id for sb in listed}
     one = list(modal.Sandbox.list(app_id=app.app_id, tags={"run": run, "i": "3"}, client=client))
     assert [sb.object_id for sb in one] == [made[3].object_id]
+    with warnings.catch_warnings():  # listing a whole environment is deprecated, still works
+        warnings.simplefilter("ignore")
+        env_wide = list(modal.Sandbox.list(tags={"run": run, "i": "3"}, client=client))
+    assert [sb.object_id for sb in env_wide] == [made[3].object_id]
     made[0].set_tags({"run": run, "i": "0", "extra": "yes"})
     assert made[0].get_tags() == {"run": run, "i": "0", "extra": "yes"}
     made[0].set_tags({"only": "this"})  # replaces all
