@@ -190,6 +190,19 @@ def test_idle_timeout_waits_for_a_running_exec(make_sandbox: Any) -> None:
         sb.wait()
 
 
+def test_idle_timeout_waits_while_stdin_is_written(make_sandbox: Any) -> None:
+    sb = make_sandbox("cat", idle_timeout=1)
+    end = time.monotonic() + 3
+    while time.monotonic() < end:  # 3 idle_timeouts of steady stdin writes
+        sb.stdin.write(b"tick\n")
+        sb.stdin.drain()
+        time.sleep(0.2)
+    assert sb.poll() is None
+    with pytest.raises(SandboxTimeoutError):
+        sb.wait()
+    assert sb.stdout.read().count("tick") >= 10
+
+
 def test_idle_timeout_ignores_processes_inside(make_sandbox: Any) -> None:
     sb = make_sandbox("sleep", "300", idle_timeout=1)
     with pytest.raises(SandboxTimeoutError):
