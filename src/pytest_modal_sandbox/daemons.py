@@ -320,10 +320,15 @@ class _Waiter:
     # -- failures --------------------------------------------------------------------------
 
     def log_tail(self) -> str:
+        """The last lines of the daemon's log, with the spec's secret values scrubbed (the
+        error carrying it is printed by pytest and by scripts alike)."""
+        from .reporting.scrub import Scrubber
+
         try:
-            return tail(self.sandbox.logs(self.daemon.name), self.log_lines)
+            text = tail(self.sandbox.logs(self.daemon.name), self.log_lines)
         except Exception as exc:  # the sandbox itself may be gone; say so instead
-            return f"(log unavailable: {exc})"
+            text = f"(log unavailable: {exc})"
+        return Scrubber(self.sandbox.spec.secret_values()).text(text)
 
     def exited(self, code: int | None) -> None:
         log = self.log_tail()
