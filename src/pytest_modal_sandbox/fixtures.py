@@ -105,8 +105,14 @@ def provide(
         if request.scope == "function"
         else (f"{request.fixturename}@{request.node.nodeid or 'session'}")
     )
-    try:
-        sb = manager.start(
+    from .prestart import obtain
+    from .reporting.hooks import reporting_of
+
+    reporting = reporting_of(config)
+    try:  # a prestarted sandbox if there is one (see prestart.py), else a new start
+        sb = obtain(
+            request,
+            manager,
             spec,
             test=test,
             share=share,
@@ -114,22 +120,23 @@ def provide(
             on_created=lambda s: config.hook.pytest_modal_sandbox_created(sandbox=s),
         )
     except SandboxError as exc:
-        error = f"{where}: {exc}"
+        error = reporting.scrubber.text(f"{where}: {exc}")  # a daemon's log tail may hold one
     if error:
         pytest.fail(error, pytrace=False)
     config.hook.pytest_modal_sandbox_ready(sandbox=sb)
     try:
         yield sb
     finally:
-        report = None
-        if request.scope == "function":
-            from .plugin import call_report
+        if not reporting.is_kept(sb):  # kept on failure: the sweeps end it after its deadline
+            report = None
+            if request.scope == "function":
+                from .plugin import call_report
 
-            report = call_report(request.node)
-        try:
-            config.hook.pytest_modal_sandbox_before_terminate(sandbox=sb, report=report)
-        finally:
-            manager.finish(sb, share=share, test=test, report=report)
+                report = call_report(request.node)
+            try:
+                config.hook.pytest_modal_sandbox_before_terminate(sandbox=sb, report=report)
+            finally:
+                manager.finish(sb, share=share, test=test, report=report)
 
 
 @pytest.fixture
@@ -180,6 +187,10 @@ def sandbox_fixture(
         yield from provide(request, spec_fields, share=effective_share, key=key)
 
     setattr(fixture, FIXTURE_ATTR, True)
+    if not unknown:  # what prestart.py needs to start it before the first test asks
+        from .prestart import SPEC_ATTR
+
+        setattr(fixture, SPEC_ATTR, (spec_fields, effective_share, defined_in))
     if name is not None:
         fixture.__name__ = name
     return cast(Any, pytest.fixture(scope=scope, name=name)(fixture))

@@ -122,8 +122,8 @@ class SandboxManager:
         if self._run_lock is not None:
             self._run_lock.release()
             self._run_lock = None
-            if not self.kept_ids():
-                forget_run(self.runs, self.run_id)
+            if self.backend_name == "emulator" or not self.kept_ids():
+                forget_run(self.runs, self.run_id)  # the emulator's sandboxes end with it
 
     def _portable_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.backend_options.items() if isinstance(v, (str, int, float))}

@@ -93,6 +93,9 @@ def pytest_configure(config: pytest.Config) -> None:
         log_lines=s.log_lines,
     )
     config.stash[MANAGER_KEY] = manager
+    from .reporting.hooks import install
+
+    install(config, manager, s)  # progress, failure sections, secrets, summary, prestart
     if s.sigterm:
         config.stash[CLEANUP_KEY].append(install_sigterm_handler())
     if manager.owns_run:
