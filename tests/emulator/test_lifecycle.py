@@ -181,6 +181,7 @@ def test_idle_timeout_fires_when_nothing_happens(make_sandbox: Any) -> None:
     assert sb.returncode == 124
 
 
+@pytest.mark.slow  # holds the sandbox busy for several idle_timeouts
 def test_idle_timeout_waits_for_a_running_exec(make_sandbox: Any) -> None:
     sb = make_sandbox(idle_timeout=1)
     p = sb.exec("sleep", "3")
@@ -190,6 +191,7 @@ def test_idle_timeout_waits_for_a_running_exec(make_sandbox: Any) -> None:
         sb.wait()
 
 
+@pytest.mark.slow  # holds the sandbox busy for several idle_timeouts
 def test_idle_timeout_waits_while_stdin_is_written(make_sandbox: Any) -> None:
     sb = make_sandbox("cat", idle_timeout=1)
     end = time.monotonic() + 3

@@ -80,6 +80,7 @@ def test_same_port_in_many_sandboxes_and_tunnels_from_a_fresh_handle(
     assert seen == {b"0\n", b"1\n", b"2\n"}  # three sandboxes behind one container port
 
 
+@pytest.mark.slow  # holds the sandbox busy for several idle_timeouts
 def test_open_tunnel_connection_counts_as_activity(make_sandbox: Any) -> None:
     sb = web_sandbox(make_sandbox, encrypted_ports=[8000], idle_timeout=1)
     host, port = sb.tunnels()[8000].tls_socket
