@@ -198,3 +198,19 @@ def test_corrupt_archives_are_layer_errors(tmp_path: Path) -> None:
     (tmp_path / "root").mkdir()
     with pytest.raises(LayerError, match="layer l"):
         LayerApplier(tmp_path / "root").apply(tmp_path / "l", diff_id=None, name="l")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="xattrs are applied when unpacking as root")
+def test_xattrs_applied_as_root(tmp_path: Path) -> None:
+    probe = tmp_path / "probe"
+    probe.write_text("")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+    except OSError as exc:
+        pytest.skip(f"no user xattrs on this file system: {exc}")
+    info, data = file("tool", "x", mode=0o755)
+    info.pax_headers = {"SCHILY.xattr.user.origin": "layer \xe9",
+                        "SCHILY.xattr.trusted.secret": "ignored"}
+    root, _ = unpack(tmp_path, [[(info, data)]])
+    assert os.getxattr(root / "tool", "user.origin") == "layer \xe9".encode()
+    assert "trusted.secret" not in os.listxattr(root / "tool")
