@@ -98,6 +98,8 @@ def test_processes_inside_do_not_count_as_activity(rt: LocalRuntime) -> None:
 
 def test_activity_held_from_another_process_counts(rt: LocalRuntime, state_dir: Path) -> None:
     sb = rt.create(SandboxConfig(idle_timeout=0.5))
+    bridge = sb.activity()  # keeps it alive while the holder's interpreter starts
+    bridge.__enter__()
     holder = spawn_python(
         "import sys; from pytest_modal_sandbox.runtime import LocalRuntime\n"
         "sb = LocalRuntime(sys.argv[1]).get(sys.argv[2])\n"
@@ -108,6 +110,7 @@ def test_activity_held_from_another_process_counts(rt: LocalRuntime, state_dir: 
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        bridge.__exit__(None, None, None)
         time.sleep(1.5)
         assert sb.poll() is None
     finally:
@@ -233,12 +236,12 @@ def test_failed_start_leaves_nothing(rt: LocalRuntime, state_dir: Path) -> None:
 
 
 def test_touch_and_popen_count_as_activity(rt: LocalRuntime) -> None:
-    sb = rt.create(SandboxConfig(idle_timeout=0.6))
-    for _ in range(4):  # 1.2 s of touches, each well inside the idle period
+    sb = rt.create(SandboxConfig(idle_timeout=1.0))
+    for _ in range(5):  # 1.5 s of touches, each well inside the idle period
         time.sleep(0.3)
         sb.touch()
     assert sb.poll() is None
-    proc = sb.popen(["sleep", "1.5"], stdin=subprocess.DEVNULL)
+    proc = sb.popen(["sleep", "2.5"], stdin=subprocess.DEVNULL)
     assert proc.wait(30) == 0  # the sandbox was not idle-killed under it
     assert sb.poll() is None
     st = sb.wait(30)

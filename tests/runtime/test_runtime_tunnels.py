@@ -106,8 +106,9 @@ def test_open_tunnel_connection_counts_as_activity(rt: LocalRuntime) -> None:
             command=[SANDBOX_PYTHON, "-c", SERVER, "idle", "4"], ports=[8000], idle_timeout=0.5
         )
     )
-    address = sb.tunnel(8000)
-    conn, greeting = _connect(address)
+    with sb.activity():  # alive while the server inside starts; then only the connection
+        address = sb.tunnel(8000)
+        conn, greeting = _connect(address)
     with conn:
         assert greeting == b"idle\n"
         time.sleep(1.5)  # three idle periods with the connection open

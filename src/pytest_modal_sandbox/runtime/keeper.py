@@ -205,6 +205,7 @@ class Keeper:
             error = self.bwrap_error() if os.WEXITSTATUS(self.bwrap_status) == 1 else None
             if error:
                 self.fail_start(error)
+        self.last_seen_active = time.time()  # the idle clock starts when the sandbox runs
         self.report(
             {
                 "keeper": [os.getpid(), _start_time(os.getpid())],
