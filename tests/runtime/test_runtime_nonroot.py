@@ -20,16 +20,22 @@ NOBODY = 65534
 SETPRIV = shutil.which("setpriv")
 
 
-# The runtime re-runs sys.executable (keeper, relay): that must work as nobody too.
+# The runtime re-runs sys.executable (keeper, relay), and needs the package and its
+# dependencies: all of that must work as nobody too (a checkout under a 0700 home would not).
 PROBE = (
     "import subprocess, sys; subprocess.run([sys.executable, '-c', ''], check=True); "
-    "print(sys.version_info[:2])"
+    "import pytest_modal_sandbox.runtime; print(sys.version_info[:2])"
 )
+
+
+def _nobody_env(home: str) -> dict[str, str]:
+    path = os.pathsep.join([SRC, sysconfig.get_paths()["purelib"]])
+    return {"PATH": os.environ["PATH"], "PYTHONPATH": path, "HOME": home}
 
 
 def _python_for_nobody() -> str | None:
     """An interpreter of our version that an unprivileged user may run (ours may sit in a
-    0700 home), which can import our dependencies from our (world-readable) site-packages."""
+    0700 home), which can import our dependencies from our site-packages."""
     for candidate in (
         sys.executable,
         f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}",
@@ -46,6 +52,8 @@ def _python_for_nobody() -> str | None:
             ],
             capture_output=True,
             text=True,
+            env=_nobody_env("/"),
+            cwd="/",
         )
         if probe.returncode == 0 and probe.stdout.strip() == str(tuple(sys.version_info[:2])):
             return candidate
@@ -98,7 +106,7 @@ def test_everything_works_without_root(shared_state: Path) -> None:
 
     python = _python_for_nobody()
     if python is None:
-        pytest.skip("no Python of this version that the nobody user can run")
+        pytest.skip("nobody cannot run a Python of this version that imports this checkout")
     path = os.pathsep.join([SRC, sysconfig.get_paths()["purelib"]])
     proc = subprocess.run(
         [
