@@ -53,6 +53,15 @@ REAP_HELP = (
     "the default), all (live runs too; asks on a tty) or a RUN_ID"
 )
 
+LOCAL_IMAGES_HELP = (
+    "local backend: pull (run the declared image, pulled and cached; the default), host (map "
+    "every image to the host filesystem, read-only) or auto (pull, else the host)"
+)
+HOST_IMAGE_HELP = (
+    "local backend: map images matching this pattern to the host filesystem instead of pulling "
+    "them, e.g. 'redis:*' (repeatable)"
+)
+LOCAL_IMAGES_ENV = "PYTEST_MODAL_SANDBOX_LOCAL_IMAGES"
 BACKEND_ENV = "PYTEST_MODAL_SANDBOX_BACKEND"
 KEEP_ENV = "PYTEST_MODAL_SANDBOX_KEEP_ON_FAILURE"
 DEFAULT_KEEP_MINUTES = 30.0
@@ -92,6 +101,22 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="[OLD=]NEW",
         help=IMAGE_HELP,
     )
+    group.addoption(
+        "--modal-sandbox-local-images",
+        dest="modal_sandbox_local_images",
+        metavar="MODE",
+        help=LOCAL_IMAGES_HELP,
+    )
+    group.addoption(
+        "--modal-sandbox-host-image",
+        dest="modal_sandbox_host_images",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help=HOST_IMAGE_HELP,
+    )
+    parser.addini("modal_sandbox_local_images", LOCAL_IMAGES_HELP, default="pull")
+    parser.addini("modal_sandbox_host_images", HOST_IMAGE_HELP, type="linelist", default=[])
     parser.addini("modal_sandbox", ENABLE_INI_HELP, type="bool", default=False)
     parser.addini("modal_sandbox_backend", BACKEND_INI_HELP, default="auto")
     parser.addini("modal_sandbox_app", APP_HELP, default=DEFAULT_APP)
@@ -158,9 +183,13 @@ class Settings:
     keep_on_failure: float = 0.0  # minutes a failed test's sandbox is kept (0: off)
     progress: str = "auto"  # auto, plain or off
     prestart: bool = True
+    local_images: str = "pull"  # local backend: pull, host or auto
+    host_images: tuple[str, ...] = ()  # local backend: patterns mapped to the host
 
     def backend_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"app": self.app}
+        options["local_images"] = self.local_images
+        options["host_images"] = list(self.host_images)
         if self.environment:
             options["environment"] = self.environment
         options["lease"] = self.lease
@@ -232,6 +261,28 @@ def _switch(config: pytest.Config, key: str, environ: Mapping[str, str]) -> bool
     raise pytest.UsageError(f"{where}: {value!r} is not on or off")
 
 
+def _local_images(config: pytest.Config, environ: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
+    from .backends.local import LOCAL_IMAGE_MODES
+
+    value, where = _pick(
+        config,
+        "modal_sandbox_local_images",
+        LOCAL_IMAGES_ENV,
+        "modal_sandbox_local_images",
+        environ,
+    )
+    mode = str(value).strip().lower()
+    if mode not in LOCAL_IMAGE_MODES:
+        raise pytest.UsageError(
+            f"{where}: {value!r} is not a local image mode; "
+            f"choose one of {', '.join(LOCAL_IMAGE_MODES)}"
+        )
+    patterns = config.getoption("modal_sandbox_host_images") or config.getini(
+        "modal_sandbox_host_images"
+    )
+    return mode, tuple(p.strip() for p in patterns if p.strip())
+
+
 def read_settings(config: pytest.Config, environ: Mapping[str, str] = os.environ) -> Settings:
     flag = config.getoption("modal_sandbox")
     enabled = flag is not None or bool(config.getini("modal_sandbox"))
@@ -272,7 +323,10 @@ def read_settings(config: pytest.Config, environ: Mapping[str, str] = os.environ
         raise pytest.UsageError(str(exc)) from None
     lease = _seconds(config, "modal_sandbox_lease", environ)
     idle_timeout = _seconds(config, "modal_sandbox_idle_timeout", environ)
+    local_images, host_images = _local_images(config, environ)
     return Settings(
+        local_images=local_images,
+        host_images=host_images,
         keep_on_failure=_keep_minutes(config, environ),
         progress=_progress(config, environ),
         prestart=_switch(config, "modal_sandbox_prestart", environ),

@@ -70,7 +70,7 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 @pytest.fixture
 def sbtester(pytester: pytest.Pytester, state_dir: Path) -> pytest.Pytester:
     """A pytester whose runs use an isolated state dir, checked for leftovers afterwards."""
-    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\nmodal_sandbox_local_images = host\n")
     return pytester
 
 

@@ -1,5 +1,11 @@
 """The ``local`` backend: sandboxes on this Linux machine, through the bubblewrap runtime.
 
+Images: with ``local_images="pull"`` (the default) an image reference is pulled, verified and
+cached (:mod:`pytest_modal_sandbox.images`) and the sandbox runs in it, with the image's env
+and workdir, as on Modal.  ``"host"`` maps every image to the host filesystem (read-only);
+``host_images`` patterns map just those images; ``"auto"`` pulls and falls back to the host
+when an image cannot be had (with a warning).  A spec without an image runs on the host.
+
 Secrets given as dicts are merged into the environment in Modal's order (secrets in order,
 ``env`` last).  ``modal.Secret`` objects cannot be resolved without Modal and are refused.
 Endpoints are plain ``http://127.0.0.1:<port>`` listeners for every port kind.
@@ -7,7 +13,10 @@ Endpoints are plain ``http://127.0.0.1:<port>`` listeners for every port kind.
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -16,16 +25,73 @@ from ..spec import SandboxSpec
 from . import Endpoint, NameTaken, RawExec, SandboxInfo
 
 if TYPE_CHECKING:
+    from ..images import ImageRoot
     from ..runtime import LocalRuntime, LocalSandbox
 
-__all__ = ["LocalBackend", "LocalHandle"]
+__all__ = ["LOCAL_IMAGE_MODES", "LocalBackend", "LocalHandle", "LocalImages"]
+
+LOCAL_IMAGE_MODES = ("pull", "host", "auto")
+
+
+class LocalImageFallback(UserWarning):
+    """``local_images="auto"``: an image could not be had and runs on the host instead."""
+
+
+class LocalImages:
+    """Decides what root a local sandbox runs in: the pulled image, or the host."""
+
+    def __init__(self, mode: str = "pull", host_images: Sequence[str] = ()) -> None:
+        if mode not in LOCAL_IMAGE_MODES:
+            raise ValueError(f"local_images must be one of {', '.join(LOCAL_IMAGE_MODES)}")
+        self.mode = mode
+        self.host_images = tuple(host_images)
+        self._store: object = None
+        self._fallbacks: set[str] = set()
+
+    def describe(self) -> str:
+        if self.mode == "host":
+            return "images are mapped to the host filesystem, read-only"
+        text = "images are pulled and cached"
+        if self.mode == "auto":
+            text += " (the host filesystem when one cannot be had)"
+        if self.host_images:
+            text += f"; mapped to the host: {', '.join(self.host_images)}"
+        return text
+
+    def on_host(self, image: object) -> bool:
+        if not isinstance(image, str) or self.mode == "host":
+            return True
+        return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.host_images)
+
+    def resolve(self, image: object) -> ImageRoot | None:
+        """The unpacked image to run in, or None for the host filesystem."""
+        if self.on_host(image):
+            return None
+        from ..images import ImageError, ImageStore
+
+        if self._store is None:
+            self._store = ImageStore()
+        assert isinstance(image, str) and isinstance(self._store, ImageStore)
+        try:
+            return self._store.get(image)
+        except ImageError as exc:
+            if self.mode != "auto":
+                raise
+            if image not in self._fallbacks:
+                self._fallbacks.add(image)
+                warnings.warn(
+                    LocalImageFallback(f"{image} runs on the host filesystem: {exc}"),
+                    stacklevel=2,
+                )
+            return None
 
 
 class LocalHandle:
     """A runtime sandbox seen through the backend protocol."""
 
-    def __init__(self, sandbox: LocalSandbox) -> None:
+    def __init__(self, sandbox: LocalSandbox, hold: contextlib.ExitStack | None = None) -> None:
         self._sb = sandbox
+        self._hold = hold or contextlib.ExitStack()  # e.g. the image root's in-use lock
         self.id = sandbox.id
 
     def exec(
@@ -64,7 +130,10 @@ class LocalHandle:
         return f"{status.kind}{code}"
 
     def terminate(self, *, wait: bool = False) -> None:
-        self._sb.terminate(wait=wait)
+        try:
+            self._sb.terminate(wait=wait)
+        finally:
+            self._hold.close()
 
     def release(self) -> None:
         """Nothing to drop: this process's tunnel listeners end with the sandbox or process."""
@@ -84,17 +153,20 @@ class LocalBackend:
         app: str = "pytest-modal-sandbox",
         owner_lock: str | os.PathLike[str] | None = None,
         state_dir: str | os.PathLike[str] | None = None,
+        local_images: str = "pull",
+        host_images: Sequence[str] = (),
         **_ignored: object,
     ) -> None:
         from ..runtime import LocalRuntime
 
         LocalRuntime.check()
         self.app = app
+        self.images = LocalImages(local_images, host_images)
         self.owner_lock = None if owner_lock is None else str(owner_lock)
         self.runtime: LocalRuntime = LocalRuntime(state_dir)
 
     def header(self) -> str:
-        return "local (bubblewrap); images are mapped to the host filesystem, read-only"
+        return f"local (bubblewrap); {self.images.describe()}"
 
     def create(
         self,
@@ -106,7 +178,8 @@ class LocalBackend:
     ) -> LocalHandle:
         from ..runtime import SandboxConfig
 
-        env: dict[str, str] = {}
+        root = self.images.resolve(spec.image)
+        env: dict[str, str] = dict(root.env) if root is not None else {}
         for i, secret in enumerate(spec.secrets):
             if not isinstance(secret, Mapping):
                 raise SpecError(
@@ -117,7 +190,8 @@ class LocalBackend:
         env.update(spec.env)
         config = SandboxConfig(
             env=env,
-            workdir=spec.workdir,
+            workdir=spec.workdir or (root.workdir if root is not None else None),
+            rootfs=None if root is None else str(root.path),
             timeout=float(spec.timeout),
             idle_timeout=None if spec.idle_timeout is None else float(spec.idle_timeout),
             ports=spec.ports,
@@ -128,10 +202,17 @@ class LocalBackend:
         )
         from ..runtime import NameTaken as RuntimeNameTaken
 
+        hold = contextlib.ExitStack()
+        if root is not None:
+            hold.enter_context(root.use())  # `images prune` leaves a root in use alone
         try:
-            return LocalHandle(self.runtime.create(config))
+            return LocalHandle(self.runtime.create(config), hold)
         except RuntimeNameTaken as exc:
+            hold.close()
             raise NameTaken(str(exc)) from exc
+        except BaseException:
+            hold.close()
+            raise
 
     def attach(self, sandbox_id: str) -> LocalHandle:
         return LocalHandle(self.runtime.get(sandbox_id))
