@@ -331,6 +331,7 @@ class SandboxManager:
         for thread in self._pending:
             thread.join(timeout=30)
         live = self.ledger.live()
+        asked = {e.get("id") for e in self.ledger.entries() if e.get("event") == "terminated"}
         ids = list(live)
         running: list[str] | None = None  # what the backend lists; None if it could not
         if ids or self.crashed_workers or self.backend_started:
@@ -346,8 +347,10 @@ class SandboxManager:
             with contextlib.suppress(OSError):
                 self.ledger.record("terminated", sid, worker="controller", share="sweep")
         self.swept.extend(done)
-        ended = done if running is None else [i for i in done if i in running]
-        if ended:  # (terminating the ledger's already-ended ones is a no-op, not news)
+        # news: what was still running and nobody had asked to end (a finalizer's
+        # terminate does not wait, so its sandbox may still be listed for a moment)
+        ended = [i for i in done if (running is None or i in running) and i not in asked]
+        if ended:
             self._report(
                 f"end of run: terminated {_count(ended)} still running" + _detail(ended, live)
             )
