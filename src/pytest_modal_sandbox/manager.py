@@ -188,22 +188,29 @@ class SandboxManager:
         on_created: Callable[[Sandbox], None] | None = None,
     ) -> Sandbox:
         """A ready sandbox; ``share="run"`` returns the run's one sandbox for ``key``."""
+        made: list[Sandbox] = []
 
         def created(sb: Sandbox) -> None:
+            made.append(sb)
             self._event("created", sb, share, test)
             if on_created is not None:
                 on_created(sb)
 
-        if share == "run":
-            sandbox = self._shared(spec, test=test, key=key, created=created)
-        else:
-            sandbox = launch(
-                self.backend,
-                spec,
-                tags=self.tags(spec, test, share),
-                log_lines=self.log_lines,
-                on_created=created,
-            )
+        try:
+            if share == "run":
+                sandbox = self._shared(spec, test=test, key=key, created=created)
+            else:
+                sandbox = launch(
+                    self.backend,
+                    spec,
+                    tags=self.tags(spec, test, share),
+                    log_lines=self.log_lines,
+                    on_created=created,
+                )
+        except BaseException:
+            for sb in made:  # launch terminated it on the way out: the ledger must know
+                self._event("terminated", sb, share, test)
+            raise
         self.sandboxes.append(sandbox)
         return sandbox
 
