@@ -128,12 +128,22 @@ class Start:
     error: str = ""
     failed_at: float | None = None  # or cancelled at
     cancelled: bool = False
-    shown_final: bool = False
+    shown_state: str = ""  # the state last drawn (tty): creating, waiting or final
     plain_shown: tuple[str, ...] = ()
 
     @property
     def done(self) -> bool:
         return self.ready is not None or self.failed_at is not None
+
+    @property
+    def state(self) -> str:
+        if self.done:
+            return "final"
+        return "creating" if self.created is None else "waiting"
+
+    @property
+    def shown_final(self) -> bool:
+        return self.shown_state == "final"
 
     def name(self, show_worker: bool) -> str:
         where = f"[{self.worker}] " if show_worker and self.worker else ""
@@ -153,6 +163,8 @@ class Start:
         if self.attached:
             return f"{name} attached (shared, already ready){self._id()}"
         if self.created is None:
+            if self.ready is not None:  # no "created" seen (a lost event): ready all the same
+                return f"{name} ready after {self.ready - self.requested:.2f}s{self._id()}"
             return f"{name} creating... {now - self.requested:.1f}s"
         created = f"created {self.created - self.requested:.2f}s"
         if self.ready is None:
@@ -202,18 +214,21 @@ class View:
         always_safe: bool = False,
         show_worker: bool = False,
         controller: bool = False,
+        complete_lines: bool = False,
     ) -> None:
         self.terminal = terminal
         self.in_place = in_place
         self.always_safe = always_safe
         self.controller = controller
+        self.complete_lines = complete_lines  # pytest starts a new line for each output
         self.show_worker = show_worker
         self.starts: dict[str, Start] = {}
         self._lock = threading.RLock()
         self._window = 0
         self._region: list[str] = []  # keys drawn in the live block (tty)
         self._region_lines = 0
-        self._pytest_line = ""
+        self._tail: str | None = ""  # pytest's line as re-printed below the block (None: not)
+        self._last = ""  # the last line drawn
         self._open_line: str | None = None  # plain mode: pytest's line, while ours is last
         self._changed = False
         self._ticker: threading.Thread | None = None
@@ -322,7 +337,7 @@ class View:
                     start.plain_shown += (step,)
                     lines.append(text)
             if start.done:
-                start.shown_final = True
+                start.shown_state = "final"
         if not lines:
             return
         if self._open_line is None:  # start below pytest's line; it is restored later
@@ -348,18 +363,23 @@ class View:
 
     def _draw_in_place(self, *, final_only: bool, tick: bool) -> None:
         """The block of start lines sits just above pytest's current line (re-printed below
-        it), so pytest can go on appending result letters while the block is rewritten."""
+        it), so pytest can go on appending result letters while the block is rewritten.  When
+        pytest writes whole lines (xdist with -v) the block is simply the last lines."""
         cur = self.terminal.current_line()
-        if self._region_lines and not cur.startswith(self._pytest_line):
-            # pytest began a new line since: the block scrolled away, leave it as it is
-            self._region = [k for k in self._region if not self.starts[k].shown_final]
-            self._region_lines = 0
+        if self._region_lines:
+            intact = cur.startswith(self._tail) if self._tail is not None else cur == self._last
+            if not intact:  # pytest began a new line since: the block scrolled away, leave it
+                self._region = []
+                self._region_lines = 0
         if tick and not self._changed and not self._region_lines:
             return  # the clock alone only refreshes an intact block
         width = max(self.terminal.width() - 1, 20)
         self._changed = False
         for start in self.starts.values():
-            if not start.shown_final and start.key not in self._region:
+            # a new block outside a wait shows only what changed: where pytest keeps breaking
+            # the block (xdist -v), each sandbox then shows once per state, not once per test
+            wanted = not start.shown_final if self._window else start.state != start.shown_state
+            if wanted and start.key not in self._region:
                 self._region.append(start.key)
         if not self._region_lines and final_only:
             # a new block outside a safe moment: only lines that will not change any more
@@ -368,18 +388,25 @@ class View:
             return
         now = time.time()
         texts = [self.starts[k].live_text(now, self.show_worker)[:width] for k in self._region]
-        top = f"\r\x1b[{self._region_lines}A" if self._region_lines else "\n" if cur else ""
-        out = top + "".join(t + "\x1b[K\n" for t in texts) + cur + "\x1b[K"
-        self.terminal.write(out, cur, raw=True)
-        # a copy of pytest's line as wide as the screen may wrap: then the cursor cannot find
-        # the block again, and the next change starts a new one
-        self._region_lines = len(texts) if len(cur) < width else 0
-        self._pytest_line = cur
+        if self._region_lines:
+            up = self._region_lines - (self._tail is None)
+            top = "\r" + (f"\x1b[{up}A" if up else "")
+            tail = None if self._tail is None else cur
+        else:
+            top = "\n" if cur else ""
+            tail = None if (self.complete_lines and cur) else cur
+        if tail is None:
+            out, last = top + "\n".join(t + "\x1b[K" for t in texts), texts[-1]
+        else:
+            out, last = top + "".join(t + "\x1b[K\n" for t in texts) + tail + "\x1b[K", tail
+        self.terminal.write(out, last, raw=True)
+        # a line as wide as the screen may wrap: then the cursor cannot find the block
+        # again, and the next change starts a new one
+        self._region_lines = len(texts) if len(last) <= width else 0
+        self._tail, self._last = tail, last
         for k in self._region:
-            self.starts[k].shown_final = self.starts[k].done
-        if not self._region_lines:
-            self._region = [k for k in self._region if not self.starts[k].shown_final]
-        if all(self.starts[k].done for k in self._region):
+            self.starts[k].shown_state = self.starts[k].state
+        if not self._region_lines or all(self.starts[k].done for k in self._region):
             self._region = []  # the block is final; the next one starts below it
             self._region_lines = 0
 
@@ -509,7 +536,13 @@ def setup(config: Any, *, role: str, worker: str, run_dir: Path, mode: str, scru
     in_place = mode == "auto" and bool(reporter.isatty) and os.environ.get("TERM") != "dumb"
     terminal = PytestTerminal(reporter, config.pluginmanager.get_plugin("capturemanager"))
     if role == "controller":
-        view = View(terminal, in_place=in_place, show_worker=True, controller=True)
+        view = View(
+            terminal,
+            in_place=in_place,
+            show_worker=True,
+            controller=True,
+            complete_lines=verbosity > 0,  # xdist -v: "[gw0] PASSED ..." lines
+        )
         return Progress(Tracker(NullSink(), worker, scrub), view, Tail(path, view.feed).start())
     view = View(terminal, in_place=in_place)
 
