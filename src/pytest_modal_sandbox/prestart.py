@@ -8,11 +8,11 @@ the same for the tests it collected (``share="run"`` ones go through the normal 
 run still gets one).
 
 The fixture then takes the prestarted sandbox (waiting for it if it is still starting; a start
-error is reported on each test that uses it, as without prestart).  A prestart whose spec is
-not the one the fixture resolves (a ``pytest_modal_sandbox_spec`` hook changed it; the hook
-needs the test's request, which does not exist yet) is terminated and the fixture starts its
-own.  Whatever was never taken is ended at the end of the session; nothing leaks if the run
-ends first.
+error is reported on each test that uses it, as without prestart).  A prestart is matched by
+fixture, scope node and spec hash: if a ``pytest_modal_sandbox_spec`` hook changes the spec
+(the hook needs the test's request, which does not exist before the test), the fixture starts
+its own and the unused prestart ends with its scope.  Whatever no test took is ended when its
+module or the session ends; nothing leaks if the run stops early.
 
 :func:`obtain` is how every sandbox fixture gets its sandbox, prestarted or not.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -67,6 +67,10 @@ class Entry:
     sandbox: Sandbox | None = None  # once created (before it is ready)
     finished: Sandbox | None = None  # once ready
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        return (self.key, self.node, self.spec.spec_hash)
 
     @property
     def test(self) -> str:
@@ -123,7 +127,7 @@ class Prestarter:
         self.manager = manager
         self.progress = progress
         self.reporting = reporting
-        self.entries: dict[tuple[str, str], Entry] = {}
+        self.entries: dict[tuple[str, str, str], Entry] = {}  # (key, node, spec hash)
         self._modules: dict[str, list[Entry]] = {}  # module node id -> its planned entries
         self._started_modules: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
@@ -136,7 +140,7 @@ class Prestarter:
         """Every session/module sandbox fixture instance the (non-skipped) items use."""
         from .plugin import image_override
 
-        planned: dict[tuple[str, str], Entry] = {}
+        planned: dict[tuple[str, str, str], Entry] = {}
         for item in items:
             info = getattr(item, "_fixtureinfo", None)
             if info is None or _skipped(item):
@@ -152,8 +156,6 @@ class Prestarter:
                 fields, share, defined_in = meta
                 node = "" if fixturedef.scope == "session" else _module_id(item)
                 key = f"{defined_in}:{name}"
-                if (key, node) in planned:
-                    continue
                 extra = _param_fields(item, name)
                 if extra is None:
                     continue
@@ -161,7 +163,8 @@ class Prestarter:
                     spec = image_override(self.config, spec_from_fields({**fields, **extra}))
                 except SpecError:
                     continue  # reported by the fixture, on the tests that use it
-                planned[(key, node)] = Entry(key, node, name, fixturedef.scope, share, spec)
+                entry = Entry(key, node, name, fixturedef.scope, share, spec)
+                planned.setdefault(entry.ident, entry)  # one per parametrization
         return list(planned.values())
 
     def start_session(self, items: list[pytest.Item]) -> None:
@@ -186,9 +189,9 @@ class Prestarter:
 
     def _submit(self, entry: Entry) -> None:
         with self._lock:
-            if self._closed or (entry.key, entry.node) in self.entries:
+            if self._closed or entry.ident in self.entries:
                 return
-            self.entries[(entry.key, entry.node)] = entry
+            self.entries[entry.ident] = entry
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(MAX_PARALLEL, thread_name_prefix="pms-prestart")
             pool = self._pool
@@ -234,9 +237,17 @@ class Prestarter:
         self.start_session(list(session.items))
         self.progress.pump()
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, object, object]:
         self.start_modules(item, nextitem)
+        try:
+            return (yield)
+        finally:
+            module = _module_id(item)
+            if nextitem is None or _module_id(nextitem) != module:
+                self.finish_node(module)  # its module-scoped fixtures are torn down by now
 
     def pytest_sessionfinish(self) -> None:
         self.shutdown()
@@ -244,16 +255,24 @@ class Prestarter:
     # -- the fixture's side ------------------------------------------------------------------
 
     def claim(self, key: str, node: str, spec: SandboxSpec) -> Entry | None:
-        """The prestart for this fixture instance, if there is one with this spec."""
+        """The prestart for this fixture instance, if there is one with this spec.
+
+        One with another spec (a ``pytest_modal_sandbox_spec`` hook changed it; or another
+        parametrization, still to come) stays until its scope ends: see :meth:`finish_node`.
+        """
         with self._lock:
-            entry = self.entries.get((key, node))
+            entry = self.entries.get((key, node, spec.spec_hash))
             if entry is None or entry.claimed or entry.cancelled:
-                return None
-            if entry.spec.spec_hash != spec.spec_hash:
-                self._cancel(entry)  # started with the wrong spec: end it, start the right one
                 return None
             entry.claimed = True
             return entry
+
+    def finish_node(self, node: str) -> None:
+        """A module is done: end the prestarts for it that no test took."""
+        with self._lock:
+            entries = [e for e in self.entries.values() if e.node == node and not e.claimed]
+        for entry in entries:
+            self._cancel(entry)
 
     # -- the end ---------------------------------------------------------------------------
 
