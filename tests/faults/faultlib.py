@@ -699,3 +699,35 @@ def stale_run_swept_by_next(world: World) -> Outcome:
         gone = time_to_gone(world.lister, ids, t)
         rc = nxt.wait(90)
     return Outcome(nxt, ids, t, gone, rc, nxt.output(), {"dead": dead_id, "still": still})
+
+
+def own_emulator_killed(world: World) -> Outcome:
+    """``--modal-sandbox=emulator`` (the run starts its own emulator, in a session of its own):
+    every pytest process SIGKILLed; timed until no emulator, keeper or sandbox process of the
+    run is left (``ids`` holds the emulator's pid)."""
+    run = InnerRun(
+        world,
+        f"own-emulator-{len(world.runs)}",
+        {"test_faults.py": SIGNAL_TESTS},
+        args=["test_faults.py::test_call", "-p", "no:xdist"],
+        backend_flag="--modal-sandbox=emulator",
+    )
+    with run:
+        run.wait_note("reached", timeout=90)
+        assert run.proc is not None
+        emulators = [
+            pid
+            for pid, _ in processes_mentioning("pytest_modal_sandbox.emulator")
+            if pid in children_of(run.proc.pid)
+        ]
+        assert len(emulators) == 1, emulators
+        t = run.signal_group(signal.SIGKILL)
+        wait_until(
+            lambda: not processes_mentioning(str(world.state_dir)),
+            30,
+            "the emulator and its sandboxes to end",
+            interval=0.01,
+        )
+        gone = time.time() - t
+        rc = run.wait(30)
+    return Outcome(run, [str(emulators[0])], t, gone, rc, run.output())

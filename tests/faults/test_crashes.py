@@ -45,6 +45,7 @@ def test_created_hook_raises(world):
     assert out.returncode == 1
     assert "injected fault: the created hook raised" in out.output
     assert "1 error" in out.output
+    assert "end of run" not in out.output  # the failed launch ended it, not the sweep
     faultlib.none_running(world, out.run.run_id)
 
 
@@ -52,6 +53,7 @@ def test_readiness_timeout(world):
     out = faultlib.start_failure(world, "test_never_ready")
     assert out.returncode == 1
     assert "daemon 'slow' was not ready after 1s (waiting for tcp port 8000)" in out.output
+    assert "end of run" not in out.output  # the failed launch ended it, not the sweep
     faultlib.none_running(world, out.run.run_id)
 
 
@@ -60,4 +62,5 @@ def test_daemon_crashes_on_start(world):
     assert out.returncode == 1
     assert "daemon 'crasher' exited with code 3 before it was ready" in out.output
     assert "crashing" in out.output  # the last lines of its log
+    assert "end of run" not in out.output  # the failed launch ended it, not the sweep
     faultlib.none_running(world, out.run.run_id)

@@ -76,25 +76,6 @@ def test_a_live_run_is_never_touched_by_another_runs_sweeps(world):
 def test_the_runs_own_emulator_dies_with_its_controller(local_world):
     """``--modal-sandbox=emulator`` starts an emulator in a session of its own; when every
     pytest process is SIGKILLed, it (and so every sandbox in it) must end too."""
-    run = faultlib.InnerRun(
-        local_world,
-        "own-emulator",
-        {"test_faults.py": faultlib.SIGNAL_TESTS},
-        args=["test_faults.py::test_call", "-p", "no:xdist"],
-        backend_flag="--modal-sandbox=emulator",
-    )
-    with run:
-        run.wait_note("reached", timeout=90)
-        emulators = [
-            pid
-            for pid, cmd in faultlib.processes_mentioning("pytest_modal_sandbox.emulator")
-            if pid in faultlib.children_of(run.proc.pid)
-        ]
-        assert len(emulators) == 1
-        run.signal_group(signal.SIGKILL)
-        run.wait(30)
-        faultlib.wait_until(
-            lambda: not faultlib.processes_mentioning(str(local_world.state_dir)),
-            30,
-            "the emulator and its sandboxes to end",
-        )
+    out = faultlib.own_emulator_killed(local_world)
+    assert out.returncode == -9
+    assert not faultlib.processes_mentioning(str(local_world.state_dir))

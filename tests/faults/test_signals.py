@@ -20,6 +20,13 @@ def test_ctrl_c_in_each_phase(world, where):
     assert out.returncode == 2, out.output  # pytest's "interrupted"
     assert "KeyboardInterrupt" in out.output
     assert len(out.ids) == 1
+    swept = f"modal-sandbox: end of run: terminated 1 sandbox still running: {out.ids[0]}"
+    if where == "teardown":
+        # the interrupt in a user finalizer skips the sandbox's own: the sweep ends it
+        assert f"{swept} (test_faults.py::test_teardown)" in out.output
+    else:
+        # setup: the failed launch ends it; call: pytest still tears fixtures down
+        assert "end of run" not in out.output
     faultlib.none_running(world, out.run.run_id)
 
 
@@ -28,6 +35,9 @@ def test_ctrl_c_under_xdist(world):
     assert out.returncode == 2, out.output
     assert "KeyboardInterrupt" in out.output
     assert len(out.ids) == 2  # the shared sandbox and the test's own
+    # workers never end the shared one: the controller's sweep does, and says so
+    assert "modal-sandbox: end of run: terminated 1 sandbox still running: " in out.output
+    assert "(shared)" in out.output
     faultlib.none_running(world, out.run.run_id)
 
 
