@@ -1,21 +1,52 @@
-"""pytest-modal-sandbox: ephemeral sandboxes for tests, on Modal or on this machine."""
+"""pytest-modal-sandbox: ephemeral sandboxes for tests, on Modal or on this machine.
 
-from .errors import (
-    BackendUnavailable,
-    DaemonExitedError,
-    ExecError,
-    ExecTimeout,
-    NotDeclaredError,
-    ReadinessTimeout,
-    SandboxError,
-    SandboxGone,
-    SandboxStartError,
-    SpecError,
-)
-from .fixtures import sandbox_fixture
-from .launch import start
-from .sandbox import ExecResult, Sandbox
-from .spec import Daemon, Probe, SandboxSpec
+The names below are imported on first use, so that ``import pytest_modal_sandbox.runtime`` (or
+any other part of the pytest-free core) neither needs pytest nor pays for what it does not use,
+and an inactive plugin stays cheap at pytest start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .errors import (
+        BackendUnavailable,
+        DaemonExitedError,
+        ExecError,
+        ExecTimeout,
+        NotDeclaredError,
+        ReadinessTimeout,
+        SandboxError,
+        SandboxGone,
+        SandboxStartError,
+        SpecError,
+    )
+    from .fixtures import sandbox_fixture
+    from .launch import start
+    from .sandbox import ExecResult, Sandbox
+    from .spec import Daemon, Probe, SandboxSpec
+
+_WHERE = {
+    "BackendUnavailable": "errors",
+    "DaemonExitedError": "errors",
+    "ExecError": "errors",
+    "ExecTimeout": "errors",
+    "NotDeclaredError": "errors",
+    "ReadinessTimeout": "errors",
+    "SandboxError": "errors",
+    "SandboxGone": "errors",
+    "SandboxStartError": "errors",
+    "SpecError": "errors",
+    "sandbox_fixture": "fixtures",
+    "start": "launch",
+    "ExecResult": "sandbox",
+    "Sandbox": "sandbox",
+    "Daemon": "spec",
+    "Probe": "spec",
+    "SandboxSpec": "spec",
+}
 
 __all__ = [
     "BackendUnavailable",
@@ -36,3 +67,17 @@ __all__ = [
     "sandbox_fixture",
     "start",
 ]
+assert sorted(__all__) == sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
