@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ os.environ["MODAL_DISABLE_API_PROXY"] = "1"
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def flat(stats: dict[str, Any]) -> Counter[str]:
@@ -47,9 +46,10 @@ def bench_emulator(n: int, latency_ms: float, read_output: bool) -> dict[str, An
 
     from pytest_modal_sandbox.emulator import EmulatorProcess
 
-    with tempfile.TemporaryDirectory() as state, EmulatorProcess(
-        state_dir=state, latency_ms=latency_ms
-    ) as emu:
+    with (
+        tempfile.TemporaryDirectory() as state,
+        EmulatorProcess(state_dir=state, latency_ms=latency_ms) as emu,
+    ):
         modal.Client._set_env_client(None)
         modal._environments.ENVIRONMENT_CACHE.clear()
         with modal.Client(emu.url, api_pb2.CLIENT_TYPE_CLIENT, ("ak-b", "as-b")) as client:
@@ -70,8 +70,20 @@ def bench_emulator(n: int, latency_ms: float, read_output: bool) -> dict[str, An
                 p.wait()
                 sb.terminate()
                 times.append(time.perf_counter() - t)
-            per = {k: v / n for k, v in flat(emu.stats()).items()}
-    return {"times": times, "per_lifecycle": per, "setup_rpcs": setup_rpcs, "setup_s": setup_s}
+            stats = emu.stats()
+            per = {k: v / n for k, v in flat(stats).items()}
+            server_ms = {
+                f"{svc}:{method}": 1000 * secs / n
+                for svc, methods in stats["seconds"].items()
+                for method, secs in methods.items()
+            }
+    return {
+        "times": times,
+        "per_lifecycle": per,
+        "server_ms": server_ms,
+        "setup_rpcs": setup_rpcs,
+        "setup_s": setup_s,
+    }
 
 
 def bench_runtime(n: int) -> list[float]:
@@ -100,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     counts: dict[str, dict[str, float]] = {}
+    server: dict[str, dict[str, float]] = {}
     setup: Counter[str] = Counter()
     for latency in args.latency_ms:
         for read in (False, True):
@@ -107,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             r = bench_emulator(args.n, latency, read)
             rows.append((label, r["times"], sum(r["per_lifecycle"].values())))
             counts[label] = r["per_lifecycle"]
+            server[label] = r["server_ms"]
             setup = r["setup_rpcs"]
     rt_times = bench_runtime(args.n)
     rows.append(("runtime directly (no RPC)", rt_times, 0.0))
@@ -116,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     for label, times, rpcs in rows:
         p50, p90 = pct(times, 0.5) * 1000, pct(times, 0.9) * 1000
         print(f"{label:<44} {p50:>8.1f} {p90:>8.1f} {rpcs:>6.1f}")
-    print("\nRPCs per lifecycle (service:method):")
+    print("\nRPCs per lifecycle (service:method count, mean ms spent in the emulator):")
     for label, per in counts.items():
-        detail = ", ".join(f"{k} {v:g}" for k, v in sorted(per.items()))
+        detail = ", ".join(
+            f"{k} {v:g} ({server[label].get(k, 0.0):.1f} ms)" for k, v in sorted(per.items())
+        )
         print(f"  {label}: {detail}")
     print("\none-time RPCs before the first sandbox (App.lookup, image, auth token):")
     print("  " + ", ".join(f"{k} {v}" for k, v in sorted(setup.items())))

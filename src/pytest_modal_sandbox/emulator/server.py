@@ -176,7 +176,11 @@ class Emulator:
         control.router_url = self.url
 
     def stats_snapshot(self) -> dict[str, Any]:
-        snap: dict[str, Any] = {"rpcs": self.stats.snapshot(), "inflight": self.stats.inflight}
+        snap: dict[str, Any] = {
+            "rpcs": self.stats.snapshot(),
+            "seconds": self.stats.seconds(),
+            "inflight": self.stats.inflight,
+        }
         if self.sandboxes is not None:
             all_sbs = self.sandboxes.all()
             snap["sandboxes"] = {

@@ -7,6 +7,7 @@ import asyncio
 import collections
 import inspect
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -39,26 +40,41 @@ def fill_unimplemented(cls: C) -> C:
 
 
 class Stats:
-    """RPC counts per service and method (thread-safe; read by the admin service/bench)."""
+    """RPC counts (and server-side seconds) per service and method, for the admin service.
+
+    Thread-safe; ``seconds`` is the time spent handling (added latency included; for streams,
+    until the stream ended), which lets a benchmark split wall time into server and client.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, collections.Counter[str]] = collections.defaultdict(
             collections.Counter
         )
+        self._seconds: dict[str, dict[str, float]] = collections.defaultdict(dict)
         self.inflight = 0  # RPCs being handled now (event loop only)
 
     def count(self, service: str, method: str) -> None:
         with self._lock:
             self._counts[service][method] += 1
 
+    def add_time(self, service: str, method: str, seconds: float) -> None:
+        with self._lock:
+            per = self._seconds[service]
+            per[method] = per.get(method, 0.0) + seconds
+
     def snapshot(self) -> dict[str, dict[str, int]]:
         with self._lock:
             return {svc: dict(sorted(c.items())) for svc, c in sorted(self._counts.items())}
 
+    def seconds(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            return {svc: dict(sorted(t.items())) for svc, t in sorted(self._seconds.items())}
+
     def reset(self) -> None:
         with self._lock:
             self._counts.clear()
+            self._seconds.clear()
 
 
 class Instrumented:
@@ -99,6 +115,7 @@ class Instrumented:
         async def handler(stream: Any) -> None:
             self._stats.count(self._service, method)
             self._stats.inflight += 1
+            started = time.perf_counter()
             try:
                 if self._latency > 0:
                     await asyncio.sleep(self._latency)
@@ -109,6 +126,7 @@ class Instrumented:
                 raise GRPCError(Status[err.status], err.message) from None
             finally:
                 self._stats.inflight -= 1
+                self._stats.add_time(self._service, method, time.perf_counter() - started)
 
         handler.__name__ = method
         assert inspect.iscoroutinefunction(handler)
