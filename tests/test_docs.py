@@ -725,7 +725,10 @@ def _slug(heading: str) -> str:
 
 
 def _anchors(path: Path) -> set[str]:
-    return {_slug(h) for h in re.findall(r"^#+ +(.+)$", path.read_text(), flags=re.M)}
+    """GitHub's heading anchors, and explicit ``<a id="...">`` ones."""
+    text = path.read_text()
+    found = {_slug(h) for h in re.findall(r"^#+ +(.+)$", text, flags=re.M)}
+    return found | set(re.findall(r'<a id="([^"]+)"', text))
 
 
 def test_links_resolve() -> None:
