@@ -300,31 +300,6 @@ def test_bad_create_requests_are_invalid_argument(emulator: Any) -> None:
     run(emulator.url, body)
 
 
-def test_a_create_the_client_gave_up_on_is_still_tracked(emulator: Any) -> None:
-    """A deadline hit mid-create must not leave an untracked (leaked) sandbox behind."""
-
-    async def body(control: Any, router: Any) -> None:
-        app_id = await new_app(control)
-        tag = api_pb2.SandboxTag(tag_name="abandoned", tag_value=str(uuid.uuid4()))
-        req = create_request(app_id)
-        req.tags.append(tag)
-        with pytest.raises((GRPCError, asyncio.TimeoutError)):
-            await control.SandboxCreateV2(req, timeout=0.001)
-        listed: list[Any] = []
-        for _ in range(100):  # the create finishes in the background
-            page = await control.SandboxListV2(
-                api_pb2.SandboxListRequest(app_id=app_id, tags=[tag])
-            )
-            listed = list(page.sandboxes)
-            if listed:
-                break
-            await asyncio.sleep(0.1)
-        assert len(listed) == 1
-        await terminate(control, listed[0].id)
-
-    run(emulator.url, body)
-
-
 def test_router_access_and_app_stop(emulator: Any) -> None:
     async def body(control: Any, router: Any) -> None:
         app_id = await new_app(control)
@@ -359,3 +334,41 @@ def test_router_access_and_app_stop(emulator: Any) -> None:
             await terminate(control, sb.sandbox_id, bystander.sandbox_id)
 
     run(emulator.url, body)
+
+
+def test_a_create_whose_caller_is_cancelled_still_completes_and_is_tracked(
+    tmp_path: Any, runtime_available: None
+) -> None:
+    """A client deadline mid-create cancels the RPC handler, never the half-made sandbox: it
+    is registered (listable, terminable), and the retry with the same key gets it."""
+    import contextlib
+
+    from pytest_modal_sandbox.emulator import serve
+
+    with serve(state_dir=tmp_path) as emu:
+        manager = emu.emulator.sandboxes
+        assert manager is not None
+
+        async def scenario() -> tuple[str, list[str], int]:
+            app = manager.registry.app_get_or_create("cancel", "", 1)
+            req = create_request(app.id)
+            caller = asyncio.ensure_future(manager.create(req, "key-1"))
+            while "key-1" not in manager._creates:  # the create is under way
+                await asyncio.sleep(0)
+            caller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await caller
+            retried = await manager.create(req, "key-1")
+            listed = manager.query(
+                app_id=app.id,
+                environment="",
+                tags={},
+                before=0.0,
+                include_finished=False,
+                limit=10,
+            )
+            return retried.id, [sb.id for sb in listed], len(manager.all())
+
+        future = asyncio.run_coroutine_threadsafe(scenario(), emu._loop)
+        sandbox_id, listed, total = future.result(60)
+    assert listed == [sandbox_id] and total == 1
