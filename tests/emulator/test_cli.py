@@ -256,3 +256,17 @@ def test_sigkilled_emulator_takes_its_sandboxes_with_it(tmp_path: Path) -> None:
     while left() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert left() == []
+
+
+def test_log_tail_keeps_the_emulators_stderr(tmp_path: Path) -> None:
+    emu = EmulatorProcess(state_dir=tmp_path).start()
+    client = open_client(emu.url)
+    try:
+        app = modal.App.lookup("log-tail", create_if_missing=True, client=client)
+        modal.Sandbox.create(app=app, client=client)
+    finally:
+        client.__exit__(None, None, None)
+        assert emu.stop() == 0
+    tail = emu.log_tail()
+    assert f"serving Modal's sandbox API at {emu.url}" in tail
+    assert "terminated 1 running sandbox(es)" in tail

@@ -145,17 +145,24 @@ async def _run(options: EmulatorOptions, stats_file: str | None) -> int:
         await emulator.start()
     except (SandboxError, OSError) as exc:
         await emulator.stop()
-        print(f"modal emulator: cannot start: {exc}", file=sys.stderr, flush=True)
+        _log(f"cannot start: {exc}")
         return 1
     print(f"MODAL_SERVER_URL={emulator.url}", flush=True)
     print(f"MODAL_EMULATOR_CA_FILE={emulator.ca_file}", flush=True)
+    _log(f"serving Modal's sandbox API at {emulator.url}; stop with Ctrl-C or SIGTERM")
     try:
         await stop.wait()
     finally:
+        running = emulator.stats_snapshot().get("sandboxes", {}).get("running", 0)
         await emulator.stop()
+        _log(f"stopped; terminated {running} running sandbox(es)")
         if stats_file:
             Path(stats_file).write_text(json.dumps(emulator.stats_snapshot(), indent=2) + "\n")
     return 0
+
+
+def _log(message: str) -> None:
+    print(f"modal emulator: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

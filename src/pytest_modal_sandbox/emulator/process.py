@@ -21,6 +21,7 @@ from ..errors import BackendUnavailable
 
 URL_KEY = "MODAL_SERVER_URL"
 CA_KEY = "MODAL_EMULATOR_CA_FILE"
+LOG_TAIL = 64 * 1024
 
 
 class EmulatorProcess:
@@ -65,6 +66,9 @@ class EmulatorProcess:
         self.url = ""
         self.ca_file: Path | None = None
         self.info: dict[str, str] = {}
+        self._tail = b""
+        self._tail_lock = threading.Lock()
+        self._drainer: threading.Thread | None = None
 
     @property
     def pid(self) -> int | None:
@@ -129,16 +133,33 @@ class EmulatorProcess:
         self.url = self.info[URL_KEY]
         self.ca_file = Path(self.info[CA_KEY])
         # Keep draining stderr so a chatty emulator never blocks on a full pipe.
-        threading.Thread(target=self._drain, daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
 
     def _drain(self) -> None:
+        """Keep the last LOG_TAIL bytes of the emulator's stderr (see :meth:`log_tail`)."""
         proc = self._proc
-        if proc is None:
+        stream = None if proc is None else proc.stderr
+        if stream is None:
             return
-        for stream in (proc.stderr,):
-            if stream is not None:
-                for _ in iter(lambda s=stream: s.read(65536), b""):  # type: ignore[misc]
-                    pass
+        fd = stream.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # closed by stop()
+                return
+            if not chunk:
+                return
+            with self._tail_lock:
+                self._tail = (self._tail + chunk)[-LOG_TAIL:]
+
+    def _drainer_alive(self) -> bool:
+        return self._drainer is not None and self._drainer.is_alive()
+
+    def log_tail(self) -> str:
+        """The end of the emulator's stderr (its warnings and errors), for error reports."""
+        with self._tail_lock:
+            return self._tail.decode(errors="replace")
 
     def client_env(
         self, token_id: str = "ak-emulator", token_secret: str = "as-emulator"
@@ -173,8 +194,10 @@ class EmulatorProcess:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self._kill()
+        if self._drainer is not None:
+            self._drainer.join(5)  # the pipe is at EOF now that the process is gone
         for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
+            if stream is not None and not (stream is proc.stderr and self._drainer_alive()):
                 stream.close()
         return proc.returncode if proc.returncode is not None else -9
 
