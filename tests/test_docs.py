@@ -755,8 +755,9 @@ def test_readme_documentation_section_names_every_page() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Documentation", 1)[1].split("\n## ", 1)[0]
     linked = {(ROOT / t.partition("#")[0]).resolve() for t in re.findall(r"\]\(([^)]+)\)", section)}
-    pages = {p.resolve() for p in (DOCS / "how-to").glob("*.md")} | {REFERENCE.resolve()}
+    pages = {p.resolve() for p in (DOCS / "how-to").glob("*.md")} | {(DOCS / "index.md")}
     assert not pages - linked, f"README's Documentation section misses {pages - linked}"
+    assert {REFERENCE, REFERENCE / "README.md"} & linked, "and the reference"
 
 
 def test_github_actions_workflow() -> None:
