@@ -72,7 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not s.enabled:
         return
     from .backends import resolve_backend_name
-    from .lifecycle import install_sigterm_handler, new_run_id
+    from .lifecycle import install_sigint_handler, install_sigterm_handler, new_run_id
 
     role = role_of(config)
     workerinput: dict[str, Any] = getattr(config, "workerinput", {})
@@ -96,6 +96,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from .reporting.hooks import install
 
     install(config, manager, s)  # progress, failure sections, secrets, summary, prestart
+    config.stash[CLEANUP_KEY].append(install_sigint_handler())
     if s.sigterm:
         config.stash[CLEANUP_KEY].append(install_sigterm_handler())
     if manager.owns_run:
@@ -205,7 +206,17 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         manager.record_remote([Event.from_dict(e) for e in events])
 
 
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    from .lifecycle import interrupt_seen
+
+    interrupt_seen()  # pytest has it: no need to deliver it again
+
+
 def _finish_run(config: pytest.Config) -> None:
+    if MANAGER_KEY in config.stash:
+        from .lifecycle import interrupt_seen
+
+        interrupt_seen()  # finishing anyway: a re-delivered interrupt would only cut cleanup
     manager = config.stash.get(MANAGER_KEY, None)
     if manager is None or not manager.owns_run:
         return
