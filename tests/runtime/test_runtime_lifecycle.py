@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from runtime_helpers import SRC, spawn_python
 
+from pytest_modal_sandbox.runtime import procs
 from pytest_modal_sandbox.runtime import (
     InvalidConfig,
     LocalRuntime,
@@ -277,3 +278,17 @@ def test_missing_entrypoint_fails_like_a_shell_would(rt: LocalRuntime) -> None:
     st = sb.wait(30)
     assert st is not None and (st.kind, st.exitcode) == ("failure", 127)
     assert b"no-such-entrypoint" in sb.stderr_path.read_bytes()
+
+
+def test_wait_returns_after_the_keeper_cleaned_up(rt: LocalRuntime) -> None:
+    """poll() sees the status as soon as it is recorded; wait() also waits for the clean-up,
+    even when poll() already answered (the keeper removes the writable dirs after that)."""
+    many = "i=0; while [ $i -lt 3000 ]; do : > f$i; i=$((i+1)); done"
+    sb = rt.create(SandboxConfig(command=["sh", "-c", many], workdir="/scratch"))
+    workdir = sb.state_dir / "work"
+    while sb.poll() is None:
+        time.sleep(0.001)
+    st = sb.wait(30)
+    assert st is not None and st.kind == "success"
+    assert not workdir.exists()
+    assert not procs.is_alive(sb._keeper)

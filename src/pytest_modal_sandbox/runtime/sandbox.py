@@ -74,6 +74,7 @@ class LocalSandbox:
         self._keeper = procs.ProcRef.from_json(meta["keeper"])
         self._init = procs.ProcRef.from_json(meta["init"]) if meta.get("init") else None
         self._status: ExitStatus | None = None
+        self._keeper_gone = False
 
     def __repr__(self) -> str:
         return f"<LocalSandbox {self.id} app={self.app!r} name={self.name!r}>"
@@ -158,12 +159,17 @@ class LocalSandbox:
         return self._read_result() or status
 
     def wait(self, timeout: float | None = None) -> ExitStatus | None:
-        """Wait until the sandbox has ended and its keeper has cleaned up; None on timeout."""
-        if self._status is not None:
-            return self._status
-        if not procs.wait_gone(self._keeper, timeout):
-            return self._read_result()
-        owners.reap()
+        """Wait until the sandbox has ended *and* its keeper has finished cleaning up (its
+        processes are gone, its writable dirs removed); None on timeout.
+
+        :meth:`poll` answers as soon as the exit status is recorded, which the keeper does
+        before it cleans up; ``wait`` is what to call before relying on nothing being left.
+        """
+        if not self._keeper_gone:
+            if not procs.wait_gone(self._keeper, timeout):
+                return None
+            self._keeper_gone = True
+            owners.reap()
         return self.poll()
 
     def terminate(self, *, wait: bool = False) -> None:
