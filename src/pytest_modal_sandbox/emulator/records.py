@@ -81,7 +81,6 @@ class EmuSandbox:
     stdin_written: int = 0
     stdin_closed: bool = False
     v1_stdin_index: int = 0  # last SandboxStdinWrite index applied (V1 writes by index)
-    exit_unconfirmed: bool = False  # terminated without waiting for the runtime to finish
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -416,7 +416,6 @@ class SandboxManager:
             self._finish(sb, status)
             return sb.result
         await self.blocking(sb.local.terminate)  # no wait: the client does not wait either
-        sb.exit_unconfirmed = True
         self._finish(sb, ExitStatus("terminated", None, time.time()))
         return None
 
@@ -435,13 +434,14 @@ class SandboxManager:
         self._closing = True
         if self._background:
             await asyncio.wait(list(self._background), timeout=30)
-        targets = [sb for sb in self._by_id.values() if sb.running or sb.exit_unconfirmed]
+        # Every sandbox, also those that ended on their own or were terminated without
+        # waiting: wait() returns once its keeper has cleaned up, so nothing outlives us.
+        targets = list(self._by_id.values())
         await asyncio.gather(
             *(self.blocking(sb.local.terminate, wait=True) for sb in targets),
             return_exceptions=True,
         )
         for sb in targets:
-            sb.exit_unconfirmed = False
             self._finish(sb, ExitStatus("terminated", None, time.time()))
 
     async def close(self) -> None:
