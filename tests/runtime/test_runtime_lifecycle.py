@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from runtime_helpers import SRC, spawn_python
 
-from pytest_modal_sandbox.runtime import procs
 from pytest_modal_sandbox.runtime import (
     InvalidConfig,
     LocalRuntime,
     SandboxConfig,
+    procs,
 )
 
 
