@@ -290,13 +290,20 @@ class _Interrupt:
         raise KeyboardInterrupt(message) if message else KeyboardInterrupt
 
     def _watch(self) -> None:
+        """Deliver it again at a moment the main thread is outside the client's calls."""
         import _thread
 
-        while True:
-            time.sleep(self.redeliver)
-            if not self.pending:
+        main = threading.main_thread().ident
+        time.sleep(self.redeliver)
+        while self.pending:
+            frame = sys._current_frames().get(main) if main is not None else None
+            if frame is None:
                 return
+            if _in_blocking_client_call(frame):
+                time.sleep(0.01)
+                continue
             _thread.interrupt_main(signal.SIGINT)  # runs our SIGINT handler in the main thread
+            time.sleep(self.redeliver)
 
 
 _INTERRUPT = _Interrupt()
