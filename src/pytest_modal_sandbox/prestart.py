@@ -299,7 +299,8 @@ class Prestarter:
         """End every prestart nobody took (a run that ended early leaks nothing)."""
         with self._lock:
             self._closed = True
-            entries = [e for e in self.entries.values() if not e.claimed]
+            # untaken ones, and taken ones whose fixture stopped waiting (Ctrl-C)
+            entries = [e for e in self.entries.values() if not e.claimed or not e.future.done()]
             pool = self._pool
         for entry in entries:
             self._cancel(entry)

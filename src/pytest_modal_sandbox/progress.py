@@ -233,6 +233,7 @@ class View:
         self._changed = False
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
+        self._closed = False
 
     # -- input -----------------------------------------------------------------------------
 
@@ -294,14 +295,22 @@ class View:
         self.draw(final_only=not self.always_safe)
 
     def close(self) -> None:
+        """The session is over: draw what is final, then nothing more (pytest's summary is
+        next; events of workers still shutting down after an interrupt are dropped)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=5)
-        self.draw(final_only=True)
         with self._lock:
-            if self._open_line is not None:  # the run is over: pytest's line gets nothing more
-                self._open_line = None
-                self.terminal.write("\n", "", raw=True)
+            self._draw_unlocked_final()
+            self._closed = True
+
+    def _draw_unlocked_final(self) -> None:
+        self.draw(final_only=True)
+        if self._open_line is not None:  # the run is over: pytest's line gets nothing more
+            self._open_line = None
+            self.terminal.write("\n", "", raw=True)
 
     def _ensure_ticker(self) -> None:
         with self._lock:
@@ -319,6 +328,8 @@ class View:
 
     def draw(self, *, final_only: bool = False, tick: bool = False) -> None:
         with self._lock:
+            if self._closed:
+                return
             try:
                 if self.in_place:
                     self._draw_in_place(final_only=final_only, tick=tick)
