@@ -22,6 +22,8 @@ SKIP_REASON = (
     "needs a sandbox: run pytest with --modal-sandbox (or set modal_sandbox = true in the ini file)"
 )
 FIXTURE_ATTR = "_pytest_modal_sandbox_fixture"
+SPEC_ATTR = "_pytest_modal_sandbox_spec"
+"""Set by ``sandbox_fixture`` on its fixture function for prestart: (fields, share, module)."""
 SCOPES = ("function", "class", "module", "package", "session")
 SHARES = ("worker", "run")
 
@@ -188,8 +190,6 @@ def sandbox_fixture(
 
     setattr(fixture, FIXTURE_ATTR, True)
     if not unknown:  # what prestart.py needs to start it before the first test asks
-        from .prestart import SPEC_ATTR
-
         setattr(fixture, SPEC_ATTR, (spec_fields, effective_share, defined_in))
     if name is not None:
         fixture.__name__ = name

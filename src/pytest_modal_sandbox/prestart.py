@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .errors import SpecError
+from .fixtures import SPEC_ATTR
 from .sandbox import Sandbox
 from .spec import SandboxSpec, spec_from_fields
 
@@ -37,10 +38,8 @@ if TYPE_CHECKING:
     from .progress import Progress
     from .reporting.hooks import Reporting
 
-__all__ = ["SPEC_ATTR", "Prestarter", "obtain"]
+__all__ = ["Prestarter", "obtain"]
 
-SPEC_ATTR = "_pytest_modal_sandbox_spec"
-"""Set by ``sandbox_fixture`` on its fixture function: ``(fields, share, defined_in)``."""
 
 PRESTART_KEY = pytest.StashKey["Prestarter"]()
 MAX_PARALLEL = 16
