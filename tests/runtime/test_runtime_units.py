@@ -34,6 +34,10 @@ from pytest_modal_sandbox.runtime.mounts import bwrap_argv, resolve_in_root
         ({"tags": {"k": 1}}, "tags"),
         ({"stdin_pipe": "yes"}, "stdin_pipe"),
         ({"hostname": "bad_host"}, "hostname"),
+        ({"rootfs_writable": True}, r"SandboxConfig.rootfs_writable=True: needs a rootfs"),
+        ({"rootfs": "/x", "rootfs_writable": 1}, "rootfs_writable=1: must be True or False"),
+        ({"network": "yes"}, "network"),
+        ({"network": True, "ports": [80]}, r"ports=\(80,\): cannot be forwarded"),
     ],
 )
 def test_config_errors_name_field_and_value(fields: dict[str, object], message: str) -> None:
@@ -115,3 +119,36 @@ def test_bwrap_argv_under_tmp_needs_no_materialising() -> None:
     joined = " ".join(_argv("/tmp/w", {"/", "/tmp"}, {}))
     assert "--ro-bind / / --proc /proc --dev /dev --tmpfs /tmp" in joined
     assert joined.index("--tmpfs /tmp") < joined.index("--bind /state/work /tmp/w")
+
+
+def test_bwrap_argv_build_mode_shares_the_network_and_keeps_tmp() -> None:
+    common = dict(
+        bwrap="bwrap",
+        command=["true"],
+        hostname="h",
+        workdir="/",
+        user_namespace=False,
+        host_workdir=None,
+        hosts_path="/s/hosts",
+        root="/img",
+    )
+    isolated = bwrap_argv(**common, resolv_path="/s/resolv.conf")  # type: ignore[arg-type]
+    assert "--unshare-net" in isolated and "/tmp" in isolated
+    assert isolated[isolated.index("/s/resolv.conf") - 1] == "--bind"
+    build = bwrap_argv(  # type: ignore[arg-type]
+        **common, resolv_path="/etc/resolv.conf", share_net=True, private_tmp=False
+    )
+    assert "--unshare-net" not in build and "/tmp" not in build
+    assert build[build.index("/etc/resolv.conf") - 1] == "--ro-bind"  # never the host's, rw
+
+
+def test_listening_ports_reads_proc_net_tcp() -> None:
+    from pytest_modal_sandbox.runtime.ports import listening_ports
+
+    table = (
+        "  sl  local_address rem_address   st tx_queue rx_queue\n"
+        "   0: 00000000:1F40 00000000:0000 0A 00000000:00000000\n"  # 8000 LISTEN
+        "   1: 0100007F:18EB 0100007F:A2C4 01 00000000:00000000\n"  # 6379 ESTABLISHED
+        "   0: 00000000000000000000000000000000:18EB 00000000000000000000000000000000:0000 0A\n"
+    )
+    assert listening_ports(table) == {8000, 6379}

@@ -85,7 +85,14 @@ class SandboxConfig:
     as Modal does.  ``env`` is applied on top of :data:`DEFAULT_ENV`.  ``workdir`` is absolute;
     when it is not ``/`` it is a fresh per-sandbox writable directory.  ``owner_lock`` ties the
     sandbox's life to whoever holds an exclusive ``flock`` on that file (default: the creating
-    process).  ``rootfs`` is an unpacked image root used read-only (phase 2).
+    process).  ``rootfs`` is an unpacked image root used read-only (phase 2): the sandbox gets a
+    private writable view of it.
+
+    Image builds (the emulator's ``RUN`` steps) need two more things: ``rootfs_writable=True``
+    runs directly on ``rootfs``, writable, and keeps the changes (no private view; the caller
+    owns that directory and must not share it); ``network=True`` shares the host's network
+    namespace (package indexes are reachable; the host's ``/etc/resolv.conf`` is used), so it
+    takes no ``ports``.  A sandbox is never isolated from the network with it: builds only.
     """
 
     command: Sequence[str] | None = None
@@ -101,6 +108,8 @@ class SandboxConfig:
     stdin_pipe: bool = False
     rootfs: str | None = None
     hostname: str | None = None
+    rootfs_writable: bool = False
+    network: bool = False
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -142,6 +151,15 @@ class SandboxConfig:
         put(self, "rootfs", _path("rootfs", self.rootfs))
         if self.rootfs is not None and not self.rootfs.startswith("/"):
             put(self, "rootfs", os.path.abspath(self.rootfs))
+        for flag in ("rootfs_writable", "network"):
+            if not isinstance(getattr(self, flag), bool):
+                raise _fail(flag, getattr(self, flag), "must be True or False")
+        if self.rootfs_writable and self.rootfs is None:
+            raise _fail("rootfs_writable", True, "needs a rootfs (the directory to change)")
+        if self.network and self.ports:
+            raise _fail(
+                "ports", self.ports, "cannot be forwarded with network=True (the host's network)"
+            )
         if self.hostname is not None and not (
             isinstance(self.hostname, str) and _HOSTNAME.match(self.hostname)
         ):

@@ -24,7 +24,7 @@ from .check import Tools, check
 from .config import DEFAULT_ENV, SandboxConfig
 from .errors import InvalidArgument, InvalidConfig, NameTaken, SandboxNotFound
 from .ids import is_sandbox_id, new_sandbox_id
-from .mounts import bwrap_argv, hosts_file, merged_env
+from .mounts import bwrap_argv, hosts_file, merged_env, resolve_in_root
 from .sandbox import LocalSandbox
 from .store import SandboxPaths, read_json, remove_tree, write_json
 
@@ -76,7 +76,11 @@ class LocalRuntime:
             _require_lock_held(config.owner_lock)
         if config.rootfs is not None and not os.path.isdir(config.rootfs):
             raise InvalidConfig(f"SandboxConfig.rootfs={config.rootfs!r}: not a directory")
-        use_overlay = config.rootfs is not None and rootfs.overlay_usable(config.rootfs)
+        use_overlay = (
+            config.rootfs is not None
+            and not config.rootfs_writable
+            and rootfs.overlay_usable(config.rootfs)
+        )
         try:
             return self._create(config, tools, use_overlay)
         except _OverlayRefused as exc:
@@ -161,10 +165,18 @@ class LocalRuntime:
                     )
                 paths.workdir.mkdir()
                 host_workdir = str(paths.workdir)
+        elif config.rootfs_writable:  # an image build: the root itself, changes kept
+            root = config.rootfs
         else:
-            paths.resolv.write_text(rootfs.RESOLV_CONF)
             overlay = rootfs.prepare(config.rootfs, paths, overlay=use_overlay)
             root = str(paths.rootfs)
+        resolv = None
+        if root is not None:
+            if config.network and os.path.exists(rootfs.HOST_RESOLV_CONF):
+                resolv = rootfs.HOST_RESOLV_CONF
+            else:
+                resolv = str(paths.resolv)
+                paths.resolv.write_text(rootfs.RESOLV_CONF)
         argv = bwrap_argv(
             bwrap=tools.bwrap,
             command=command,
@@ -174,7 +186,9 @@ class LocalRuntime:
             host_workdir=host_workdir,
             hosts_path=str(paths.hosts),
             root=root,
-            resolv_path=str(paths.resolv) if root is not None else None,
+            resolv_path=resolv,
+            share_net=config.network,
+            private_tmp=not (config.rootfs_writable and _has_tmp(config.rootfs)),
         )
         pipes.ready_r, pipes.ready_w = os.pipe()
         if config.owner_lock is None:
@@ -214,7 +228,16 @@ class LocalRuntime:
             "owner": config.owner_lock or f"pid {os.getpid()}",
             "stdin_pipe": config.stdin_pipe,
             "rootfs": config.rootfs,
-            "rootfs_mode": None if config.rootfs is None else ("overlay" if overlay else "copy"),
+            "rootfs_mode": (
+                None
+                if config.rootfs is None
+                else "in-place"
+                if config.rootfs_writable
+                else "overlay"
+                if overlay
+                else "copy"
+            ),
+            "network": config.network,
             "user_namespace": user_namespace,
             "creator_pid": os.getpid(),
         }
@@ -339,6 +362,16 @@ class LocalRuntime:
                 remove_tree(path)
                 removed.append(entry.name)
         return removed
+
+
+def _has_tmp(root: str | None) -> bool:
+    """Whether an image root has a ``/tmp`` of its own (a build keeps it; else a tmpfs)."""
+    if root is None:
+        return False
+    try:
+        return os.path.isdir(resolve_in_root(root, "/tmp"))
+    except OSError:
+        return False
 
 
 def _require_lock_held(path: str) -> None:

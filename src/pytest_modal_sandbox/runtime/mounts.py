@@ -8,6 +8,10 @@ binds of each of its entries (so it looks the same) plus the new directory.
 
 Rootfs mode: ``/`` is a private writable copy or overlay of the image root (prepared by the
 runtime or the keeper), so every path is writable and the workdir keeps the image's content.
+In build mode ``/`` is the image root itself and, with ``private_tmp=False`` (the image has a
+``/tmp``), ``/tmp`` is kept, as ``docker build`` keeps what a ``RUN`` step leaves there.
+
+``share_net`` (builds) leaves out ``--unshare-net``: the sandbox uses the host's network.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ def bwrap_argv(
     hosts_path: str | None,
     root: str | None,
     resolv_path: str | None = None,
+    share_net: bool = False,
+    private_tmp: bool = True,
     exists: Callable[[str], bool] = os.path.isdir,
     listdir: Callable[[str], Sequence[str]] = os.listdir,
 ) -> list[str]:
@@ -67,14 +73,18 @@ def bwrap_argv(
     argv = [bwrap]
     if user_namespace:
         argv += ["--unshare-user", "--uid", "0", "--gid", "0"]
-    argv += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+    if not share_net:
+        argv += ["--unshare-net"]
+    argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     argv += ["--hostname", hostname, "--die-with-parent", "--info-fd", str(INFO_FD)]
     if root is not None:
-        argv += ["--bind", root, "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        argv += ["--bind", root, "/", "--proc", "/proc", "--dev", "/dev"]
+        if private_tmp:
+            argv += ["--tmpfs", "/tmp"]
         if hosts_path is not None:  # writable, like Docker's
             argv += ["--bind", hosts_path, "/etc/hosts"]
-        if resolv_path is not None:
-            argv += ["--bind", resolv_path, "/etc/resolv.conf"]
+        if resolv_path is not None:  # the host's own (share_net) is never writable
+            argv += ["--ro-bind" if share_net else "--bind", resolv_path, "/etc/resolv.conf"]
         if workdir != "/":
             argv += ["--dir", workdir]
     else:

@@ -27,6 +27,7 @@ __all__ = ["MODE_ENV", "overlay_usable", "prepare", "remember_overlay_failure"]
 
 MODE_ENV = "PYTEST_MODAL_SANDBOX_ROOTFS"  # "overlay" or "copy": force one way (tests)
 RESOLV_CONF = "nameserver 127.0.0.1\n"  # no network inside: fail fast rather than time out
+HOST_RESOLV_CONF = "/etc/resolv.conf"  # builds share the host's network, and its resolver
 
 _lock = threading.Lock()
 _overlay_failure: str | None = None
