@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
+BUSYBOX = shutil.which("busybox")
 
 
 def run_python(code: str, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -50,3 +52,35 @@ def processes_mentioning(text: str) -> list[tuple[int, str]]:
         if text in cmdline and state != b"Z":
             found.append((int(name), cmdline))
     return found
+
+
+def build_busybox_root(root: Path) -> Path:
+    """A tiny image root: a static busybox, its applets as symlinks, a little /etc and /app."""
+    (root / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, root / "bin" / "busybox")  # type: ignore[arg-type]
+    applets = os.popen(f"{BUSYBOX} --list").read().split()
+    for name in applets:
+        if name != "busybox":
+            os.symlink("busybox", root / "bin" / name)
+    (root / "etc").mkdir()
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "app").mkdir()
+    (root / "app" / "data.txt").write_text("from the image\n")
+    (root / "www").mkdir()
+    (root / "www" / "index.html").write_text("served from the image\n")
+    return root
+
+
+def build_sleep_only_root(root: Path) -> Path:
+    """A distroless-like root: one static program, ``/bin/sleep`` (busybox named ``sleep``),
+    an ``/etc/passwd`` and data; no shell, no ``cat``, no Python."""
+    (root / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, root / "bin" / "sleep")  # type: ignore[arg-type]
+    (root / "etc").mkdir()
+    (root / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/sbin/nologin\napp:x:1000:1000::/:\n"
+    )
+    (root / "etc" / "group").write_text("root:x:0:\napp:x:1000:\n")
+    (root / "data").mkdir()
+    (root / "data" / "config.json").write_text('{"from": "the image"}\n')
+    return root

@@ -10,29 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+from runtime_helpers import build_busybox_root
 
 from pytest_modal_sandbox.runtime import InvalidConfig, LocalRuntime, SandboxConfig
 from pytest_modal_sandbox.runtime.rootfs import MODE_ENV
 
 BUSYBOX = shutil.which("busybox")
 pytestmark = pytest.mark.skipif(BUSYBOX is None, reason="needs busybox (busybox-static)")
-
-
-def build_busybox_root(root: Path) -> Path:
-    """A tiny image root: a static busybox, its applets as symlinks, a little /etc and /app."""
-    (root / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, root / "bin" / "busybox")  # type: ignore[arg-type]
-    applets = os.popen(f"{BUSYBOX} --list").read().split()
-    for name in applets:
-        if name != "busybox":
-            os.symlink("busybox", root / "bin" / name)
-    (root / "etc").mkdir()
-    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (root / "app").mkdir()
-    (root / "app" / "data.txt").write_text("from the image\n")
-    (root / "www").mkdir()
-    (root / "www" / "index.html").write_text("served from the image\n")
-    return root
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, str]]:

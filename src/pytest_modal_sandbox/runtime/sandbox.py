@@ -11,6 +11,7 @@ import os
 import signal
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -25,11 +26,14 @@ from .config import ExecOutcome, ExitStatus
 from .errors import InvalidArgument, SandboxNotFound
 from .execs import run_to_completion
 from .mounts import merged_env, resolve_in_root
+from .ports import listening_ports
 from .store import SandboxPaths, read_json, remove_tree, write_json
 
 __all__ = ["LocalSandbox"]
 
 _File = int | IO[Any] | None
+_NAMESPACES = ("user", "mnt", "net", "uts", "ipc", "pid")
+ENTER = str(Path(__file__).with_name("enter.py"))
 
 
 def _check_argv(argv: Sequence[str]) -> list[str]:
@@ -98,6 +102,92 @@ class LocalSandbox:
     @property
     def workdir(self) -> str:
         return str(self._meta["workdir"])
+
+    @property
+    def user_namespace(self) -> bool:
+        """Whether the sandbox has a user namespace of its own (the runtime runs as non-root)."""
+        return bool(self._meta.get("user_namespace"))
+
+    # --- seen from the host ---------------------------------------------------------------
+
+    @property
+    def init_pid(self) -> int | None:
+        """The host pid of the sandbox's PID 1 while it runs, else None.
+
+        From the host, ``/proc/<pid>/ns/*`` are the sandbox's namespaces and
+        ``/proc/<pid>/net/tcp`` its sockets; prefer :meth:`listening_ports`,
+        :meth:`open_namespaces` and :meth:`helper_command`, which guard against pid reuse.
+        """
+        if self._init is None or self.poll() is not None or not procs.is_alive(self._init):
+            return None
+        return self._init.pid
+
+    def listening_ports(self) -> set[int]:
+        """TCP ports in LISTEN state inside the sandbox (IPv4 and IPv6).
+
+        Read from the host (``/proc/<PID 1>/net/tcp{,6}``, the tables of its network
+        namespace), so it works in any image: no ``cat``, no shell, nothing inside is run.
+        """
+        init = self._require_running("read its sockets")
+        text = ""
+        for name in ("tcp", "tcp6"):
+            try:
+                with open(f"/proc/{init.pid}/net/{name}", encoding="ascii", errors="replace") as f:
+                    text += f.read()
+            except FileNotFoundError:  # no IPv6 in this kernel
+                continue
+            except ProcessLookupError:
+                break
+        self._require_running("read its sockets")  # the pid still names our PID 1
+        return listening_ports(text)
+
+    def open_namespaces(self, kinds: Sequence[str] = ("mnt",)) -> dict[str, int]:
+        """File descriptors of the running sandbox's namespaces (``"mnt"``, ``"net"``, ...), for
+        a host process that ``setns(2)``es into them; the caller closes them.
+
+        ``"user"`` is added when the sandbox has a user namespace (needed to join the others).
+        Opened from PID 1 and checked afterwards to still be that process.
+        """
+        wanted = list(dict.fromkeys(kinds))
+        bad = [k for k in wanted if k not in _NAMESPACES]
+        if bad:
+            raise InvalidArgument(f"kinds={list(kinds)!r}: unknown namespace {bad[0]!r}")
+        if self.user_namespace and "user" not in wanted:
+            wanted.insert(0, "user")
+        init = self._require_running("enter its namespaces")
+        fds: dict[str, int] = {}
+        try:
+            for kind in wanted:
+                fds[kind] = os.open(f"/proc/{init.pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+            self._require_running("enter its namespaces")
+        except BaseException as exc:
+            for fd in fds.values():
+                os.close(fd)
+            if isinstance(exc, (FileNotFoundError, ProcessLookupError)):
+                raise SandboxNotFound(f"sandbox {self.id} ended; cannot enter it") from None
+            raise
+        return fds
+
+    def helper_command(
+        self,
+        script: str | os.PathLike[str],
+        args: Sequence[str] = (),
+        *,
+        namespaces: Sequence[str] = ("mnt",),
+    ) -> tuple[list[str], dict[str, int]]:
+        """Run a stdlib-only Python ``script`` *inside* the sandbox with the host's interpreter.
+
+        Returns the host argv and the namespace fds it needs: spawn it with
+        ``pass_fds=fds.values()`` (and ``start_new_session=True``), then close the fds.  The
+        script's imports run on the host, then it enters ``namespaces`` and its ``main(args)``
+        runs there (see ``runtime/enter.py``): the file system of an image with no Python, no
+        shell and no ``cat`` is reachable this way, with the sandbox's mounts and root.
+        """
+        fds = self.open_namespaces(namespaces)
+        argv = [sys.executable or "python3", "-I", "-S", ENTER]
+        argv += [f"{kind}={fd}" for kind, fd in fds.items()]
+        argv += ["--", os.fspath(script), *args]
+        return argv, fds
 
     # --- tags -----------------------------------------------------------------------------
 
