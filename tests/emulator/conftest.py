@@ -36,10 +36,16 @@ def runtime_available() -> None:
 
 
 @pytest.fixture(scope="session")
-def emulator(tmp_path_factory: pytest.TempPathFactory, runtime_available: None) -> Iterator[Any]:
+def emulator_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session emulator's ``--state-dir`` (its runtime sandboxes are in ``sandboxes/``)."""
+    return tmp_path_factory.mktemp("emulator-state")
+
+
+@pytest.fixture(scope="session")
+def emulator(emulator_state: Path, runtime_available: None) -> Iterator[Any]:
     from pytest_modal_sandbox.emulator import EmulatorProcess
 
-    state = tmp_path_factory.mktemp("emulator-state")
+    state = emulator_state
     proc = EmulatorProcess(
         state_dir=state,
         secrets={"emu-named": NAMED_SECRET},
@@ -88,3 +94,12 @@ def make_sandbox(app: Any, client: Any) -> Iterator[Callable[..., Any]]:
             sb.terminate()
         except modal.exception.ClientClosed:  # a detached handle: use a fresh one
             modal.Sandbox.from_id(sb.object_id, client=client).terminate()
+
+
+@pytest.fixture
+def local_of(emulator_state: Path) -> Callable[[Any], Any]:
+    """``local_of(sb)``: the runtime's ``LocalSandbox`` behind a ``modal.Sandbox`` (same id)."""
+    from pytest_modal_sandbox.runtime import LocalRuntime
+
+    runtime = LocalRuntime(emulator_state / "sandboxes")
+    return lambda sb: runtime.get(sb.object_id)

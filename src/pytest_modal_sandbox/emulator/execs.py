@@ -3,20 +3,22 @@
 The runtime gives the host argv (``nsenter`` into the sandbox's namespaces) and environment;
 this module spawns it with asyncio, keeps stdout/stderr whole for offset reads, feeds stdin by
 offset (retried writes are dropped), holds the sandbox's activity while the process runs (so
-``idle_timeout`` does not fire under a running exec), and kills the process group on timeout.
-A missing binary is an exit code (127, from nsenter), never an RPC error.
+``idle_timeout`` does not fire under a running exec), and kills it on timeout with the
+runtime's ``kill_exec`` (the members of its process group first, the nsenter leader last: a
+plain ``killpg`` would orphan nsenter's child inside the sandbox to the host's init).  A missing
+binary is an exit code (127, from nsenter), never an RPC error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 
+from ..runtime import kill_exec
 from .rpc_error import RpcError
 from .stdio import OutputBuffer
 
@@ -42,6 +44,7 @@ class ExecProcess:
         self._stdin_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._on_stdin: Callable[[], None] = lambda: None
+        self._killer: threading.Thread | None = None
 
     async def start(
         self,
@@ -54,6 +57,7 @@ class ExecProcess:
         timeout: float | None,
         activity: AbstractContextManager[None],
         on_stdin: Callable[[], None],
+        pass_fds: Sequence[int] = (),
     ) -> None:
         """Spawn the process; output and exit are collected in the background."""
         self._on_stdin = on_stdin
@@ -71,7 +75,8 @@ class ExecProcess:
                     if stderr
                     else asyncio.subprocess.DEVNULL
                 ),
-                start_new_session=True,  # killpg reaches the child inside the namespaces
+                start_new_session=True,  # its group holds the child inside the namespaces
+                pass_fds=tuple(pass_fds),
             )
         except BaseException:
             activity.__exit__(None, None, None)
@@ -111,10 +116,15 @@ class ExecProcess:
         self.exited.set()
 
     def kill(self) -> None:
-        """SIGKILL the exec's whole process group (idempotent)."""
-        if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
+        """SIGKILL the exec's process group, nsenter last (idempotent, returns at once: the
+        runtime's ``kill_exec`` runs on a helper thread, as it waits for nsenter to reap)."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None or self._killer is not None:
+            return
+        self._killer = threading.Thread(
+            target=kill_exec, args=(proc.pid,), name=f"emulator-kill-{proc.pid}", daemon=True
+        )
+        self._killer.start()
 
     def exit_status(self) -> tuple[str, int] | None:
         """``("code", n)`` or ``("signal", n)`` once exited, else None (Modal's oneof)."""
@@ -171,6 +181,8 @@ class ExecProcess:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._killer is not None:
+            await asyncio.to_thread(self._killer.join)
 
 
 async def _pump(reader: asyncio.StreamReader, buffer: OutputBuffer) -> None:
