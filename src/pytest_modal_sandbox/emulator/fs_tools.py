@@ -1,21 +1,23 @@
 """The emulator's ``modal-sandbox-fs-tools``: Modal's filesystem API, run inside a sandbox.
 
 ``sandbox.filesystem.*`` in the client execs ``/__modal/.bin/modal-sandbox-fs-tools '<json>'``.
-The emulator intercepts that exec and runs this file instead, inside the sandbox's namespaces,
-with the same JSON contract as Modal's Rust binary: one command per invocation, data on
-stdout/stdin, and on failure exit code 1 with ``{"version": 1, "error_kind": K, "message": M}``
-on stderr, where K is what the client maps to its ``SandboxFilesystem*Error`` classes.
+The emulator intercepts that exec and runs this file instead, with the same JSON contract as
+Modal's Rust binary: one command per invocation, data on stdout/stdin, and on failure exit code
+1 with ``{"version": 1, "error_kind": K, "message": M}`` on stderr, where K is what the client
+maps to its ``SandboxFilesystem*Error`` classes.
 
-Stdlib only, no package imports: it is started as ``python -I -S fs_tools.py '<json>'``.
+It runs with the *host's* interpreter through the runtime's ``enter.py``: this module is loaded
+on the host, then the process joins the sandbox's mount namespace and :func:`main` runs there,
+so it works in any image (no Python, shell or ``cat`` needed inside).  Hence: stdlib only,
+every import at module level, and owner names read from the image's ``/etc/passwd`` and
+``/etc/group`` directly (``pwd``/``grp`` would load the host's NSS modules in a foreign root).
 """
 
 from __future__ import annotations
 
 import errno
-import grp
 import json
 import os
-import pwd
 import stat
 import sys
 import threading
@@ -53,11 +55,24 @@ def _from_oserror(exc: OSError, *, not_dir: str = "NotDirectory") -> NoReturn:
     _fail("Other", f"{os.strerror(code or 0)} (errno {code})")
 
 
-def _name(table: Any, ident: int) -> str:
-    try:
-        return str(table(ident)[0])
-    except (KeyError, OSError):
-        return str(ident)
+_NAMES: dict[str, dict[int, str]] = {}
+
+
+def _name(table: str, ident: int) -> str:
+    """The name of uid/gid ``ident`` in ``/etc/passwd`` or ``/etc/group`` (else the number)."""
+    names = _NAMES.get(table)
+    if names is None:
+        names = {}
+        try:
+            with open(table, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    fields = line.split(":")
+                    if len(fields) >= 3 and fields[2].strip().isdigit():
+                        names.setdefault(int(fields[2]), fields[0])
+        except OSError:
+            pass
+        _NAMES[table] = names
+    return names.get(ident, str(ident))
 
 
 def _entry(path: str) -> dict[str, Any]:
@@ -78,8 +93,8 @@ def _entry(path: str) -> dict[str, Any]:
         "size": st.st_size,
         "mode": st.st_mode,
         "permissions": f"{stat.S_IMODE(st.st_mode):04o}",
-        "owner": _name(pwd.getpwuid, st.st_uid),
-        "group": _name(grp.getgrgid, st.st_gid),
+        "owner": _name("/etc/passwd", st.st_uid),
+        "group": _name("/etc/group", st.st_gid),
         "modified_time": st.st_mtime,
     }
     if kind == "symlink":

@@ -13,7 +13,7 @@ from typing import Any
 from modal_proto import task_command_router_grpc
 from modal_proto import task_command_router_pb2 as tcr
 
-from .probes import listening_ports
+from .. import errors
 from .records import EmuSandbox
 from .rpc_error import RpcError
 from .sandboxes import SandboxManager
@@ -156,17 +156,17 @@ class Router(task_command_router_grpc.TaskCommandRouterBase):
     async def _probe_passes(self, sb: EmuSandbox, probe: Any, remaining: float) -> bool:
         kind = probe.WhichOneof("probe_oneof")
         if kind == "tcp_port":
-            table = await self.sandboxes.blocking(_tcp_tables, sb)
-            return probe.tcp_port in listening_ports(table)
+            try:  # read from the host: no tool needed in the image
+                ports = await self.sandboxes.blocking(sb.local.listening_ports)
+            except errors.SandboxGone:
+                return False  # the loop reports how it ended
+            return probe.tcp_port in ports
         if kind == "exec_command":
-            outcome = await self.sandboxes.blocking(
-                sb.local.exec, list(probe.exec_command.argv), timeout=max(remaining, 1.0)
-            )
+            try:
+                outcome = await self.sandboxes.blocking(
+                    sb.local.exec, list(probe.exec_command.argv), timeout=max(remaining, 1.0)
+                )
+            except errors.SandboxGone:
+                return False
             return bool(outcome.returncode == 0)
         raise RpcError("INVALID_ARGUMENT", f"unsupported readiness probe {kind!r}")
-
-
-def _tcp_tables(sb: EmuSandbox) -> str:
-    """The sandbox's ``/proc/net/tcp`` + ``tcp6``, read through an exec inside it."""
-    outcome = sb.local.exec(["cat", "/proc/net/tcp", "/proc/net/tcp6"], timeout=10)
-    return outcome.stdout.decode("ascii", "replace")

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -51,16 +49,20 @@ EXEC_RETENTION = 600.0  # seconds an exited exec's output stays readable
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # Modal's object-name rule
 
 
-@functools.lru_cache(maxsize=1)
-def fs_tools_command() -> tuple[str, ...]:
-    """The argv prefix that runs ``fs_tools.py`` inside a sandbox on the host root.
+def _exec_command(
+    local: LocalSandbox, argv: list[str], env: dict[str, str], workdir: str | None
+) -> tuple[list[str], dict[str, str], dict[str, int]]:
+    """Host argv, env and namespace fds to pass for one exec.
 
-    The *base* interpreter (a venv's ``python`` is a symlink to it) and the script's source
-    (``-c``) are used, because the sandbox has private ``/tmp``, ``/run`` and workdir mounts:
-    a venv or checkout living there would be invisible inside.
+    ``modal-sandbox-fs-tools`` runs ``fs_tools.py`` with the host's interpreter, which enters
+    the sandbox's mount namespace only after loading (``LocalSandbox.helper_command``): it
+    works in any image, also one with no Python, no shell and no ``cat``.
     """
-    interpreter = os.path.realpath(sys.executable)
-    return (interpreter, "-I", "-S", "-c", FS_TOOLS_SCRIPT.read_text())
+    if argv[0] == FS_TOOLS_PATH:
+        host_argv, fds = local.helper_command(FS_TOOLS_SCRIPT, argv[1:])
+        return host_argv, {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"}, fds
+    host_argv, host_env = local.exec_command(argv, env=env, workdir=workdir)
+    return host_argv, host_env, {}
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -480,8 +482,6 @@ class SandboxManager:
             legacy_env=dict(req.env),
             secrets=self,
         )
-        if argv[0] == FS_TOOLS_PATH:
-            argv = [*fs_tools_command(), *argv[1:]]
         proc = ExecProcess(req.exec_id)
         sb.execs[req.exec_id] = proc  # before any await: concurrent retries see it
         await asyncio.shield(self._detached(self._spawn(sb, proc, req, argv, env, workdir)))
@@ -496,9 +496,10 @@ class SandboxManager:
         workdir: str | None,
     ) -> None:
         """Start the exec (in its own task: a cancelled RPC must not leave it half-started)."""
+        fds: dict[str, int] = {}
         try:
-            host_argv, host_env = await self.blocking(
-                sb.local.exec_command, argv, env=env, workdir=workdir
+            host_argv, host_env, fds = await self.blocking(
+                _exec_command, sb.local, argv, env, workdir
             )
             pipe = 1  # TASK_EXEC_STDOUT_CONFIG_PIPE == TASK_EXEC_STDERR_CONFIG_PIPE
             await proc.start(
@@ -510,6 +511,7 @@ class SandboxManager:
                 timeout=float(req.timeout_secs) if req.HasField("timeout_secs") else None,
                 activity=sb.local.activity(),
                 on_stdin=sb.local.touch,
+                pass_fds=tuple(fds.values()),
             )
         except errors.SandboxGone as exc:
             self._abandon(sb, proc)
@@ -520,6 +522,9 @@ class SandboxManager:
         except BaseException:
             self._abandon(sb, proc)
             raise
+        finally:
+            for fd in fds.values():
+                os.close(fd)  # the helper has its own copies now
 
     @staticmethod
     def _abandon(sb: EmuSandbox, proc: ExecProcess) -> None:
