@@ -349,7 +349,15 @@ def start_tracked(
             reporting.start_failed(track.sandbox_id, track.label, exc)
         raise
     track.ready(sb.id)
-    reporting.track(sb, fixture=fixture, scope=scope, share=share, test=test, label=track.label)
+    reporting.track(
+        sb,
+        fixture=fixture,
+        scope=scope,
+        share=share,
+        test=test,
+        label=track.label,
+        created_here=track.created_here,
+    )
     if track.created_here:
         reporting.started(sb, track.label)
     return sb

@@ -215,3 +215,24 @@ def test_summary_under_xdist_counts_every_worker(sbtester, backend):
     result.stdout.fnmatch_lines(
         [f"{backend}: 4 created, 4 terminated, 0 kept, 0 leaked", "  create p50 *(4 started)"]
     )
+
+
+def test_shared_sandbox_section_says_who_started_it(sbtester, backend):
+    sbtester.makepyfile(
+        """
+        import pytest
+        from pytest_modal_sandbox import sandbox_fixture
+
+        shared = sandbox_fixture(scope="session", share="run")
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_fails(shared, n):
+            assert False
+        """
+    )
+    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-n", "2")
+    result.assert_outcomes(failed=4)
+    out = result.stdout.str()
+    assert out.count("fixture  shared (session scope)") == 4
+    assert "timings  started by another process (shared), test " in out
+    assert "timings  create " in out

@@ -104,6 +104,7 @@ def describe(
     scope: str,
     log_lines: int,
     test_seconds: float | None,
+    attached: bool = False,
     extra: str = "",
     scrub: Callable[[str], str] = lambda s: s,
 ) -> str:
@@ -114,13 +115,12 @@ def describe(
     rows.append(("image", sandbox.spec.image_label()))
     rows.append(("fixture", f"{fixture} ({scope} scope)"))
     t = sandbox.timings
-    rows.append(
-        (
-            "timings",
-            f"create {_seconds(t.create_seconds)}, ready {_seconds(t.ready_seconds)}, "
-            f"test {_seconds(test_seconds)}",
-        )
+    start = (
+        "started by another process (shared)"
+        if attached
+        else f"create {_seconds(t.create_seconds)}, ready {_seconds(t.ready_seconds)}"
     )
+    rows.append(("timings", f"{start}, test {_seconds(test_seconds)}"))
     alive = not sandbox.terminated
     tunnels = tunnel_lines(sandbox) if alive else []
     for i, line in enumerate(tunnels):

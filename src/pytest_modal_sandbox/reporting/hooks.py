@@ -48,6 +48,7 @@ class Tracked:
     share: str
     test: str
     label: str
+    created_here: bool = True  # False: a share="run" sandbox another process started
 
 
 def reporting_of(config: pytest.Config) -> Reporting:
@@ -86,9 +87,17 @@ class Reporting:
     # -- fed by obtain() / prestart (any thread) ---------------------------------------------
 
     def track(
-        self, sb: Sandbox, *, fixture: str, scope: str, share: str, test: str, label: str
+        self,
+        sb: Sandbox,
+        *,
+        fixture: str,
+        scope: str,
+        share: str,
+        test: str,
+        label: str,
+        created_here: bool = True,
     ) -> None:
-        self.tracked[sb.id] = Tracked(fixture, scope, share, test, label)
+        self.tracked[sb.id] = Tracked(fixture, scope, share, test, label, created_here)
         if scope == "function":
             self.by_item.setdefault(test, []).append((fixture, sb))
 
@@ -172,6 +181,7 @@ class Reporting:
                 scope=scope,
                 log_lines=self.settings.log_lines,
                 test_seconds=call_seconds,
+                attached=tracked is not None and not tracked.created_here,
                 extra=extra,
                 scrub=self.scrubber.text,
             )
