@@ -33,19 +33,13 @@ def _signal(where: str, sig: int, workers: int = 0, **kw: Any) -> Scenario:
     return lambda w: faultlib.signal_fault(w, where, sig, workers=workers, **kw)
 
 
-def _readiness(w: faultlib.World) -> faultlib.Outcome:
-    out = faultlib.start_failure(w, "test_never_ready")
-    out.gone_after -= 1.0  # from the probe's 1 s deadline, not from the create
-    return out
-
-
 # (key, fault, scenario, layer on local, layer on the Modal path)
 SCENARIOS: list[tuple[str, str, Scenario, str, str]] = [
     (
         "worker-kill-test",
         "xdist worker SIGKILLed during a test (`-n 2`)",
         faultlib.worker_killed_in_test,
-        "6: keeper's tie to the worker process (pipe EOF)",
+        "6: keeper's tie to the worker (pipe EOF), racing 2: controller's testnodedown",
         "2: controller, `pytest_testnodedown`",
     ),
     (
@@ -66,8 +60,8 @@ SCENARIOS: list[tuple[str, str, Scenario, str, str]] = [
         "ctrl-c-call",
         "Ctrl-C during the test",
         _signal("call", signal.SIGINT),
-        "3: end-of-run sweep",
-        "3: end-of-run sweep",
+        "1: fixture finalizer (pytest tears fixtures down on Ctrl-C)",
+        "1: fixture finalizer (pytest tears fixtures down on Ctrl-C)",
     ),
     (
         "ctrl-c-call-xdist",
@@ -78,17 +72,17 @@ SCENARIOS: list[tuple[str, str, Scenario, str, str]] = [
     ),
     (
         "ctrl-c-teardown",
-        "Ctrl-C during teardown (a user fixture's finalizer)",
+        "Ctrl-C during teardown (in a user fixture's finalizer)",
         _signal("teardown", signal.SIGINT),
-        "3: end-of-run sweep",
-        "3: end-of-run sweep",
+        "3: end-of-run sweep (the sandbox's finalizer is skipped)",
+        "3: end-of-run sweep (the sandbox's finalizer is skipped)",
     ),
     (
         "sigterm-call",
         "SIGTERM to the process group during the test",
         _signal("call", signal.SIGTERM),
-        "4: SIGTERM as Ctrl-C, then 3",
-        "4: SIGTERM as Ctrl-C, then 3",
+        "4: SIGTERM as Ctrl-C, then 1",
+        "4: SIGTERM as Ctrl-C, then 1",
     ),
     (
         "sigterm-xdist",
@@ -122,8 +116,8 @@ SCENARIOS: list[tuple[str, str, Scenario, str, str]] = [
     ),
     (
         "readiness-timeout",
-        "readiness probe times out (from its deadline)",
-        _readiness,
+        "readiness probe (tcp, 1 s) times out (from create, incl. the wait)",
+        lambda w: faultlib.start_failure(w, "test_never_ready"),
         "1: launch cleanup",
         "1: launch cleanup",
     ),
