@@ -220,19 +220,20 @@ def test_summary_under_xdist_counts_every_worker(sbtester, backend):
 def test_shared_sandbox_section_says_who_started_it(sbtester, backend):
     sbtester.makepyfile(
         """
-        import pytest
         from pytest_modal_sandbox import sandbox_fixture
 
         shared = sandbox_fixture(scope="session", share="run")
 
-        @pytest.mark.parametrize("n", range(4))
-        def test_fails(shared, n):
+        def test_fails(shared):
             assert False
         """
     )
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-n", "2")
-    result.assert_outcomes(failed=4)
+    # --dist each: both workers run the test; one starts the sandbox, the other attaches
+    result = sbtester.runpytest_subprocess(
+        f"--modal-sandbox={backend}", "-n", "2", "--dist", "each"
+    )
+    result.assert_outcomes(failed=2)
     out = result.stdout.str()
-    assert out.count("fixture  shared (session scope)") == 4
+    assert out.count("fixture  shared (session scope)") == 2
     assert "timings  started by another process (shared), test " in out
     assert "timings  create " in out
