@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 import warnings
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -88,24 +86,12 @@ def test_exec_workdir_and_env_and_sandbox_workdir(make_sandbox: Any) -> None:
     assert p.stdout.read() == "/tmp\n"
 
 
-def test_exec_timeout_kills_the_process(make_sandbox: Any, local_of: Any) -> None:
+def test_exec_timeout_kills_the_process(make_sandbox: Any) -> None:
     sb = make_sandbox()
     p = sb.exec("sh", "-c", "echo started; sleep 30", timeout=1)
     assert p.wait() == -1  # the client's own deadline
     # The emulator kills it too (a moment later): a fresh exec finds no sleeping process.
     assert eventually(lambda: "sleep 30" not in sb.exec("ps", "-eo", "args").stdout.read())
-    # ... with the runtime's kill_exec: nsenter reaps its child, so nothing of the exec was
-    # orphaned to the host's init (which a killpg of the whole group would do).
-    init = local_of(sb).init_pid
-    pid_ns = os.readlink(f"/proc/{init}/ns/pid")
-    for name in os.listdir("/proc"):
-        try:
-            if name.isdigit() and int(name) != init:
-                if os.readlink(f"/proc/{name}/ns/pid") == pid_ns:
-                    ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                    assert ppid != 1, f"process {name} of the exec was orphaned to the host's init"
-        except OSError:
-            pass
 
 
 def test_entrypoint_output_exit_code_and_wait(make_sandbox: Any) -> None:

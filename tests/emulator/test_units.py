@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import os
 import re
 import socket
 import ssl
@@ -12,7 +14,7 @@ import time
 
 import pytest
 
-from pytest_modal_sandbox.emulator import ids, images, registry
+from pytest_modal_sandbox.emulator import ids, registry
 from pytest_modal_sandbox.emulator.rpc_error import RpcError
 from pytest_modal_sandbox.emulator.tls import make_tls_material
 
@@ -84,29 +86,6 @@ def test_named_and_anonymous_secrets() -> None:
     reg.secret_delete(db.id)
     with pytest.raises(RpcError):
         reg.secret_get_or_create("db", "", registry.CREATION_UNSPECIFIED, {})
-
-
-def test_image_chains_dedupe_and_record_their_layers() -> None:
-    store = images.ImageStore()
-    base, hit = store.get_or_create(
-        b"debian",
-        lambda: images.ImageLayer("im-base", ("FROM python:3.11-slim", "RUN apt-get update"), ()),
-    )
-    assert not hit
-    store.mark_built(base.id)
-    again, hit = store.get_or_create(b"debian", lambda: images.ImageLayer("im-other", (), ()))
-    assert again is base and hit
-    top, _ = store.get_or_create(
-        b"pip",
-        lambda: images.ImageLayer(
-            "im-top", ("FROM base", "RUN python -m pip install requests"), (("base", base.id),)
-        ),
-    )
-    chain = store.chain(top.id)
-    assert [layer.id for layer in chain] == ["im-base", "im-top"]
-    assert images.registry_ref(chain) == "python:3.11-slim"
-    assert store.chain("im-stale") == []
-    assert images.rootfs_for_chain(chain) is None
 
 
 def test_tls_material_serves_verified_https_on_loopback(tmp_path) -> None:
@@ -188,3 +167,32 @@ def test_exit_status_maps_to_the_generic_result_the_client_expects(
 
     result = result_for(ExitStatus(kind, exitcode, time.time()), idle_status)  # type: ignore[arg-type]
     assert (result.status, result.exitcode) == (status, code)
+
+
+def test_an_exec_is_killed_members_first_so_its_leader_sees_its_child_die() -> None:
+    """The emulator kills an exec with the runtime's kill_exec: nsenter (the group leader) must
+    outlive its child and reap it, or the child is orphaned to the host's init.  A shell as the
+    leader shows the order: it gets to run the line after its killed child."""
+    import contextlib
+
+    from pytest_modal_sandbox.emulator.execs import ExecProcess
+
+    async def scenario() -> tuple[int | None, bytes]:
+        proc = ExecProcess("ex-1")
+        await proc.start(
+            ["sh", "-c", "sleep 1000; echo outlived-its-child"],
+            dict(os.environ),
+            stdout=True,
+            stderr=True,
+            merge_stderr=False,
+            timeout=0.01,  # killed KILL_GRACE later
+            activity=contextlib.nullcontext(),
+            on_stdin=lambda: None,
+        )
+        await asyncio.wait_for(proc.exited.wait(), 30)
+        await proc.aclose()
+        return proc.returncode, proc.stdout.getvalue()
+
+    returncode, out = asyncio.run(scenario())
+    assert out == b"outlived-its-child\n"
+    assert returncode in (0, -9)  # exited by itself, or killed last after its grace
