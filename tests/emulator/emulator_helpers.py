@@ -29,7 +29,9 @@ def reset_modal_globals() -> None:
     import modal
     import modal._environments
 
-    modal.Client._set_env_client(None)
+    # 1.6.4 calls it _set_env_client; 1.6.0 (the lowest supported) set_env_client
+    reset = getattr(modal.Client, "_set_env_client", None) or modal.Client.set_env_client
+    reset(None)
     modal._environments.ENVIRONMENT_CACHE.clear()
 
 
