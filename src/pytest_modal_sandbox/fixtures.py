@@ -56,9 +56,11 @@ def param_fields(request: pytest.FixtureRequest) -> dict[str, Any]:
     return dict(param)
 
 
-def _where(request: pytest.FixtureRequest, from_marker: bool) -> str:
+def _where(request: pytest.FixtureRequest, from_marker: bool, what: str = "spec") -> str:
+    """Who reports: ``sandbox spec of <test>`` (``sandbox of`` once the spec was fine)."""
     if request.fixturename == "sandbox" and from_marker:
-        return f"sandbox spec of {request.node.nodeid}"
+        noun = "sandbox spec" if what == "spec" else "sandbox"
+        return f"{noun} of {request.node.nodeid}"
     return f"sandbox fixture {request.fixturename!r}"
 
 
@@ -122,11 +124,12 @@ def provide(
             on_created=lambda s: config.hook.pytest_modal_sandbox_created(sandbox=s),
         )
     except SandboxError as exc:
+        where = _where(request, from_marker=base is None, what="start")
         error = reporting.scrubber.text(f"{where}: {exc}")  # a daemon's log tail may hold one
     if error:
         pytest.fail(error, pytrace=False)
-    config.hook.pytest_modal_sandbox_ready(sandbox=sb)
     try:
+        config.hook.pytest_modal_sandbox_ready(sandbox=sb)
         yield sb
     finally:
         if not reporting.is_kept(sb):  # kept on failure: the sweeps end it after its deadline
@@ -136,7 +139,8 @@ def provide(
 
                 report = call_report(request.node)
             try:
-                config.hook.pytest_modal_sandbox_before_terminate(sandbox=sb, report=report)
+                if manager.terminates(share):  # not a worker letting go of the run's sandbox
+                    config.hook.pytest_modal_sandbox_before_terminate(sandbox=sb, report=report)
             finally:
                 manager.finish(sb, share=share, test=test, report=report)
 

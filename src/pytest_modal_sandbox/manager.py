@@ -262,9 +262,14 @@ class SandboxManager:
                     time.sleep(0.5)
                 return sandbox
 
+    def terminates(self, share: str) -> bool:
+        """Whether this process ends its own sandboxes of ``share``: a worker never ends the
+        run's shared sandbox (the controller does, after every worker is done)."""
+        return share != "run" or self.owns_run
+
     def finish(self, sandbox: Sandbox, *, share: Share, test: str, report: Any = None) -> None:
         """Fixture teardown: terminate without waiting — unless the run owns it and we don't."""
-        if share == "run" and not self.owns_run:
+        if not self.terminates(share):
             with contextlib.suppress(Exception):
                 sandbox._impl.release()
             return

@@ -147,3 +147,50 @@ def test_spec_hook_must_return_a_spec(sbtester):
     result.stdout.fnmatch_lines(
         ["*pytest_modal_sandbox_spec hook returned 'x', not a SandboxSpec*"]
     )
+
+
+def test_a_raising_ready_hook_still_terminates_the_sandbox_at_once(sbtester, backend):
+    sbtester.makeconftest(
+        "def pytest_modal_sandbox_ready(sandbox):\n    raise RuntimeError('not today')\n"
+    )
+    sbtester.makepyfile("def test_x(sandbox):\n    pass\n")
+    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*RuntimeError: not today*"])
+    # ended by the fixture's teardown, not found running by the end-of-run sweep
+    result.stdout.no_fnmatch_line("*end of run: terminated*")
+
+
+def test_before_terminate_is_not_called_where_nothing_is_terminated(
+    sbtester, tmp_path, monkeypatch
+):
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    monkeypatch.setenv("CALLS", str(calls))
+    sbtester.makeconftest(
+        "import os, pathlib\n"
+        "def pytest_modal_sandbox_before_terminate(sandbox, report):\n"
+        "    pathlib.Path(os.environ['CALLS'], str(os.getpid())).write_text(sandbox.id)\n"
+    )
+    sbtester.makepyfile(
+        "import pytest\n"
+        "from pytest_modal_sandbox import sandbox_fixture\n"
+        "shared = sandbox_fixture(scope='session', share='run')\n"
+        "@pytest.mark.parametrize('n', range(4))\n"
+        "def test_x(shared, n):\n    pass\n"
+    )
+    result = sbtester.runpytest_subprocess("--modal-sandbox=local", "-n", "2")
+    result.assert_outcomes(passed=4)
+    assert list(calls.iterdir()) == []  # workers only let go; the controller's sweep ends it
+
+
+def test_a_start_error_is_not_called_a_spec_error(sbtester):
+    sbtester.makepyfile(
+        "import pytest\n"
+        "from pytest_modal_sandbox import Daemon, Probe\n"
+        "@pytest.mark.sandbox(daemons=[Daemon('d', 'exit 1', ready=Probe.tcp(1))])\n"
+        "def test_x(sandbox):\n    pass\n"
+    )
+    result = sbtester.runpytest("--modal-sandbox=local")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["sandbox of test_a_start_error*::test_x: daemon 'd' exited*"])
