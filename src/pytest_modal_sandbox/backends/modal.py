@@ -30,7 +30,9 @@ from . import Endpoint, NameTaken, RawExec, SandboxInfo
 
 __all__ = ["SUPPORTED_MODAL", "ModalBackend", "ModalHandle"]
 
-SUPPORTED_MODAL = ((1, 6), (1, 7))  # [lower, upper)
+# [lower, upper): 1.6.1 added the secret_sources field the emulator speaks; keep in step with
+# the dependency range in pyproject.toml and the modal-lowest env in tox.ini
+SUPPORTED_MODAL = ((1, 6, 1), (1, 7, 0))
 DEFAULT_LEASE = 60.0
 DEFAULT_IDLE = 60  # lease + idle: an orphan ends within ~2 minutes (bound: 3)
 
@@ -42,15 +44,18 @@ _CREDENTIALS_HELP = (
 
 def check_modal_version(version: str = modal.__version__) -> str | None:
     """A warning text when the installed modal is outside the tested range, else None."""
-    try:
-        parts = tuple(int(p) for p in version.split(".")[:2])
-    except ValueError:
+    import re
+
+    numbers = [int(n) for n in re.findall(r"\d+", version)[:3]]
+    if len(numbers) < 2:
         return f"could not parse the modal version {version!r}"
+    parts = tuple(numbers + [0] * (3 - len(numbers)))
     low, high = SUPPORTED_MODAL
     if not low <= parts < high:
         return (
             f"modal {version} is outside the range pytest-modal-sandbox is tested with "
-            f"(>={low[0]}.{low[1]},<{high[0]}.{high[1]}); sandboxes may misbehave"
+            f"(>={'.'.join(map(str, low))},<{'.'.join(map(str, high[:2]))}); "
+            "sandboxes may misbehave — install a supported modal"
         )
     return None
 
