@@ -9,6 +9,7 @@ at the end and must leave no process behind.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import Any
 
 import pytest
 from emulator_helpers import no_process_mentions, open_client
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # -> tests/, for registry.py
+from registry import registry, registry_factory  # noqa: F401  (fixtures)
 
 _CONFIG = Path(tempfile.mkdtemp(prefix="modal-config-")) / "modal.toml"
 _CONFIG.touch()
@@ -50,6 +54,9 @@ def emulator(emulator_state: Path, runtime_available: None) -> Iterator[Any]:
         state_dir=state,
         secrets={"emu-named": NAMED_SECRET},
         extra_args=["--list-page-size", "2"],  # every listing of 2+ sandboxes paginates
+        # The conformance tests run on the host root (its tools), also where Docker Hub is
+        # reachable; real images are tested in test_images.py.
+        images="host",
     ).start()
     try:
         yield proc

@@ -17,12 +17,12 @@ import argparse
 import asyncio
 import json
 import signal
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import SandboxError
-from .server import Emulator, EmulatorOptions
+from .images import IMAGES_MODES
+from .server import Emulator, EmulatorOptions, log_status
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 
@@ -109,6 +109,21 @@ def parser() -> argparse.ArgumentParser:
         help="how a sandbox ended by idle_timeout is reported (default: timeout, "
         "i.e. returncode 124 and SandboxTimeoutError from wait())",
     )
+    p.add_argument(
+        "--images",
+        default="auto",
+        choices=IMAGES_MODES,
+        help="what modal.Image.from_registry/debian_slim bases run on: 'pull' the image (a "
+        "base that cannot be had fails the build), the 'host' root read-only (RUN steps are "
+        "skipped), or 'auto' (default): pull, else the host root with a warning",
+    )
+    p.add_argument(
+        "--build-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="limit for building one image layer (default 3600)",
+    )
     p.add_argument("--list-page-size", type=int, default=100, help="SandboxListV2 page size")
     p.add_argument("--stats-file", help="write the RPC counts (JSON) here on exit")
     return p
@@ -132,6 +147,8 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         environments=args.environment,
         idle_timeout_status=args.idle_timeout_status,
         list_page_size=args.list_page_size,
+        images=args.images,
+        build_timeout=args.build_timeout,
     )
 
 
@@ -162,7 +179,7 @@ async def _run(options: EmulatorOptions, stats_file: str | None) -> int:
 
 
 def _log(message: str) -> None:
-    print(f"modal emulator: {message}", file=sys.stderr, flush=True)
+    log_status(message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--latency-ms must be >= 0, got {args.latency_ms}")
     if args.list_page_size < 1:
         p.error(f"--list-page-size must be >= 1, got {args.list_page_size}")
+    if not args.build_timeout > 0:
+        p.error(f"--build-timeout must be > 0, got {args.build_timeout}")
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be 0-65535, got {args.port}")
     return asyncio.run(_run(options_from_args(args), args.stats_file))

@@ -16,6 +16,7 @@ from google.protobuf import empty_pb2  # type: ignore[import-untyped]
 from modal_proto import api_grpc, api_pb2
 
 from . import ids, images
+from .mounts import MountStore
 from .records import EmuSandbox
 from .registry import Registry
 from .rpc_error import RpcError
@@ -41,14 +42,16 @@ class ControlPlane(api_grpc.ModalClientBase):
     def __init__(
         self,
         registry: Registry,
-        image_store: images.ImageStore,
+        image_store: images.ImageService,
         sandboxes: SandboxManager,
         signer: ids.TokenSigner,
         *,
         list_page_size: int = 100,
+        mounts: MountStore | None = None,
     ) -> None:
         self.registry = registry
         self.images = image_store
+        self.mounts = mounts or MountStore()
         self.sandboxes = sandboxes
         self.signer = signer
         self.router_url = ""  # set once the server knows its port
@@ -98,46 +101,49 @@ class ControlPlane(api_grpc.ModalClientBase):
 
     # -- images ------------------------------------------------------------------------------
     async def ImageGetOrCreate(self, stream: Stream) -> None:
+        """Record the layer and start its build; a definition built here before is SUCCESS."""
         req = await stream.recv_message()
-        image = req.image
-        key = bytes([req.namespace]) + image.SerializeToString(deterministic=True)
-        layer, built = self.images.get_or_create(
+        key = bytes([req.namespace]) + req.image.SerializeToString(deterministic=True)
+        layer, result = self.images.get_or_create(
             key,
-            lambda: images.ImageLayer(
-                ids.object_id("im"),
-                tuple(image.dockerfile_commands),
-                tuple((b.docker_tag, b.image_id) for b in image.base_images),
-                req.namespace,
-            ),
+            lambda: images.ImageLayer.from_request(ids.object_id("im"), req),
+            force=bool(req.force_build),
         )
         resp = api_pb2.ImageGetOrCreateResponse(image_id=layer.id)
-        if built:  # a cache hit: no build to join
-            resp.result.status = _R.GENERIC_STATUS_SUCCESS
+        if result is not None:  # a cache hit: no build to join
+            resp.result.CopyFrom(result)
             resp.metadata.image_builder_version = IMAGE_BUILDER_VERSION
         await stream.send_message(resp)
 
     async def ImageJoinStreaming(self, stream: Stream) -> None:
-        """The "build": a few log lines, then SUCCESS (also for unknown or stale ids)."""
+        """The build's log from ``last_entry_id`` as it is written, then its result (``eof``);
+        a long build ends the stream after the request's timeout and the client rejoins."""
         req = await stream.recv_message()
-        chain = self.images.chain(req.image_id)
-        lines = [f"{cmd}\n" for layer in chain[-1:] for cmd in layer.dockerfile_commands]
-        logs = [
-            api_pb2.TaskLogs(data=line, file_descriptor=api_pb2.FILE_DESCRIPTOR_INFO)
-            for line in lines
-        ]
-        if logs:
-            await stream.send_message(
-                api_pb2.ImageJoinStreamingResponse(task_logs=logs, entry_id="1")
-            )
-        self.images.mark_built(req.image_id)
+        hold = min(req.timeout or MAX_LONG_POLL, MAX_LONG_POLL)
+        async for resp in self.images.join(req.image_id, req.last_entry_id, hold):
+            await stream.send_message(resp)
+
+    # -- mounts (build contexts) ---------------------------------------------------------------
+    async def MountBatchedCheckExistence(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        missing = self.mounts.missing(req.sha256_hex_hashes)
         await stream.send_message(
-            api_pb2.ImageJoinStreamingResponse(
-                result=_R(status=_R.GENERIC_STATUS_SUCCESS),
-                entry_id="2",
-                eof=True,
-                metadata=api_pb2.ImageMetadata(image_builder_version=IMAGE_BUILDER_VERSION),
-            )
+            api_pb2.MountBatchedCheckExistenceResponse(missing_sha256_hex_hashes=missing)
         )
+
+    async def MountPutFile(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        exists = self.mounts.put(req.sha256_hex, req.data, req.data_blob_id)
+        await stream.send_message(api_pb2.MountPutFileResponse(exists=exists))
+
+    async def MountGetOrCreate(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        mount_id = self.mounts.create(
+            [(f.filename, f.sha256_hex, f.mode) for f in req.files],
+            name=req.deployment_name,
+            environment=req.environment_name,
+        )
+        await stream.send_message(api_pb2.MountGetOrCreateResponse(mount_id=mount_id))
 
     # -- secrets -----------------------------------------------------------------------------
     async def SecretGetOrCreate(self, stream: Stream) -> None:

@@ -42,6 +42,7 @@ class EmulatorProcess:
         state_dir: str | os.PathLike[str] | None = None,
         secrets: Mapping[str, Mapping[str, str]] | None = None,
         environments: Sequence[str] = (),
+        images: str | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 60.0,
@@ -57,6 +58,8 @@ class EmulatorProcess:
         self._secrets = {name: dict(values) for name, values in (secrets or {}).items()}
         for name in environments:
             args += ["--environment", name]
+        if images is not None:  # host | pull | auto (the CLI's --images; default auto)
+            args += ["--images", images]
         self.args = [*args, *extra_args]
         self.token_id = token_id
         self.token_secret = token_secret

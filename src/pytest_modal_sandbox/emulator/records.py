@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -81,6 +82,7 @@ class EmuSandbox:
     stdin_written: int = 0
     stdin_closed: bool = False
     v1_stdin_index: int = 0  # last SandboxStdinWrite index applied (V1 writes by index)
+    hold: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # image in use
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

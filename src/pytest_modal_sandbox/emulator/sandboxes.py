@@ -31,6 +31,7 @@ from ..runtime import (
     SandboxConfig,
 )
 from . import ids, images
+from .build_cache import ImageState
 from .execs import ExecProcess
 from .records import EmuSandbox, IdleStatus, result_for
 from .registry import DEFAULT_ENVIRONMENT, Registry
@@ -81,7 +82,7 @@ class SandboxManager:
         self,
         runtime: LocalRuntime,
         registry: Registry,
-        image_store: images.ImageStore,
+        image_store: images.ImageService,
         *,
         tls_contexts: tuple[Any, Any],
         idle_status: IdleStatus = "timeout",
@@ -236,15 +237,25 @@ class SandboxManager:
         return task
 
     def _config(
-        self, req: api_pb2.SandboxCreateV2Request, app_id: str
+        self, req: api_pb2.SandboxCreateV2Request, app_id: str, image: ImageState
     ) -> tuple[SandboxConfig, str | None, list[api_pb2.PortSpec]]:
         """The runtime's config, the sandbox's name, its port specs.
+
+        The image gives the root, its env (under the sandbox's ``env``/secrets) and its
+        workdir (unless the sandbox sets one).
 
         The name is not given to the runtime: uniqueness among *running* sandboxes is decided
         here, at once, while the runtime would still count a just-terminated sandbox whose
         keeper is exiting (a create right after ``terminate()`` would spuriously collide).
         """
         d = req.definition
+        if d.mount_ids:
+            raise RpcError(
+                "UNIMPLEMENTED",
+                "the emulator does not attach mounts at sandbox start (Image.add_local_file/"
+                "add_local_dir/add_local_python_source without copy=True, or mounts=): pass "
+                "copy=True to build the files into the image instead",
+            )
         name = d.name if d.HasField("name") else None
         if name is not None and not _NAME.match(name):
             raise RpcError(
@@ -267,7 +278,8 @@ class SandboxManager:
         numbers = [p.port for p in ports]
         if len(set(numbers)) != len(numbers):
             raise RpcError("INVALID_ARGUMENT", f"a port is opened twice: {numbers}")
-        env = dict(d.environment_variables.contents)
+        env = dict(image.env)
+        env.update(d.environment_variables.contents)
         env.update(
             merge_env(
                 req.secret_sources,
@@ -276,18 +288,17 @@ class SandboxManager:
                 secrets=self,
             )
         )
-        chain = self.images.chain(d.image_id)
         config = SandboxConfig(
             command=list(d.entrypoint_args) or None,
             env=env,
-            workdir=d.workdir if d.HasField("workdir") else None,
+            workdir=d.workdir if d.HasField("workdir") else image.workdir,
             timeout=float(timeout),
             idle_timeout=None if idle is None else float(idle),
             ports=numbers,
             app=app_id,
             tags={t.tag_name: t.tag_value for t in req.tags},
             stdin_pipe=True,
-            rootfs=images.rootfs_for_chain(chain),
+            rootfs=None if image.rootfs is None else str(image.rootfs),
         )
         return config, name, ports
 
@@ -299,8 +310,9 @@ class SandboxManager:
             raise RpcError("INVALID_ARGUMENT", "SandboxCreateV2 needs an app_id")
         app = self.registry.app_by_id(app_id)  # stale ids (emulator restarted) are accepted
         environment = app.environment if app is not None else DEFAULT_ENVIRONMENT
+        image = await self.images.state_for(req.definition.image_id)
         try:
-            config, name, ports = self._config(req, app_id)
+            config, name, ports = self._config(req, app_id, image)
         except errors.SpecError as exc:
             raise RpcError("INVALID_ARGUMENT", str(exc)) from exc
         name_key = (app_id, name) if name else None
@@ -308,7 +320,9 @@ class SandboxManager:
             if name_key in self._pending_names or self.name_holder(*name_key) is not None:
                 raise RpcError("ALREADY_EXISTS", f"Sandbox with name {name!r} already exists")
             self._pending_names.add(name_key)
+        hold = contextlib.ExitStack()  # the image root stays in use while the sandbox lives
         try:
+            hold.enter_context(image.use())
             local = await self._create_local(config)
             try:
                 sb = EmuSandbox(
@@ -330,11 +344,15 @@ class SandboxManager:
                         else None
                     ),
                     local=local,
+                    hold=hold,
                 )
                 sb.tunnels = await self._open_tunnels(local, ports)
             except BaseException:
                 await self.blocking(local.terminate)
                 raise
+        except BaseException:
+            hold.close()
+            raise
         finally:
             if name_key is not None:
                 self._pending_names.discard(name_key)
@@ -381,6 +399,7 @@ class SandboxManager:
         sb.stdin_closed = True
         for proc in sb.execs.values():
             proc.kill()  # the pid namespace is gone; make sure nsenter is too
+        sb.hold.close()
         sb.finished.set()
 
     def _prune_execs(self) -> None:

@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import json
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,10 @@ from grpclib import GRPCError, Status
 from .._paths import state_root
 from ..runtime import LocalRuntime
 from . import ids, images
-from .control import ControlPlane
+from .build_cache import BuildCache
+from .builder import Builder
+from .control import IMAGE_BUILDER_VERSION, ControlPlane
+from .mounts import MountStore
 from .records import IdleStatus
 from .registry import Registry
 from .router import Router
@@ -52,6 +57,9 @@ class EmulatorOptions:
     environments: Sequence[str] = ()
     idle_timeout_status: IdleStatus = "timeout"
     list_page_size: int = 100
+    images: str = "auto"  # host | pull | auto: see images.py
+    build_timeout: float = 3600.0  # seconds per image layer build
+    build_cache_dir: str | None = None  # default: <cache root>/emulator-builds
 
     def __post_init__(self) -> None:
         if (self.token_id is None) != (self.token_secret is None):
@@ -60,8 +68,19 @@ class EmulatorOptions:
             raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
         if self.list_page_size < 1:
             raise ValueError(f"list_page_size must be >= 1, got {self.list_page_size}")
+        if self.images not in images.IMAGES_MODES:
+            raise ValueError(
+                f"images must be one of {', '.join(images.IMAGES_MODES)}, got {self.images!r}"
+            )
+        if not self.build_timeout > 0:
+            raise ValueError(f"build_timeout must be > 0, got {self.build_timeout}")
         if self.idle_timeout_status not in ("timeout", "terminated", "idle_timeout"):
             raise ValueError(f"idle_timeout_status {self.idle_timeout_status!r} is not valid")
+
+
+def log_status(message: str) -> None:
+    """A status line on stderr (warnings the user should see, e.g. an image run on the host)."""
+    print(f"modal emulator: {message}", file=sys.stderr, flush=True)
 
 
 class _Admin:
@@ -103,6 +122,7 @@ class Emulator:
         self._server: grpclib.server.Server | None = None
         self._tmp: str | None = None
         self.sandboxes: SandboxManager | None = None
+        self.images: images.ImageService | None = None
 
     @property
     def url(self) -> str:
@@ -113,32 +133,58 @@ class Emulator:
         assert self.tls is not None, "start() first"
         return self.tls.ca_file
 
-    def _dirs(self) -> tuple[Path, Path]:
+    def _dirs(self) -> tuple[Path, Path, Path]:
+        """Runtime state of sandboxes, of image build sandboxes, and the TLS directory."""
         if self.options.state_dir:
             base = Path(self.options.state_dir)
-            return base / "sandboxes", base / "tls"
+            return base / "sandboxes", base / "builds", base / "tls"
         self._tmp = tempfile.mkdtemp(prefix="modal-emulator-")
-        return state_root() / "emulator", Path(self._tmp) / "tls"
+        root = state_root()
+        return root / "emulator", root / "emulator-builds", Path(self._tmp) / "tls"
 
     async def start(self) -> None:
         """Make the certificates, check the runtime, and start listening."""
         opts = self.options
-        sandbox_dir, tls_dir = self._dirs()
+        sandbox_dir, builds_dir, tls_dir = self._dirs()
         await asyncio.to_thread(LocalRuntime.check)
         self.tls = await asyncio.to_thread(make_tls_material, tls_dir)
         registry = Registry(environments=opts.environments, secrets=opts.secrets)
-        image_store = images.ImageStore()
+        executor = ThreadPoolExecutor(64, thread_name_prefix="emulator-rt")
+        loop = asyncio.get_running_loop()
+
+        async def blocking(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            return await loop.run_in_executor(executor, lambda: fn(*args, **kwargs))
+
+        cache = await asyncio.to_thread(BuildCache, opts.build_cache_dir)
+        builder = Builder(cache, LocalRuntime(builds_dir), blocking=blocking)
+        mounts = MountStore()
+        image_service = images.ImageService(
+            builder,
+            mounts=mounts,
+            mode=opts.images,  # type: ignore[arg-type]  # checked in __post_init__
+            secret_env=registry.secret_env,
+            warn=log_status,
+            build_timeout=opts.build_timeout,
+            builder_version=IMAGE_BUILDER_VERSION,
+        )
+        self.images = image_service
         signer = ids.TokenSigner()
         self.sandboxes = SandboxManager(
             LocalRuntime(sandbox_dir),
             registry,
-            image_store,
+            image_service,
             tls_contexts=(self.tls.server_context(), self.tls.server_context(h2=True)),
             idle_status=opts.idle_timeout_status,
+            executor=executor,
         )
         # fill_unimplemented made them concrete; mypy only sees the generated ABCs.
         control = ControlPlane(  # type: ignore[abstract]
-            registry, image_store, self.sandboxes, signer, list_page_size=opts.list_page_size
+            registry,
+            image_service,
+            self.sandboxes,
+            signer,
+            list_page_size=opts.list_page_size,
+            mounts=mounts,
         )
         router = Router(self.sandboxes)  # type: ignore[abstract]
         latency = opts.latency_ms / 1000.0
@@ -187,10 +233,14 @@ class Emulator:
                 "created": len(all_sbs),
                 "running": sum(1 for sb in all_sbs if sb.running),
             }
+        if self.images is not None:
+            snap["images"] = self.images.stats()
         return snap
 
     async def stop(self) -> None:
         """Terminate every sandbox this emulator started, answer pending RPCs, stop, clean up."""
+        if self.images is not None:
+            await self.images.close()  # builds in progress end (their build sandboxes too)
         if self.sandboxes is not None:
             await self.sandboxes.terminate_all()
             # Waiters just got their answers (terminated, exit 137, EOF): let them go out.
