@@ -35,8 +35,11 @@ def test_worker_sigkill_while_creating_the_shared_sandbox(world):
     assert {u["id"] for u in used} != {victim}
     assert len({u["id"] for u in used}) == 1
     assert all(u["running"] == [u["id"]] for u in used), used
-    assert "modal-sandbox: worker gw" in out.output and "went down" in out.output
-    assert "(shared)" in out.output  # the end-of-run sweep ends the one shared sandbox
+    assert "modal-sandbox: worker gw" in out.output and "went down" in out.output, out.output
+    # the end-of-run sweep ends the one shared sandbox
+    assert "(shared)" in out.output, (
+        out.output + "\nledger notes: " + repr(out.run.notes("created"))
+    )
     faultlib.none_running(world, out.run.run_id)
 
 
