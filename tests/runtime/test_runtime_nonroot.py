@@ -84,6 +84,17 @@ SCRIPT = textwrap.dedent("""
             break
         time.sleep(0.05)
     out["tunnel"] = got.decode()
+    out["ports"] = sorted(sb.listening_ports())  # read from the host, no tool inside
+    helper = os.path.join(os.path.dirname(sys.argv[1]), "helper.py")
+    with open(helper, "w") as f:
+        f.write("import os\\ndef main(args):\\n    open('/w/from-helper', 'w').close()\\n"
+                "    print(sorted(os.listdir('/w')))\\n    return 0\\n")
+    import subprocess
+    argv, fds = sb.helper_command(helper)  # joins the user namespace first
+    done = subprocess.run(argv, pass_fds=list(fds.values()), capture_output=True, text=True)
+    for fd in fds.values():
+        os.close(fd)
+    out["helper"] = [done.returncode, done.stdout.strip(), done.stderr.strip()]
     sb.terminate(wait=True)
     out["status"] = sb.poll().kind
     rt.close()
@@ -132,6 +143,8 @@ def test_everything_works_without_root(shared_state: Path) -> None:
         "host_write": 2,
         "timeout": True,
         "tunnel": "hi",
+        "ports": [8000],
+        "helper": [0, "['f', 'from-helper']", ""],
         "status": "terminated",
     }
     assert processes_mentioning(str(shared_state)) == []
@@ -190,3 +203,49 @@ def test_image_root_without_root(shared_state: Path, owner: int, mode: str) -> N
     for sandbox_dir in shared_state.glob("sb-*"):
         for leftover in ("root", "upper", "ovl-work"):
             assert not (sandbox_dir / leftover).exists(), leftover
+
+
+BUILD_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig
+    rt = LocalRuntime(sys.argv[1])
+    sb = rt.create(SandboxConfig(command=["sh", "-c", "echo built > /built; id -u"],
+                                 rootfs=sys.argv[2], rootfs_writable=True, network=True))
+    status = sb.wait(60)
+    print(json.dumps({"status": status.kind, "out": open(sb.stdout_path).read()}))
+""")
+
+
+def test_build_mode_without_root(shared_state: Path) -> None:
+    """An image build as an unprivileged user: its own copy of a root, changed in place."""
+    from test_runtime_rootfs import BUSYBOX, build_busybox_root
+
+    python = _python_for_nobody()
+    if python is None or BUSYBOX is None:
+        pytest.skip("no Python of this version that nobody can run, or no busybox")
+    image = build_busybox_root(shared_state.parent / "build")
+    for dirpath, dirnames, filenames in os.walk(image):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+            os.lchown(name, NOBODY, NOBODY)
+    path = os.pathsep.join([SRC, sysconfig.get_paths()["purelib"]])
+    proc = subprocess.run(
+        [
+            SETPRIV,
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",  # type: ignore[list-item]
+            python,
+            "-c",
+            BUILD_SCRIPT,
+            str(shared_state),
+            str(image),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": path, "HOME": str(shared_state.parent)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"status": "success", "out": "0\n"}
+    assert (image / "built").read_text() == "built\n"
+    assert (image / "built").stat().st_uid == NOBODY  # root inside is the user outside
