@@ -102,11 +102,3 @@ def make_sandbox(app: Any, client: Any) -> Iterator[Callable[..., Any]]:
         except modal.exception.ClientClosed:  # a detached handle: use a fresh one
             modal.Sandbox.from_id(sb.object_id, client=client).terminate()
 
-
-@pytest.fixture
-def local_of(emulator_state: Path) -> Callable[[Any], Any]:
-    """``local_of(sb)``: the runtime's ``LocalSandbox`` behind a ``modal.Sandbox`` (same id)."""
-    from pytest_modal_sandbox.runtime import LocalRuntime
-
-    runtime = LocalRuntime(emulator_state / "sandboxes")
-    return lambda sb: runtime.get(sb.object_id)
