@@ -369,6 +369,35 @@ def test_concurrent_builds_of_one_chain_build_it_once(
     assert second.images()["cache_hits"] == 1
 
 
+def test_stopping_the_emulator_mid_build_ends_the_build_and_leaves_nothing(
+    make_emulator: Callable[..., Emu],
+    app_image: PushedImage,
+    holding_server: HoldingServer,
+    tmp_path: Path,
+) -> None:
+    emu = make_emulator(cache=tmp_path / "stop-cache")
+    step = f"RUN wget -q -O /got http://127.0.0.1:{holding_server.port}/"
+
+    async def scenario() -> Any:
+        channel, control = _control(emu.proc.url)
+        try:
+            base = await _build(control, emu.app.app_id, [f"FROM {app_image.reference}"])
+            await _join(control, base, lambda log: False)
+            top = await _build(control, emu.app.app_id, ["FROM base", step], base)
+            joined = asyncio.ensure_future(_join(control, top, lambda log: False))
+            await asyncio.to_thread(holding_server.arrived.wait, 60)  # the step is running
+            assert await asyncio.to_thread(emu.proc.stop) == 0
+            return await joined
+        finally:
+            channel.close()
+
+    _, result = asyncio.run(scenario())
+    assert result.status == _R.GENERIC_STATUS_TERMINATED  # the waiting client got an answer
+    assert no_process_mentions(str(emu.state))  # the build sandbox is gone
+    assert list((tmp_path / "stop-cache" / "emulator-builds" / "roots").iterdir()) == []
+    assert list((tmp_path / "stop-cache" / "emulator-builds" / "tmp").iterdir()) == []
+
+
 # -- what a base that cannot be pulled runs on ----------------------------------------------------
 
 
