@@ -262,7 +262,7 @@ class Builder:
         waiter = asyncio.ensure_future(self._blocking(sb.wait))
 
         async def pump(path: Path, stderr: bool) -> None:
-            async for chunk in follow_file(path, 0, waiter.done, poll_interval=0.05):
+            async for chunk in follow_file(path, 0, waiter.done):
                 tail.add(chunk)
                 log.output(chunk, stderr=stderr)
 
