@@ -30,7 +30,7 @@ def test_range(version, ok):
     assert (warning is None) is ok
     if not ok:
         assert f"modal {version} is outside the range" in warning
-        assert ">=1.6.1,<1.7" in warning
+        assert ">=1.6.2,<1.7" in warning
 
 
 def test_unparsable_version_is_reported():

@@ -30,9 +30,10 @@ from . import Endpoint, NameTaken, RawExec, SandboxInfo
 
 __all__ = ["SUPPORTED_MODAL", "ModalBackend", "ModalHandle"]
 
-# [lower, upper): 1.6.1 added the secret_sources field the emulator speaks; keep in step with
-# the dependency range in pyproject.toml and the modal-lowest env in tox.ini
-SUPPORTED_MODAL = ((1, 6, 1), (1, 7, 0))
+# [lower, upper): the emulator speaks fields older clients do not send (secret_sources came
+# in 1.6.1, include_terminated in 1.6.2); keep in step with the dependency range in
+# pyproject.toml and the modal-lowest env in tox.ini (a unit test checks)
+SUPPORTED_MODAL = ((1, 6, 2), (1, 7, 0))
 DEFAULT_LEASE = 60.0
 DEFAULT_IDLE = 60  # lease + idle: an orphan ends within ~2 minutes (bound: 3)
 
