@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize(
     ("version", "ok"),
     [
-        ("1.6.1", True),
+        ("1.6.2", True),
         ("1.6.4", True),
         ("1.6.10", True),
-        ("1.6.0", False),
+        ("1.6.1", False),
         ("1.7.0", False),
         ("1.5.5", False),
         ("2.0", False),
