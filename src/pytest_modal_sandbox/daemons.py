@@ -129,9 +129,16 @@ def is_marked_ready(sandbox: Sandbox) -> bool:
 
 # -- readiness ----------------------------------------------------------------------------
 
+# Time in centiseconds from /proc/uptime (a builtin read: no fork per poll); without it t
+# stays 0 and the exec's own timeout ends the wait.
 _TCP_WAIT = """
-now() { date +%s 2>/dev/null || echo 0; }
-t0=$(now)
+tick() {
+  t=0
+  read -r up _ < /proc/uptime 2>/dev/null || return 0
+  s=${up%.*}; c=${up#*.}; c=${c#0}
+  t=$((s * 100 + ${c:-0}))
+}
+tick; t0=$t
 wait_tcp() {
   while :; do
     for f in /proc/net/tcp /proc/net/tcp6; do
@@ -141,7 +148,7 @@ wait_tcp() {
       done < "$f"
     done
     if [ -f "$4/exit" ]; then echo "EXITED $1 $(cat "$4/exit")"; exit 0; fi
-    t=$(now)
+    tick
     if [ "$t0" -gt 0 ] && [ $((t - t0)) -ge "$3" ]; then echo "TIMEOUT $1"; exit 0; fi
     sleep 0.05 2>/dev/null || sleep 1
   done
@@ -191,7 +198,7 @@ def _launch_and_wait_tcp(
     if tcp:
         script += _TCP_WAIT
         for daemon, probe in tcp:
-            limit = max(1, math.ceil(probe.timeout))
+            limit = max(1, math.ceil(probe.timeout * 100))  # centiseconds
             d = shell_quote(_dir(daemon))
             script += f"wait_tcp {daemon.name} {probe.port:04X} {limit} {d}\n"
     if mark:
