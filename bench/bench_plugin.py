@@ -60,7 +60,14 @@ def startup(reps: int) -> None:
         on = timed(lambda: run(), reps)
         off = timed(lambda: run("-p", "no:modal_sandbox"), reps)
         imp = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", "import pytest_modal_sandbox.plugin"],
+            [
+                sys.executable,
+                "-X",
+                "importtime",
+                "-c",
+                # what pytest has imported anyway before it loads plugins
+                "import pytest, xdist, filelock; import pytest_modal_sandbox.plugin",
+            ],
             capture_output=True,
             text=True,
         ).stderr
@@ -123,8 +130,10 @@ def rpc_counts(reps: int) -> None:
                         for plane in ("control", "router")
                     }
                     total = sum(sum(d.values()) for d in per.values())
-                    print(f"emulator {latency:>2} ms/RPC, {name:18}: {fmt(samples)}; "
-                          f"{total:.1f} RPCs per lifecycle")
+                    print(
+                        f"emulator {latency:>2} ms/RPC, {name:18}: {fmt(samples)}; "
+                        f"{total:.1f} RPCs per lifecycle"
+                    )
                     for plane, counts in per.items():
                         shown = ", ".join(f"{k} {v:g}" for k, v in counts.items())
                         print(f"    {plane:7}: {shown}")

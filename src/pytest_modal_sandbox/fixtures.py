@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Generator, Mapping
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pytest
 
 from .errors import SandboxError, SpecError
-from .sandbox import Sandbox
-from .spec import FIELDS, SandboxSpec, spec_from_fields
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
+    from .spec import SandboxSpec
 
 __all__ = ["SKIP_REASON", "sandbox", "sandbox_fixture"]
 
@@ -43,6 +45,8 @@ def marker_fields(node: pytest.Item | pytest.Collector) -> dict[str, Any]:
 
 def param_fields(request: pytest.FixtureRequest) -> dict[str, Any]:
     """Fields from indirect parametrization (``parametrize("sandbox", [{...}], indirect=True)``)."""
+    from .spec import SandboxSpec
+
     param = getattr(request, "param", None)
     if param is None:
         return {}
@@ -67,6 +71,7 @@ def _where(request: pytest.FixtureRequest, from_marker: bool, what: str = "spec"
 def resolve_spec(request: pytest.FixtureRequest, base: Mapping[str, Any]) -> SandboxSpec:
     """Base fields (markers or the factory's) < parametrization < image override < hook."""
     from .plugin import image_override
+    from .spec import SandboxSpec, spec_from_fields
 
     fields = {**base, **param_fields(request)}
     spec = spec_from_fields(fields)
@@ -175,6 +180,8 @@ def sandbox_fixture(
         raise SpecError(f"sandbox_fixture: share must be 'worker' or 'run', got {share!r}")
     if share == "run" and scope == "function":
         raise SpecError("sandbox_fixture: share='run' needs a wider scope than 'function'")
+    from .spec import FIELDS, spec_from_fields
+
     spec_fields = {k: v for k, v in fields.items() if k in FIELDS}
     defined_in = sys._getframe(1).f_globals.get("__name__", "?")  # same in every xdist worker
     effective_share: Literal["function", "worker", "run"] = share

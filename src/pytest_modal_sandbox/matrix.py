@@ -13,10 +13,12 @@ import fnmatch
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError
-from .spec import FIELDS, SandboxSpec
+
+if TYPE_CHECKING:
+    from .spec import SandboxSpec
 
 __all__ = ["IMAGE_ENV", "ImageOverride", "parametrize_id", "parse_image_override"]
 
@@ -75,6 +77,8 @@ def parametrize_id(value: Any) -> str | None:
     Only dicts of spec fields and ``SandboxSpec`` objects get one; anything else keeps pytest's
     default.  The id depends only on the value, so every xdist worker computes the same one.
     """
+    from .spec import FIELDS, SandboxSpec
+
     if isinstance(value, SandboxSpec):
         fields: Mapping[str, Any] = {
             k: v

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from . import hookspecs, settings
 from .fixtures import FIXTURE_ATTR, SKIP_REASON, sandbox
-from .manager import Event, SandboxManager
-from .matrix import parametrize_id
-from .settings import Settings
-from .spec import SandboxSpec
+
+if TYPE_CHECKING:
+    from .manager import SandboxManager
+    from .settings import Settings
+    from .spec import SandboxSpec
 
 __all__ = ["sandbox"]
 
@@ -30,8 +31,8 @@ MARKER_HELP = (
 )
 EVENTS_ATTR = "modal_sandbox_events"
 
-SETTINGS_KEY = pytest.StashKey[Settings]()
-MANAGER_KEY = pytest.StashKey[SandboxManager]()
+SETTINGS_KEY = pytest.StashKey["Settings"]()
+MANAGER_KEY = pytest.StashKey["SandboxManager"]()
 CLEANUP_KEY = pytest.StashKey[list[Callable[[], object]]]()
 CALL_REPORT_KEY = pytest.StashKey[pytest.TestReport]()
 
@@ -84,6 +85,8 @@ def pytest_configure(config: pytest.Config) -> None:
         options.update(workerinput.get("modal_sandbox_backend_options", {}))
     elif backend == "emulator":
         options.update(_start_emulator(config))
+    from .manager import SandboxManager
+
     manager = SandboxManager(
         role=role,  # type: ignore[arg-type]
         run_id=run_id,
@@ -139,6 +142,10 @@ def image_override(config: pytest.Config, spec: SandboxSpec) -> SandboxSpec:
 
 def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
     """Sandbox specs as parametrize values get readable ids that every worker agrees on."""
+    if not isinstance(val, dict) and type(val).__name__ != "SandboxSpec":
+        return None  # most parameters: decided without importing anything
+    from .matrix import parametrize_id
+
     return parametrize_id(val)
 
 
@@ -203,6 +210,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     config = report.node.config
     manager = config.stash.get(MANAGER_KEY, None)
     if manager is not None and manager.owns_run:
+        from .manager import Event
+
         manager.record_remote([Event.from_dict(e) for e in events])
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from .backends import BACKENDS
 from .errors import SpecError
 from .matrix import IMAGE_ENV, IMAGE_HELP, ImageOverride, parse_image_override
 
@@ -288,6 +287,8 @@ def read_settings(config: pytest.Config, environ: Mapping[str, str] = os.environ
     enabled = flag is not None or bool(config.getini("modal_sandbox"))
     backend, where = _pick(config, "modal_sandbox", BACKEND_ENV, "modal_sandbox_backend", environ)
     backend = str(backend).strip().lower() or "auto"
+    from .backends import BACKENDS
+
     if backend not in BACKENDS:
         raise pytest.UsageError(
             f"{where}: {backend!r} is not a sandbox backend; choose one of {', '.join(BACKENDS)}"

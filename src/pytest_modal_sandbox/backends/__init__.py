@@ -11,10 +11,12 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import BackendUnavailable, SandboxError
-from ..spec import SandboxSpec
+
+if TYPE_CHECKING:
+    from ..spec import SandboxSpec
 
 __all__ = [
     "BACKENDS",
