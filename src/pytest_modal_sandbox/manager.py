@@ -292,20 +292,23 @@ class SandboxManager:
         """Sandboxes of this run kept on failure (from every process, through the ledger)."""
         return {str(e.get("id")) for e in self.ledger.entries() if e.get("event") == "kept"}
 
-    def _split_kept(self, run_id: str) -> tuple[list[str], list[str]]:
-        """A stale run's sandboxes: (kept with a deadline still ahead, the others)."""
+    def _split_kept(self, run_id: str) -> tuple[list[str], list[str], bool]:
+        """A stale run's sandboxes: (kept with a deadline still ahead, the others, whether any
+        of the others was kept on failure and is past its deadline)."""
         from .lifecycle import KEEP_TAG
 
         kept: list[str] = []
         others: list[str] = []
+        expired = False
         with contextlib.suppress(SandboxError, OSError):
             for info in self.backend.list({RUN_TAG: run_id}):
                 try:
-                    ahead = float(info.tags.get(KEEP_TAG, "0")) > time.time()
+                    until = float(info.tags.get(KEEP_TAG, "0"))
                 except ValueError:
-                    ahead = False
-                (kept if ahead else others).append(info.id)
-        return kept, others
+                    until = 0.0
+                (kept if until > time.time() else others).append(info.id)
+                expired = expired or 0 < until <= time.time()
+        return kept, others, expired
 
     # -- sweeps ----------------------------------------------------------------------------
 
@@ -375,17 +378,14 @@ class SandboxManager:
             if record.run_id == self.run_id:
                 continue
             if record.backend == self.backend_name:
-                kept, others = self._split_kept(record.run_id)
-                if kept:  # a sandbox kept on failure, deadline ahead: keep the record too
-                    swept += sweep(self.backend.terminate, others)
-                    continue
-                done: list[str] = []
-                with contextlib.suppress(SandboxError, OSError):
-                    infos = self.backend.list({RUN_TAG: record.run_id})
-                    done = sweep(self.backend.terminate, [i.id for i in infos])
+                kept, others, expired = self._split_kept(record.run_id)
+                done = sweep(self.backend.terminate, others)
                 swept += done
+                if kept:  # a sandbox kept on failure, deadline ahead: keep the record too
+                    continue
+                why = "kept on failure, past its deadline" if expired else "its pytest died"
                 self._report(
-                    f"stale run {record.run_id} (its pytest died): terminated {_count(done)}"
+                    f"stale run {record.run_id} ({why}): terminated {_count(done)}"
                     + _detail(done, {})
                 )
             elif record.backend != "local":

@@ -99,7 +99,9 @@ def test_next_run_sweeps_a_kept_sandbox_after_its_deadline(sbtester, state_dir):
         time.sleep(0.2)
     after = sbtester.runpytest_subprocess("--modal-sandbox=local")
     after.assert_outcomes(passed=1)
-    after.stdout.fnmatch_lines([f"*terminated 1 sandbox: {kept_id}*"])
+    after.stdout.fnmatch_lines(
+        [f"*stale run *(kept on failure, past its deadline): terminated 1 sandbox: {kept_id}*"]
+    )
     # state_dir checks that nothing is left running
 
 
