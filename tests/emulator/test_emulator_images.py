@@ -39,12 +39,14 @@ _R = api_pb2.GenericResult
 class Emu:
     """An emulator process with its own state and caches, a client and an app."""
 
-    def __init__(self, tmp: Path, cache: Path, images: str) -> None:
+    def __init__(self, tmp: Path, cache: Path, images: str, host_images: tuple[str, ...]) -> None:
         self.state = tmp
         docker = tmp / "docker-config"  # never the developer's registry credentials
         docker.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTEST_MODAL_SANDBOX_CACHE_DIR=str(cache), DOCKER_CONFIG=str(docker))
-        self.proc = EmulatorProcess(state_dir=tmp / "state", images=images, env=env).start()
+        self.proc = EmulatorProcess(
+            state_dir=tmp / "state", images=images, host_images=host_images, env=env
+        ).start()
         self.client = open_client(self.proc.url)
         self.app = modal.App.lookup("images", create_if_missing=True, client=self.client)
         self.made: list[Any] = []
@@ -70,8 +72,10 @@ def make_emulator(tmp_path: Path) -> Iterator[Callable[..., Emu]]:
     """``make_emulator(images="pull", cache=None)``: emulators sharing ``cache`` if given."""
     started: list[Emu] = []
 
-    def make(images: str = "pull", cache: Path | None = None) -> Emu:
-        emu = Emu(tmp_path / f"emu{len(started)}", cache or tmp_path / "cache", images)
+    def make(
+        images: str = "pull", cache: Path | None = None, host_images: tuple[str, ...] = ()
+    ) -> Emu:
+        emu = Emu(tmp_path / f"emu{len(started)}", cache or tmp_path / "cache", images, host_images)
         started.append(emu)
         return emu
 
@@ -464,3 +468,13 @@ def test_filesystem_api_and_tcp_probe_in_images_without_tools(
     assert entry.owner == "root"  # from the image's /etc/passwd
     fs.remove("/tmp/new", recursive=True)
     assert "new" not in {e.name for e in fs.list_files("/tmp")}
+
+
+def test_host_image_patterns_map_matching_references_to_the_host(
+    make_emulator: Callable[..., Emu], app_image: PushedImage, bare_image: PushedImage
+) -> None:
+    emu = make_emulator(images="pull", host_images=("*/emu/app:*",))
+    on_host = emu.sandbox(image=modal.Image.from_registry(app_image.reference))
+    assert on_host.exec("test", "-d", "/usr/bin").wait() == 0
+    pulled = emu.sandbox("sleep", "100", image=modal.Image.from_registry(bare_image.reference))
+    assert pulled.exec("test", "-d", "/usr/bin").wait() == 127  # no `test` in there: pulled

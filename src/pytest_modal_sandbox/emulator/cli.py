@@ -118,6 +118,14 @@ def parser() -> argparse.ArgumentParser:
         "skipped), or 'auto' (default): pull, else the host root with a warning",
     )
     p.add_argument(
+        "--host-image",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="run images whose reference matches this fnmatch pattern on the host root "
+        "(repeatable), as the plugin's --modal-sandbox-host-image",
+    )
+    p.add_argument(
         "--build-timeout",
         type=float,
         default=3600.0,
@@ -148,6 +156,7 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         idle_timeout_status=args.idle_timeout_status,
         list_page_size=args.list_page_size,
         images=args.images,
+        host_images=args.host_image,
         build_timeout=args.build_timeout,
     )
 

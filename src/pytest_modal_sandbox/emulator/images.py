@@ -13,6 +13,8 @@ Where a chain's root comes from (``images`` mode, the CLI's ``--images``):
 ``host``
     every base is the host root, read-only (the emulator's behaviour before real images);
     ``RUN``/``COPY`` steps are skipped with a warning, ``ENV``/``WORKDIR`` still apply.
+``--host-image PATTERN``
+    references matching the ``fnmatch`` pattern run on the host root under any mode.
 ``auto`` (default)
     ``pull``, and where a base cannot be had (offline, unknown image), the host root with a
     warning in the build log and on the emulator's stderr.  ``modal.Image.debian_slim()`` - the
@@ -28,8 +30,9 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import fnmatch
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -160,6 +163,7 @@ class ImageService:
         warn: Callable[[str], None] = lambda _msg: None,
         build_timeout: float = 3600.0,
         builder_version: str = "",
+        host_images: Sequence[str] = (),
     ) -> None:
         if mode not in IMAGES_MODES:
             raise ValueError(f"images mode must be one of {', '.join(IMAGES_MODES)}: {mode!r}")
@@ -171,6 +175,7 @@ class ImageService:
         self._warn = warn
         self._build_timeout = build_timeout
         self._builder_version = builder_version
+        self.host_images = tuple(host_images)  # fnmatch patterns of refs run on the host root
         self._by_id: dict[str, _Record] = {}
         self._by_key: dict[bytes, str] = {}
 
@@ -363,6 +368,10 @@ class ImageService:
     async def _base(self, ref: str, log: _Build) -> ImageState:
         if self.mode == "host":
             log.info(f"FROM {ref}: the host root (--images=host)\n")
+            return _host(ref)
+        pattern = next((p for p in self.host_images if fnmatch.fnmatchcase(ref, p)), None)
+        if pattern is not None:
+            log.info(f"FROM {ref}: the host root (--host-image {pattern})\n")
             return _host(ref)
         log.info(f"FROM {ref}\n")
         loop = asyncio.get_running_loop()

@@ -43,6 +43,7 @@ class EmulatorProcess:
         secrets: Mapping[str, Mapping[str, str]] | None = None,
         environments: Sequence[str] = (),
         images: str | None = None,
+        host_images: Sequence[str] = (),
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 60.0,
@@ -60,6 +61,8 @@ class EmulatorProcess:
             args += ["--environment", name]
         if images is not None:  # host | pull | auto (the CLI's --images; default auto)
             args += ["--images", images]
+        for pattern in host_images:
+            args += ["--host-image", pattern]
         self.args = [*args, *extra_args]
         self.token_id = token_id
         self.token_secret = token_secret

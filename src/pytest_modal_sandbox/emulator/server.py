@@ -58,6 +58,7 @@ class EmulatorOptions:
     idle_timeout_status: IdleStatus = "timeout"
     list_page_size: int = 100
     images: str = "auto"  # host | pull | auto: see images.py
+    host_images: Sequence[str] = ()  # fnmatch patterns of references run on the host root
     build_timeout: float = 3600.0  # seconds per image layer build
     build_cache_dir: str | None = None  # default: <cache root>/emulator-builds
 
@@ -166,6 +167,7 @@ class Emulator:
             warn=log_status,
             build_timeout=opts.build_timeout,
             builder_version=IMAGE_BUILDER_VERSION,
+            host_images=opts.host_images,
         )
         self.images = image_service
         signer = ids.TokenSigner()
