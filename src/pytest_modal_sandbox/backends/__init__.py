@@ -101,6 +101,14 @@ class BackendSandbox(Protocol):
         """Stop tying the sandbox to this process; it lives on until ``seconds`` or its timeout."""
         ...
 
+    def add_tags(self, tags: Mapping[str, str]) -> None:
+        """Add (or overwrite) these tags, keeping the others."""
+        ...
+
+    def shell_command(self) -> str | None:
+        """A command line that opens a shell in the sandbox from this machine, if there is one."""
+        ...
+
 
 class Backend(Protocol):
     name: str

@@ -141,6 +141,15 @@ class LocalHandle:
     def keep(self, seconds: float) -> None:
         self._sb.detach_owner()
 
+    def add_tags(self, tags: Mapping[str, str]) -> None:
+        self._sb.set_tags({**self._sb.tags(), **tags})
+
+    def shell_command(self) -> str | None:
+        import shlex
+
+        argv, _env = self._sb.exec_command(["sh"])
+        return shlex.join(argv)
+
 
 class LocalBackend:
     """Sandboxes as bubblewrap process trees; see :mod:`pytest_modal_sandbox.runtime`."""

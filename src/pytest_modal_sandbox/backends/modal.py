@@ -232,6 +232,15 @@ class ModalHandle:
     def release(self) -> None:
         self._backend.heartbeats.remove(self.id)
 
+    def add_tags(self, tags: Mapping[str, str]) -> None:
+        try:
+            self._sb.set_tags({**self._sb.get_tags(), **tags})
+        except modal_exc.Error as exc:
+            raise _wrap(exc, f"tagging sandbox {self.id}") from exc
+
+    def shell_command(self) -> str | None:
+        return None if self._backend.loopback else f"modal shell {self.id}"
+
     def keep(self, seconds: float) -> None:
         """Hold the sandbox for ``seconds`` more with one long exec, then let it idle out."""
         self._backend.heartbeats.remove(self.id)

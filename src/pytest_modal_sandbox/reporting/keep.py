@@ -9,12 +9,9 @@ future and ends them once it has passed.  The keep never outlives the sandbox's 
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections.abc import Mapping
-from typing import Any
 
-from ..errors import SandboxError
 from ..lifecycle import KEEP_TAG
 from ..sandbox import Sandbox
 from .diagnostics import tunnel_lines
@@ -40,41 +37,19 @@ def kept_until(tags: Mapping[str, str], now: float | None = None) -> float | Non
     return until if until > now else None
 
 
-def _set_tag(impl: Any, key: str, value: str) -> None:
-    """Add one tag.  The backend protocol has no tag setter yet, so this reaches the handle's
-    underlying object: ``modal.Sandbox`` (get_tags/set_tags) or the local runtime's sandbox
-    (tags/set_tags); both replace the whole set, so the current tags are read first."""
-    raw = getattr(impl, "_sb", impl)
-    if hasattr(raw, "get_tags"):
-        tags = dict(raw.get_tags())
-    elif hasattr(raw, "tags") and callable(raw.tags):
-        tags = dict(raw.tags())
-    else:
-        raise SandboxError(f"the {type(impl).__name__} backend handle cannot be tagged")
-    tags[key] = value
-    raw.set_tags(tags)
-
-
 def keep(sandbox: Sandbox, seconds: float) -> float:
     """Keep ``sandbox`` for ``seconds``; returns the deadline (epoch seconds)."""
     until = time.time() + seconds
-    _set_tag(sandbox._impl, KEEP_TAG, f"{until:.0f}")
+    sandbox._impl.add_tags({KEEP_TAG: f"{until:.0f}"})
     sandbox._impl.keep(seconds)
     return until
 
 
 def _shell_command(sandbox: Sandbox) -> str | None:
-    if sandbox.backend == "modal":
-        return f"modal shell {sandbox.id}"
-    raw = getattr(sandbox._impl, "_sb", None)
-    exec_command = getattr(raw, "exec_command", None)
-    if sandbox.backend == "local" and exec_command is not None:
-        try:
-            argv, _env = exec_command(["sh"])
-        except Exception:
-            return None
-        return shlex.join(argv)
-    return None
+    try:
+        return sandbox._impl.shell_command()
+    except Exception:  # a hint only: never let it hide the failure being reported
+        return None
 
 
 def reach(sandbox: Sandbox, until: float, run_id: str) -> str:
