@@ -10,7 +10,7 @@ import pytest
 
 from pytest_modal_sandbox.emulator import dockerfile as df
 from pytest_modal_sandbox.emulator import images
-from pytest_modal_sandbox.emulator.build_cache import BuildCache
+from pytest_modal_sandbox.emulator.build_cache import BuildCache, ImageState
 from pytest_modal_sandbox.emulator.builder import Builder, LayerBuild, layer_key
 from pytest_modal_sandbox.emulator.mounts import ContextFile, MountStore
 
@@ -186,3 +186,33 @@ def test_a_join_ends_without_a_result_at_its_timeout(tmp_path: Path) -> None:
         assert responses[-1].eof
 
     asyncio.run(scenario())
+
+
+def test_build_cache_sweeps_interrupted_builds_and_prunes_unused_roots(tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    cache = BuildCache(tmp_path / "builds")
+    lost = cache.staging("a" * 64)  # its builder died: nobody holds the key's lock
+    busy = cache.staging("b" * 64)
+    held = FileLock(cache.lock_file("b" * 64), thread_local=False)
+    held.acquire()
+    try:
+        assert cache.sweep() == [lost.name]
+        assert busy.exists()
+    finally:
+        held.release()
+
+    def commit(key: str) -> Any:
+        staging = cache.staging(key)
+        (staging / "rootfs").mkdir()
+        (staging / "rootfs" / "f").write_text(key)
+        state = cache.commit(staging, ImageState(key, None, env={"K": key}), {"steps": []})
+        assert cache.lookup(key) == state and dict(state.env) == {"K": key}
+        return state
+
+    in_use = commit("c" * 64)
+    commit("d" * 64)
+    with in_use.use():
+        assert cache.prune() == ["d" * 64]
+    assert cache.lookup("d" * 64) is None and cache.lookup("c" * 64) is not None
+    assert not busy.exists()  # pruning sweeps too

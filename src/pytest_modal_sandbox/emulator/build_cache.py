@@ -6,7 +6,8 @@ Layout under ``<cache_root()>/emulator-builds`` (``$PYTEST_MODAL_SANDBOX_CACHE_D
     roots/<key>/image.json   env, workdir, shell, the parent's key, the steps (for humans)
     roots/<key>/use.lock     a shared flock while a sandbox or a build uses it (prune skips it)
     locks/<key>.lock         held while the layer is built: concurrent builds build it once
-    tmp/                     builds in progress (renamed into roots/ when they succeed)
+    tmp/                     builds in progress (renamed into roots/ when they succeed);
+                             an emulator's start sweeps away what interrupted builds left
 
 ``<key>`` is a SHA-256 over the parent's key and everything that decides the layer's content
 (its lines, context files, build secrets), so an identical chain is a cache hit in any later
@@ -25,6 +26,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from .._paths import cache_root
 from ..runtime.store import remove_tree
@@ -100,9 +103,31 @@ class BuildCache:
 
     def staging(self, key: str) -> Path:
         """A fresh directory to build ``key`` in; its ``rootfs/`` becomes the layer's root."""
-        path = self._tmp / f"{key[:16]}-{os.getpid()}-{secrets.token_hex(4)}"
+        path = self._tmp / f"{key}-{os.getpid()}-{secrets.token_hex(4)}"
         path.mkdir()
         return path
+
+    def sweep(self) -> list[str]:
+        """Remove what interrupted builds left in ``tmp/`` (an emulator killed mid-build):
+        a staging dir whose key nobody is building now (its lock is free) is stale."""
+        removed = []
+        for leftover in self._tmp.iterdir():
+            key = leftover.name.split("-", 1)[0]
+            if leftover.name.startswith("trash-"):
+                remove_tree(leftover)
+                removed.append(leftover.name)
+                continue
+            lock = FileLock(self.lock_file(key), thread_local=False)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue  # being built right now
+            try:
+                remove_tree(leftover)
+                removed.append(leftover.name)
+            finally:
+                lock.release()
+        return removed
 
     def commit(self, staging: Path, state: ImageState, meta: Mapping[str, Any]) -> ImageState:
         """Move a finished build into place (the caller holds the key's lock)."""
@@ -155,7 +180,5 @@ class BuildCache:
             finally:
                 if fd >= 0:
                     os.close(fd)
-        for leftover in self._tmp.iterdir():
-            if leftover.name.startswith("trash-") or now - leftover.stat().st_mtime > 24 * 3600:
-                remove_tree(leftover)
+        self.sweep()
         return removed

@@ -157,6 +157,7 @@ class Emulator:
             return await loop.run_in_executor(executor, lambda: fn(*args, **kwargs))
 
         cache = await asyncio.to_thread(BuildCache, opts.build_cache_dir)
+        await asyncio.to_thread(cache.sweep)  # leftovers of builds an earlier emulator lost
         builder = Builder(cache, LocalRuntime(builds_dir), blocking=blocking)
         mounts = MountStore()
         image_service = images.ImageService(
