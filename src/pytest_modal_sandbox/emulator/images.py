@@ -310,10 +310,10 @@ class ImageService:
             )
             raise
         except Exception as exc:  # a bug of ours: still an answer, never a hung client
+            self._warn(f"building image {record.layer.id} failed unexpectedly: {exc!r}")
             build.finish(
                 _R(status=_R.GENERIC_STATUS_FAILURE, exception=f"emulator error: {exc!r}"), None
             )
-            raise
         else:
             build.finish(_R(status=_R.GENERIC_STATUS_SUCCESS), state)
 
