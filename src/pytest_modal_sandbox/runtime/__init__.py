@@ -7,6 +7,14 @@ pytest-free.  The plugin's ``local`` backend and the Modal emulator are both bui
     sb.exec(["echo", "hi"]).stdout        # b"hi\\n"
     host, port = sb.tunnel(8000)
     sb.terminate(wait=True)
+
+Seen from the host, needing nothing inside the image: ``sb.listening_ports()`` (its TCP
+listeners), ``sb.helper_command(script)`` (a stdlib-only Python script run in its mount
+namespace with the host's interpreter), ``sb.init_pid`` and ``sb.open_namespaces()``.  Image
+builds use ``SandboxConfig(rootfs=..., rootfs_writable=True, network=True)``: the root is
+changed in place, with the host's network.  Stop an exec started with ``popen`` or
+``exec_command`` with :func:`kill_exec`.  ``sb.wait()`` returns once the sandbox has ended and
+its keeper has cleaned up.
 """
 
 from .config import DEFAULT_ENV, ExecOutcome, ExitStatus, SandboxConfig
