@@ -235,6 +235,7 @@ class _Waiter:
         self.probe = probe
         self.deadline = deadline
         self.log_lines = log_lines
+        self.state_checked = time.monotonic()  # the launch just happened: no check needed yet
 
     def run(self) -> None:
         """Poll the probe from here (http, log and exec probes)."""
@@ -319,9 +320,13 @@ class _Waiter:
             status = None
         if status == self.probe.status:
             return True
-        state = daemon_states(self.sandbox, [self.daemon.name])
-        if state and state[0].state == "exited":
-            self.exited(state[0].exit_code)
+        # is the daemon still alive?  An exec is a round trip on Modal: ask at most every 0.5 s
+        now = time.monotonic()
+        if now - self.state_checked >= 0.5:
+            self.state_checked = now
+            state = daemon_states(self.sandbox, [self.daemon.name])
+            if state and state[0].state == "exited":
+                self.exited(state[0].exit_code)
         return False
 
     # -- failures --------------------------------------------------------------------------

@@ -261,7 +261,7 @@ def _switch(config: pytest.Config, key: str, environ: Mapping[str, str]) -> bool
 
 
 def _local_images(config: pytest.Config, environ: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
-    from .backends.local import LOCAL_IMAGE_MODES
+    from .backends import LOCAL_IMAGE_MODES
 
     value, where = _pick(
         config,

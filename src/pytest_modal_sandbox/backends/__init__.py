@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "local", "modal", "emulator")
+LOCAL_IMAGE_MODES = ("pull", "host", "auto")  # the local backend's ways to provide an image
 
 
 class NameTaken(SandboxError):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ExecTimeout, SandboxGone, SpecError
 from ..spec import SandboxSpec
-from . import Endpoint, NameTaken, RawExec, SandboxInfo
+from . import LOCAL_IMAGE_MODES, Endpoint, NameTaken, RawExec, SandboxInfo
 
 if TYPE_CHECKING:
     from ..images import ImageRoot
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LOCAL_IMAGE_MODES", "LocalBackend", "LocalHandle", "LocalImages"]
 
-LOCAL_IMAGE_MODES = ("pull", "host", "auto")
 
 
 class LocalImageFallback(UserWarning):
