@@ -31,6 +31,10 @@ HTTP = SandboxSpec(
     daemons=[Daemon("web", "exec python3 -m http.server 8000", ready=Probe.http(8000))],
     encrypted_ports=[8000],
 )
+TCP = SandboxSpec(
+    daemons=[Daemon("web", "exec python3 -m http.server 8000", ready=Probe.tcp(8000))],
+    encrypted_ports=[8000],
+)
 BARE = SandboxSpec()
 
 
@@ -115,6 +119,7 @@ def rpc_counts(reps: int) -> None:
                 for name, spec, body in (
                     ("no daemon + 1 exec", BARE, lambda sb: sb.exec("true")),
                     ("http daemon", HTTP, lambda sb: None),
+                    ("tcp-probed daemon", TCP, lambda sb: None),
                 ):
                     emu.reset_stats()
                     samples = []
