@@ -173,3 +173,44 @@ def test_each_bad_spec_is_one_clean_error_per_test(sbtester, xdist):
     assert "INTERNALERROR" not in out
     assert "Traceback" not in out and "spec.py:" not in out  # pytrace=False: no internals
     result.stdout.fnmatch_lines_random(EXPECTED)
+
+
+@pytest.fixture
+def no_modal_credentials(tmp_path, monkeypatch):
+    """No token in the environment and no ~/.modal.toml."""
+    for key in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_PROFILE", "MODAL_SERVER_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "none.toml"))
+
+
+def test_modal_without_credentials_is_one_clear_error_per_test(sbtester, no_modal_credentials):
+    sbtester.makepyfile("def test_a(sandbox): pass\ndef test_b(sandbox): pass\n")
+    result = sbtester.runpytest_subprocess("--modal-sandbox=modal")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*Modal credentials are not configured: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, "
+            "or run `modal token new`*"
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_auto_is_local_without_credentials(sbtester, no_modal_credentials):
+    sbtester.makepyfile("def test_x(sandbox):\n    assert sandbox.backend == 'local'\n")
+    result = sbtester.runpytest_subprocess("--modal-sandbox")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["modal-sandbox: local (bubblewrap)*"])
+
+
+def test_auto_is_modal_with_credentials(sbtester, state_dir, monkeypatch):
+    from pytest_modal_sandbox.emulator import EmulatorProcess
+
+    with EmulatorProcess(state_dir=state_dir / "emulator") as emulator:
+        for key, value in emulator.client_env().items():
+            monkeypatch.setenv(key, value)
+        sbtester.makepyfile("def test_x(sandbox):\n    assert sandbox.backend == 'modal'\n")
+        result = sbtester.runpytest_subprocess("--modal-sandbox")
+        result.assert_outcomes(passed=1)
+        result.stdout.fnmatch_lines(["modal-sandbox: modal (app pytest-modal-sandbox*"])
