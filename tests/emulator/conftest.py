@@ -101,4 +101,3 @@ def make_sandbox(app: Any, client: Any) -> Iterator[Callable[..., Any]]:
             sb.terminate()
         except modal.exception.ClientClosed:  # a detached handle: use a fresh one
             modal.Sandbox.from_id(sb.object_id, client=client).terminate()
-

@@ -123,7 +123,7 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PATTERN",
         help="run images whose reference matches this fnmatch pattern on the host root "
-        "(repeatable), as the plugin's --modal-sandbox-host-image",
+        "(repeatable)",
     )
     p.add_argument(
         "--build-timeout",
