@@ -120,7 +120,14 @@ def _start_emulator(config: pytest.Config) -> dict[str, Any]:
     from .lifecycle import kill_with_this_process
 
     token = (f"ak-{secrets.token_hex(8)}", f"as-{secrets.token_hex(8)}")
-    emulator = EmulatorProcess(token_id=token[0], token_secret=token[1]).start()
+    s = settings_of(config)
+    emulator = EmulatorProcess(
+        token_id=token[0],
+        token_secret=token[1],
+        # images as on the local backend: pull (default), host, or auto
+        images=s.local_images,
+        host_images=s.host_images,
+    ).start()
     config.stash[CLEANUP_KEY].append(emulator.stop)
     if emulator.pid is not None:  # it must die with us, even if we are SIGKILLed
         config.stash[CLEANUP_KEY].append(kill_with_this_process(emulator.pid))

@@ -51,10 +51,11 @@ def image(registry, tmp_path, monkeypatch):
     return pushed.reference
 
 
-def test_the_declared_image_runs(sbtester, image):
+def test_the_declared_image_runs(sbtester, image, backend):
+    """On the emulator too: the plugin hands its image settings to the run's emulator."""
     sbtester.makepyfile(INNER.format(ref=image))
     result = sbtester.runpytest_subprocess(
-        "--modal-sandbox=local", "--modal-sandbox-local-images=pull", "-n", "2"
+        f"--modal-sandbox={backend}", "--modal-sandbox-local-images=pull", "-n", "2"
     )
     result.assert_outcomes(passed=1)
 
@@ -99,3 +100,11 @@ def test_bad_mode_is_a_usage_error(sbtester):
     result = sbtester.runpytest("--modal-sandbox=local", "--modal-sandbox-local-images=docker")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--modal-sandbox-local-images: 'docker' is not a local image*"])
+
+
+def test_host_mode_reaches_the_emulator_too(sbtester, image, backend):
+    sbtester.makepyfile(ON_HOST.format(ref=image))
+    result = sbtester.runpytest_subprocess(
+        f"--modal-sandbox={backend}", "--modal-sandbox-local-images=host"
+    )
+    result.assert_outcomes(passed=1)
