@@ -51,6 +51,8 @@ from pathlib import Path
 
 import pytest
 
+from proctable import processes_mentioning as _processes_mentioning
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 SRC = ROOT / "src" / "pytest_modal_sandbox"
@@ -296,21 +298,6 @@ def all_pages() -> list[Path]:
 
 
 # -- running ------------------------------------------------------------------------------
-
-
-def _processes_mentioning(text: str) -> list[tuple[int, str]]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-        except (OSError, UnicodeDecodeError, IndexError):
-            continue
-        if text in cmdline and state != b"Z":
-            found.append((int(pid), cmdline))
-    return found
 
 
 def _running_sandboxes(state_dir: Path) -> list[tuple[str, str]]:

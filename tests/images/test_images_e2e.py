@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from proctable import processes_mentioning
 from pytest_modal_sandbox.images import ImageRoot, ImageStore
 from pytest_modal_sandbox.runtime import (
     InvalidConfig,
@@ -20,18 +21,6 @@ from pytest_modal_sandbox.runtime import (
     SandboxConfig,
 )
 from registry import LocalRegistry, busybox_layer, directory, file
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if text.encode() in fh.read():
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture(params=["overlay", "copy"])
@@ -52,15 +41,18 @@ def runtime(
         for sb in rt.list(include_finished=False):
             sb.terminate(wait=True)
         rt.close()
-    assert _processes_mentioning(str(state)) == []
+    assert processes_mentioning(str(state)) == []
 
 
 @pytest.fixture
 def web_image(registry: LocalRegistry, store: ImageStore) -> ImageRoot:
     image = registry.push_image(
-        "e2e/web", "v1",
-        [busybox_layer(),
-         [directory("srv"), file("srv/index.html", "<h1>served from the image</h1>\n")]],
+        "e2e/web",
+        "v1",
+        [
+            busybox_layer(),
+            [directory("srv"), file("srv/index.html", "<h1>served from the image</h1>\n")],
+        ],
         env={"GREETING": "hello from the image", "PATH": "/usr/bin:/bin"},
         workdir="/srv",
         cmd=["httpd", "-f"],
@@ -69,8 +61,9 @@ def web_image(registry: LocalRegistry, store: ImageStore) -> ImageRoot:
 
 
 def _create(runtime: LocalRuntime, root: ImageRoot, **kwargs: object) -> LocalSandbox:
-    config = SandboxConfig(rootfs=str(root.path), env=dict(root.env), workdir=root.workdir,
-                           **kwargs)  # type: ignore[arg-type]
+    config = SandboxConfig(
+        rootfs=str(root.path), env=dict(root.env), workdir=root.workdir, **kwargs
+    )  # type: ignore[arg-type]
     try:
         return runtime.create(config)
     except InvalidConfig as exc:
@@ -108,7 +101,11 @@ def _check_env_workdir_and_isolation(sb: LocalSandbox, web_image: ImageRoot) -> 
         out = sb.exec(["sh", "-c", 'echo "$GREETING"; pwd; cat index.html; id -u'])
         assert out.returncode == 0, out
         assert out.stdout.decode().splitlines() == [
-            "hello from the image", "/srv", "<h1>served from the image</h1>", "0"]
+            "hello from the image",
+            "/srv",
+            "<h1>served from the image</h1>",
+            "0",
+        ]
         # the image is the whole root: the host's files are not there
         host_only = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "/etc/os-release"
         assert sb.exec(["test", "-e", host_only]).returncode == 1

@@ -7,31 +7,15 @@ table (no keeper, bwrap or emulator process mentioning the directory).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from proctable import processes_mentioning
+
 BACKENDS = ["local", "emulator"]
-
-
-def processes_mentioning(text: str) -> list[tuple[int, str]]:
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in cmdline and state != b"Z":
-            found.append((int(name), cmdline))
-    return found
 
 
 def running_sandboxes(state_dir: Path) -> list[str]:

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from registry import busybox_layer, directory, file, registry  # noqa: E402, F401
+from registry import busybox_layer, directory, file
 
 INNER = """
 import urllib.request

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from proctable import processes_mentioning  # noqa: F401  (used by the runtime tests)
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 BUSYBOX = shutil.which("busybox")
 
@@ -35,23 +37,6 @@ def spawn_python(code: str, *args: str) -> subprocess.Popen[str]:
 # A Python for use *inside* host-mode sandboxes: the real interpreter, since a venv's
 # bin/python may live under /tmp, which is a private tmpfs in there.
 SANDBOX_PYTHON = os.path.realpath(sys.executable)
-
-
-def processes_mentioning(text: str) -> list[tuple[int, str]]:
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in cmdline and state != b"Z":
-            found.append((int(name), cmdline))
-    return found
 
 
 def build_busybox_root(root: Path) -> Path:
