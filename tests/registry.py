@@ -71,8 +71,9 @@ REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 HAVE_ZSTD = shutil.which("zstd") is not None  # apt package zstd: builds zstd test layers
 HAVE_OPENSSL = shutil.which("openssl") is not None  # apt package openssl: signs test tokens
 needs_zstd = pytest.mark.skipif(not HAVE_ZSTD, reason="the zstd command is missing (apt zstd)")
-needs_openssl = pytest.mark.skipif(not HAVE_OPENSSL,
-                                   reason="the openssl command is missing (apt openssl)")
+needs_openssl = pytest.mark.skipif(
+    not HAVE_OPENSSL, reason="the openssl command is missing (apt openssl)"
+)
 BUSYBOX = "/bin/busybox"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -108,8 +109,9 @@ def _info(path: str, kind: bytes, mode: int, uid: int = 0, gid: int = 0) -> tarf
 Entry = tuple[tarfile.TarInfo, bytes | None]
 
 
-def file(path: str, data: bytes | str = b"", *, mode: int = 0o644, uid: int = 0,
-         gid: int = 0) -> Entry:
+def file(
+    path: str, data: bytes | str = b"", *, mode: int = 0o644, uid: int = 0, gid: int = 0
+) -> Entry:
     raw = data.encode() if isinstance(data, str) else data
     info = _info(path, tarfile.REGTYPE, mode, uid, gid)
     info.size = len(raw)
@@ -170,8 +172,9 @@ def busybox_layer() -> list[Entry]:
     return entries
 
 
-def build_layer(entries: Sequence[Entry] | bytes, compression: str | None = "gzip"
-                ) -> tuple[bytes, str]:
+def build_layer(
+    entries: Sequence[Entry] | bytes, compression: str | None = "gzip"
+) -> tuple[bytes, str]:
     """(blob, diff_id) for a layer; ``entries`` may also be a ready-made raw tar."""
     if isinstance(entries, bytes):
         raw = entries
@@ -185,8 +188,9 @@ def build_layer(entries: Sequence[Entry] | bytes, compression: str | None = "gzi
     if compression == "gzip":
         blob = gzip.compress(raw, mtime=0)
     elif compression == "zstd":
-        blob = subprocess.run(["zstd", "-q", "-c"], input=raw, capture_output=True,
-                              check=True).stdout
+        blob = subprocess.run(
+            ["zstd", "-q", "-c"], input=raw, capture_output=True, check=True
+        ).stdout
     elif compression is None:
         blob = raw
     else:
@@ -231,17 +235,41 @@ def _free_port() -> int:
 class _TokenServer:
     """Issues registry JWTs (RS256, x5c) like Docker Hub's auth server; counts its requests."""
 
-    def __init__(self, workdir: Path, service: str, issuer: str,
-                 users: Mapping[str, str], anonymous_pull: Sequence[str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        service: str,
+        issuer: str,
+        users: Mapping[str, str],
+        anonymous_pull: Sequence[str],
+    ) -> None:
         self.key = workdir / "token.key"
         self.cert = workdir / "token.crt"
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-             str(self.key), "-out", str(self.cert), "-days", "2", "-subj", "/CN=test-token"],
-            check=True, capture_output=True,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                str(self.key),
+                "-out",
+                str(self.cert),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=test-token",
+            ],
+            check=True,
+            capture_output=True,
         )
-        der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"],
-                             check=True, capture_output=True).stdout
+        der = subprocess.run(
+            ["openssl", "x509", "-in", str(self.cert), "-outform", "DER"],
+            check=True,
+            capture_output=True,
+        ).stdout
         self.x5c = base64.b64encode(der).decode()
         self.service, self.issuer = service, issuer
         self.users = dict(users)
@@ -268,8 +296,12 @@ class _TokenServer:
 
         header = {"alg": "RS256", "typ": "JWT", "x5c": [self.x5c]}
         signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
-        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
-                             input=signing_input.encode(), check=True, capture_output=True).stdout
+        sig = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+            input=signing_input.encode(),
+            check=True,
+            capture_output=True,
+        ).stdout
         return f"{signing_input}.{b64(sig)}"
 
     def _handle(self, req: BaseHTTPRequestHandler) -> None:
@@ -297,10 +329,18 @@ class _TokenServer:
                 granted = []
             access.append({"type": kind, "name": name, "actions": granted})
         now = int(time.time())
-        token = self._sign({
-            "iss": self.issuer, "sub": user or "", "aud": self.service, "exp": now + 300,
-            "nbf": now - 10, "iat": now, "jti": secrets.token_hex(8), "access": access,
-        })
+        token = self._sign(
+            {
+                "iss": self.issuer,
+                "sub": user or "",
+                "aud": self.service,
+                "exp": now + 300,
+                "nbf": now - 10,
+                "iat": now,
+                "jti": secrets.token_hex(8),
+                "access": access,
+            }
+        )
         body = json.dumps({"token": token, "expires_in": 300}).encode()
         req.send_response(200)
         req.send_header("Content-Type", "application/json")
@@ -317,8 +357,9 @@ class _TokenServer:
 class LocalRegistry:
     """A ``docker-registry`` process on 127.0.0.1.  ``auth``: None, "htpasswd" or "token"."""
 
-    def __init__(self, workdir: Path, *, auth: str | None = None,
-                 anonymous_pull: Sequence[str] = ()) -> None:
+    def __init__(
+        self, workdir: Path, *, auth: str | None = None, anonymous_pull: Sequence[str] = ()
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.auth = auth
@@ -333,8 +374,13 @@ class LocalRegistry:
             creds = f"{HTPASSWD_USER}:{HTPASSWD_PASSWORD}".encode()
             self._auth_header = "Basic " + base64.b64encode(creds).decode()
         elif auth == "token":
-            self.token_server = _TokenServer(workdir, "test-registry", "test-issuer",
-                                             {HTPASSWD_USER: HTPASSWD_PASSWORD}, anonymous_pull)
+            self.token_server = _TokenServer(
+                workdir,
+                "test-registry",
+                "test-issuer",
+                {HTPASSWD_USER: HTPASSWD_PASSWORD},
+                anonymous_pull,
+            )
             auth_yaml = (
                 "auth:\n  token:\n"
                 f"    realm: {self.token_server.realm}\n    service: test-registry\n"
@@ -358,8 +404,12 @@ class LocalRegistry:
                 f"http:\n  addr: {self.host}\n  secret: {secrets.token_hex(8)}\n" + auth_yaml
             )
             with open(self.log_path, "ab") as out, open(workdir / "registry.err", "ab") as err:
-                self.proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)],
-                                             stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+                self.proc = subprocess.Popen(
+                    [REGISTRY_BIN, "serve", str(config)],
+                    stdout=out,
+                    stderr=err,
+                    stdin=subprocess.DEVNULL,
+                )
             if self._wait_ready():
                 return
             self.proc.kill()
@@ -405,14 +455,22 @@ class LocalRegistry:
                 creds = base64.b64encode(f"{HTPASSWD_USER}:{HTPASSWD_PASSWORD}".encode()).decode()
                 req = urllib.request.Request(
                     f"{self.token_server.realm}?service=test-registry&scope={scope}",
-                    headers={"Authorization": f"Basic {creds}"})
+                    headers={"Authorization": f"Basic {creds}"},
+                )
                 with _opener.open(req, timeout=10) as resp:
                     self._push_tokens[name] = "Bearer " + json.loads(resp.read())["token"]
             return self._push_tokens[name]
         return None
 
-    def http(self, method: str, path: str, *, name: str = "", data: bytes | None = None,
-             headers: Mapping[str, str] | None = None) -> tuple[int, Mapping[str, str], bytes]:
+    def http(
+        self,
+        method: str,
+        path: str,
+        *,
+        name: str = "",
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
         url = path if path.startswith("http") else self.url + path
         hdrs = dict(headers or {})
         auth = self._authorization(name, None) if name else None
@@ -430,22 +488,30 @@ class LocalRegistry:
         status, _, _ = self.http("HEAD", f"/v2/{name}/blobs/{digest}", name=name)
         if status == 200:
             return digest
-        status, headers, body = self.http("POST", f"/v2/{name}/blobs/uploads/", name=name,
-                                          data=b"")
+        status, headers, body = self.http("POST", f"/v2/{name}/blobs/uploads/", name=name, data=b"")
         assert status == 202, (status, body)
         location = headers["Location"]
         if not location.startswith("http"):
             location = self.url + location
         sep = "&" if "?" in location else "?"
         status, _, body = self.http(
-            "PUT", f"{location}{sep}digest={digest}", name=name, data=data,
-            headers={"Content-Type": "application/octet-stream"})
+            "PUT",
+            f"{location}{sep}digest={digest}",
+            name=name,
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         assert status == 201, (status, body)
         return digest
 
     def put_manifest(self, name: str, ref: str, body: bytes, media_type: str) -> str:
-        status, _, resp = self.http("PUT", f"/v2/{name}/manifests/{ref}", name=name, data=body,
-                                    headers={"Content-Type": media_type})
+        status, _, resp = self.http(
+            "PUT",
+            f"/v2/{name}/manifests/{ref}",
+            name=name,
+            data=body,
+            headers={"Content-Type": media_type},
+        )
         assert status == 201, (status, resp)
         return _digest(body)
 
@@ -475,20 +541,31 @@ class LocalRegistry:
             diff_ids.append(diff_id)
         for blob in blobs:
             digest = self.push_blob(name, blob)
-            descs.append({
-                "mediaType": (LAYER_TYPES[compression] if not docker_media_types
-                              else "application/vnd.docker.image.rootfs.diff.tar.gzip"),
-                "digest": digest, "size": len(blob)})
+            descs.append(
+                {
+                    "mediaType": (
+                        LAYER_TYPES[compression]
+                        if not docker_media_types
+                        else "application/vnd.docker.image.rootfs.diff.tar.gzip"
+                    ),
+                    "digest": digest,
+                    "size": len(blob),
+                }
+            )
         config: dict[str, Any] = {
-            "architecture": architecture, "os": "linux",
+            "architecture": architecture,
+            "os": "linux",
             "config": {"Env": [f"{k}={v}" for k, v in (env or {}).items()]},
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         }
         if variant:
             config["variant"] = variant
-        for key, value in (("WorkingDir", workdir), ("User", user),
-                           ("Cmd", list(cmd) if cmd else None),
-                           ("Entrypoint", list(entrypoint) if entrypoint else None)):
+        for key, value in (
+            ("WorkingDir", workdir),
+            ("User", user),
+            ("Cmd", list(cmd) if cmd else None),
+            ("Entrypoint", list(entrypoint) if entrypoint else None),
+        ):
             if value is not None:
                 config["config"][key] = value
         config_body = json.dumps(config).encode()
@@ -496,31 +573,55 @@ class LocalRegistry:
         manifest = {
             "schemaVersion": 2,
             "mediaType": DOCKER_MANIFEST if docker_media_types else OCI_MANIFEST,
-            "config": {"mediaType": DOCKER_CONFIG if docker_media_types else OCI_CONFIG,
-                       "digest": config_digest, "size": len(config_body)},
+            "config": {
+                "mediaType": DOCKER_CONFIG if docker_media_types else OCI_CONFIG,
+                "digest": config_digest,
+                "size": len(config_body),
+            },
             "layers": descs,
         }
         body = json.dumps(manifest).encode()
         media = DOCKER_MANIFEST if docker_media_types else OCI_MANIFEST
         digest = self.put_manifest(name, tag, body, media)
-        return PushedImage(f"{self.host}/{name}:{tag}", name, tag, digest, config_digest,
-                           tuple(d["digest"] for d in descs))
+        return PushedImage(
+            f"{self.host}/{name}:{tag}",
+            name,
+            tag,
+            digest,
+            config_digest,
+            tuple(d["digest"] for d in descs),
+        )
 
-    def push_index(self, name: str, tag: str, images: Mapping[str, PushedImage],
-                   *, docker_media_types: bool = False) -> PushedImage:
+    def push_index(
+        self,
+        name: str,
+        tag: str,
+        images: Mapping[str, PushedImage],
+        *,
+        docker_media_types: bool = False,
+    ) -> PushedImage:
         """A manifest list / OCI index over already pushed images, keyed "os/arch[/variant]"."""
         entries = []
         for platform, image in images.items():
             parts = platform.split("/")
             status, _, body = self.http(
-                "GET", f"/v2/{image.name}/manifests/{image.digest}", name=image.name,
-                headers={"Accept": f"{OCI_MANIFEST}, {DOCKER_MANIFEST}"})
+                "GET",
+                f"/v2/{image.name}/manifests/{image.digest}",
+                name=image.name,
+                headers={"Accept": f"{OCI_MANIFEST}, {DOCKER_MANIFEST}"},
+            )
             assert status == 200, (status, body)
             plat: dict[str, str] = {"os": parts[0], "architecture": parts[1]}
             if len(parts) > 2:
                 plat["variant"] = parts[2]
-            entries.append({"mediaType": json.loads(body)["mediaType"], "digest": image.digest,
-                            "size": len(body), "platform": plat})
+            entries.append(
+                {
+                    "mediaType": json.loads(body)["mediaType"],
+                    "digest": image.digest,
+                    "size": len(body),
+                    "platform": plat,
+                }
+            )
         media = DOCKER_LIST if docker_media_types else OCI_INDEX
         index = {"schemaVersion": 2, "mediaType": media, "manifests": entries}
         digest = self.put_manifest(name, tag, json.dumps(index).encode(), media)
@@ -529,8 +630,18 @@ class LocalRegistry:
     def corrupt_blob(self, digest: str) -> None:
         """Flip a byte of a stored blob: the registry then serves bytes that fail the digest."""
         hexd = digest.split(":", 1)[1]
-        path = (self.workdir / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256"
-                / hexd[:2] / hexd / "data")
+        path = (
+            self.workdir
+            / "data"
+            / "docker"
+            / "registry"
+            / "v2"
+            / "blobs"
+            / "sha256"
+            / hexd[:2]
+            / hexd
+            / "data"
+        )
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0xFF
         path.write_bytes(bytes(data))
@@ -609,8 +720,7 @@ class FlakyProxy:
     ``authorized`` how many requests carried an Authorization header.
     """
 
-    def __init__(self, upstream: LocalRegistry, drop_blobs: int = 0, *, cdn: bool = False
-                 ) -> None:
+    def __init__(self, upstream: LocalRegistry, drop_blobs: int = 0, *, cdn: bool = False) -> None:
         self.upstream = upstream
         self.drop_blobs = drop_blobs
         self.blob_gets = 0
@@ -656,8 +766,13 @@ class FlakyProxy:
                 return
         req.send_response(status)
         for key, value in resp_headers.items():
-            if key.lower() not in ("content-length", "connection", "transfer-encoding", "date",
-                                   "server"):
+            if key.lower() not in (
+                "content-length",
+                "connection",
+                "transfer-encoding",
+                "date",
+                "server",
+            ):
                 req.send_header(key, value)
         req.send_header("Content-Length", str(len(body)))
         req.end_headers()

@@ -12,8 +12,9 @@ from pytest_modal_sandbox.images.cli import main
 from registry import LocalRegistry, file
 
 
-def test_pull_list_prune(registry: LocalRegistry, tmp_path: Path,
-                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_pull_list_prune(
+    registry: LocalRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     image = registry.push_image("cli/app", "v1", [[file("x", "y")]])
     cache = str(tmp_path / "c")
     assert main(["--cache-dir", cache, "pull", image.reference]) == 0
@@ -51,9 +52,19 @@ def test_errors_are_one_clean_line(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_runs_as_a_module(registry: LocalRegistry, tmp_path: Path) -> None:
     image = registry.push_image("cli/module", "v1", [[file("x", "y")]])
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest_modal_sandbox.images.cli", "--cache-dir",
-         str(tmp_path / "c"), "pull", image.reference, f"{registry.host}/cli/missing:v1"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "pytest_modal_sandbox.images.cli",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "pull",
+            image.reference,
+            f"{registry.host}/cli/missing:v1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert image.reference in proc.stdout

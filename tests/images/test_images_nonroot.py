@@ -62,20 +62,39 @@ def shared_tmp() -> Iterator[Path]:
 
 
 def test_unprivileged_pull_unpack_and_prune(registry: LocalRegistry, shared_tmp: Path) -> None:
-    image = registry.push_image("nonroot/app", "v1", [
-        busybox_layer(),
-        [directory("ro", mode=0o555), file("ro/suid", "x", mode=0o4755, uid=1000, gid=1000),
-         file("ro/gone")],
-        [file("ro/later", "written into a 0555 dir"), whiteout("ro/gone")],
-    ])
+    image = registry.push_image(
+        "nonroot/app",
+        "v1",
+        [
+            busybox_layer(),
+            [
+                directory("ro", mode=0o555),
+                file("ro/suid", "x", mode=0o4755, uid=1000, gid=1000),
+                file("ro/gone"),
+            ],
+            [file("ro/later", "written into a 0555 dir"), whiteout("ro/gone")],
+        ],
+    )
     cache = shared_tmp / "cache"
     cache.mkdir()
     os.chown(cache, NOBODY, NOBODY)
     env = {**os.environ, "HOME": str(cache), "DOCKER_CONFIG": str(cache)}
     proc = subprocess.run(
-        [SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         sys.executable, "-c", SCRIPT, str(cache), image.reference],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            SETPRIV,
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            SCRIPT,
+            str(cache),
+            image.reference,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)

@@ -48,16 +48,26 @@ def _leftovers(store: ImageStore) -> list[str]:
 
 def test_multi_layer_image(registry: LocalRegistry, store: ImageStore) -> None:
     image = registry.push_image(
-        "pull/multi", "v1",
+        "pull/multi",
+        "v1",
         [
             busybox_layer(),
-            [directory("srv"), file("srv/index.html", "<h1>v1</h1>"), file("srv/old.txt"),
-             directory("cache"), file("cache/a"), hardlink("srv/same.html", "srv/index.html"),
-             symlink("srv/link", "index.html")],
+            [
+                directory("srv"),
+                file("srv/index.html", "<h1>v1</h1>"),
+                file("srv/old.txt"),
+                directory("cache"),
+                file("cache/a"),
+                hardlink("srv/same.html", "srv/index.html"),
+                symlink("srv/link", "index.html"),
+            ],
             [whiteout("srv/old.txt"), opaque("cache"), file("cache/b", "new")],
         ],
-        env={"GREETING": "hello world", "PATH": "/usr/bin:/bin"}, workdir="/srv",
-        cmd=["httpd", "-f"], entrypoint=["/bin/sh", "-c"], user="nobody",
+        env={"GREETING": "hello world", "PATH": "/usr/bin:/bin"},
+        workdir="/srv",
+        cmd=["httpd", "-f"],
+        entrypoint=["/bin/sh", "-c"],
+        user="nobody",
     )
     root = store.get(image.reference)
     assert root.reference == image.reference
@@ -91,10 +101,12 @@ def test_docker_media_types_and_zstd(registry: LocalRegistry, store: ImageStore)
 
 def test_manifest_list_resolves_to_the_platform(registry: LocalRegistry, tmp_path: Path) -> None:
     amd = registry.push_image("pull/multiarch", "amd64", [[file("arch", "amd64")]])
-    arm = registry.push_image("pull/multiarch", "arm64", [[file("arch", "arm64")]],
-                              architecture="arm64", variant="v8")
-    index = registry.push_index("pull/multiarch", "latest", {"linux/amd64": amd,
-                                                             "linux/arm64/v8": arm})
+    arm = registry.push_image(
+        "pull/multiarch", "arm64", [[file("arch", "arm64")]], architecture="arm64", variant="v8"
+    )
+    index = registry.push_index(
+        "pull/multiarch", "latest", {"linux/amd64": amd, "linux/arm64/v8": arm}
+    )
     host = ImageStore(tmp_path / "c").get(index.reference)
     assert (host.path / "arch").read_text() == "amd64"
     assert host.digest == index.digest and host.manifest_digest == amd.digest
@@ -102,8 +114,9 @@ def test_manifest_list_resolves_to_the_platform(registry: LocalRegistry, tmp_pat
     assert (other.path / "arch").read_text() == "arm64"
     with pytest.raises(PlatformNotFound, match=r"linux/s390x.*available: linux/amd64, linux/arm64"):
         ImageStore(tmp_path / "c", platform="linux/s390x").get(index.reference)
-    docker_list = registry.push_index("pull/multiarch", "docker", {"linux/amd64": amd},
-                                      docker_media_types=True)
+    docker_list = registry.push_index(
+        "pull/multiarch", "docker", {"linux/amd64": amd}, docker_media_types=True
+    )
     assert ImageStore(tmp_path / "c").get(docker_list.reference).config_digest == amd.config_digest
 
 
@@ -117,9 +130,12 @@ def test_digest_references(registry: LocalRegistry, store: ImageStore) -> None:
     again = store.get(tagged.by_digest)  # pulled by tag before: served from the cache
     assert again.config_digest == tagged.config_digest
     assert again.reference == tagged.by_digest
-    assert [r.path for r in registry.requests()[before:]
-            if r.method == "GET" and "/manifests/" in r.path] == ["/v2/pull/pinned/manifests/v2"]
-    missing = image.by_digest[: -64] + "0" * 64
+    assert [
+        r.path
+        for r in registry.requests()[before:]
+        if r.method == "GET" and "/manifests/" in r.path
+    ] == ["/v2/pull/pinned/manifests/v2"]
+    missing = image.by_digest[:-64] + "0" * 64
     with pytest.raises(ImageNotFound, match="has no digest"):
         store.get(missing)
 
@@ -135,9 +151,7 @@ def test_corrupted_blob_is_refused(registry: LocalRegistry, store: ImageStore) -
     assert _leftovers(store) == []
 
 
-def test_second_get_hits_the_cache_without_network(
-    registry: LocalRegistry, tmp_path: Path
-) -> None:
+def test_second_get_hits_the_cache_without_network(registry: LocalRegistry, tmp_path: Path) -> None:
     image = registry.push_image("pull/cached", "v1", SMALL)
     first = ImageStore(tmp_path / "c").get(image.reference)
     before = len(registry.requests())
@@ -169,17 +183,18 @@ CONCURRENT = textwrap.dedent("""
 """)
 
 
-def test_concurrent_pulls_download_each_blob_once(
-    registry: LocalRegistry, tmp_path: Path
-) -> None:
-    image = registry.push_image("pull/concurrent", "v1",
-                                [busybox_layer(), [file("data", os.urandom(3_000_000))]])
+def test_concurrent_pulls_download_each_blob_once(registry: LocalRegistry, tmp_path: Path) -> None:
+    image = registry.push_image(
+        "pull/concurrent", "v1", [busybox_layer(), [file("data", os.urandom(3_000_000))]]
+    )
     import time
 
     start = time.time() + 0.5
     procs = [
-        subprocess.Popen([sys.executable, "-c", CONCURRENT, str(tmp_path / "c"),
-                          image.reference, str(start)], stdout=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT, str(tmp_path / "c"), image.reference, str(start)],
+            stdout=subprocess.PIPE,
+        )
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=120)[0] for p in procs]
@@ -233,14 +248,16 @@ def test_mirror_serves_docker_hub_images(registry: LocalRegistry, tmp_path: Path
     assert (root.path / "from").read_text() == "mirror"
 
 
-def test_basic_auth(registry_factory: object, tmp_path: Path,
-                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_basic_auth(
+    registry_factory: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reg: LocalRegistry = registry_factory(auth="htpasswd")  # type: ignore[operator]
     image = reg.push_image("private/app", "v1", SMALL)
     with pytest.raises(ImageAccessDenied, match="needs credentials"):
         ImageStore(tmp_path / "a").get(image.reference)
-    monkeypatch.setenv("PYTEST_MODAL_SANDBOX_REGISTRY_AUTH",
-                       json.dumps({reg.host: f"{HTPASSWD_USER}:wrong"}))
+    monkeypatch.setenv(
+        "PYTEST_MODAL_SANDBOX_REGISTRY_AUTH", json.dumps({reg.host: f"{HTPASSWD_USER}:wrong"})
+    )
     with pytest.raises(RegistryAuthError, match="credentials of 'alice' were refused"):
         ImageStore(tmp_path / "b").get(image.reference)
     monkeypatch.delenv("PYTEST_MODAL_SANDBOX_REGISTRY_AUTH")
@@ -248,14 +265,16 @@ def test_basic_auth(registry_factory: object, tmp_path: Path,
 
     auth = base64.b64encode(f"{HTPASSWD_USER}:{HTPASSWD_PASSWORD}".encode()).decode()
     (Path(os.environ["DOCKER_CONFIG"]) / "config.json").write_text(
-        json.dumps({"auths": {f"http://{reg.host}": {"auth": auth}}}))
+        json.dumps({"auths": {f"http://{reg.host}": {"auth": auth}}})
+    )
     root = ImageStore(tmp_path / "c").get(image.reference)
     assert (root.path / "bin/tool").exists()
 
 
 @needs_openssl
-def test_bearer_token_auth(registry_factory: object, tmp_path: Path,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bearer_token_auth(
+    registry_factory: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reg: LocalRegistry = registry_factory(auth="token", anonymous_pull=("public/",))  # type: ignore[operator]
     private = reg.push_image("private/app", "v1", SMALL)
     public = reg.push_image("public/app", "v1", SMALL)
@@ -269,12 +288,16 @@ def test_bearer_token_auth(registry_factory: object, tmp_path: Path,
     assert anon[0]["query"]["service"] == ["test-registry"]
     with pytest.raises(ImageAccessDenied, match="does not exist or needs credentials"):
         ImageStore(tmp_path / "b").get(private.reference)
-    monkeypatch.setenv("PYTEST_MODAL_SANDBOX_REGISTRY_AUTH",
-                       json.dumps({reg.host: {"username": HTPASSWD_USER, "password": "nope"}}))
+    monkeypatch.setenv(
+        "PYTEST_MODAL_SANDBOX_REGISTRY_AUTH",
+        json.dumps({reg.host: {"username": HTPASSWD_USER, "password": "nope"}}),
+    )
     with pytest.raises(RegistryAuthError, match="refused the credentials for 'alice'"):
         ImageStore(tmp_path / "c").get(private.reference)
-    monkeypatch.setenv("PYTEST_MODAL_SANDBOX_REGISTRY_AUTH",
-                       json.dumps({reg.host: f"{HTPASSWD_USER}:{HTPASSWD_PASSWORD}"}))
+    monkeypatch.setenv(
+        "PYTEST_MODAL_SANDBOX_REGISTRY_AUTH",
+        json.dumps({reg.host: f"{HTPASSWD_USER}:{HTPASSWD_PASSWORD}"}),
+    )
     seen = len(reg.token_server.requests)
     assert (ImageStore(tmp_path / "d").get(private.reference).path / "bin/tool").exists()
     assert [r["user"] for r in reg.token_server.requests[seen:]] == [HTPASSWD_USER]  # one token
@@ -306,10 +329,12 @@ def test_list_and_prune(registry: LocalRegistry, tmp_path: Path) -> None:
 def test_xdist_workers_share_the_cache(
     registry: LocalRegistry, tmp_path: Path, pytester: pytest.Pytester
 ) -> None:
-    image = registry.push_image("pull/xdist", "v1",
-                                [busybox_layer(), [file("data", os.urandom(2_000_000))]])
+    image = registry.push_image(
+        "pull/xdist", "v1", [busybox_layer(), [file("data", os.urandom(2_000_000))]]
+    )
     cache = tmp_path / "shared-cache"
-    pytester.makepyfile(test_inner=f"""
+    pytester.makepyfile(
+        test_inner=f"""
         import pytest
         from pytest_modal_sandbox.images import ImageStore
 
@@ -317,7 +342,8 @@ def test_xdist_workers_share_the_cache(
         def test_pull(n):
             root = ImageStore({str(cache)!r}).get({image.reference!r})
             assert (root.path / "data").stat().st_size == 2_000_000
-    """)
+    """
+    )
     result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=4)
     counts = registry.blob_gets("pull/xdist")
@@ -344,14 +370,18 @@ def test_dropped_blob_downloads_are_retried(registry: LocalRegistry, tmp_path: P
 
 
 def test_progress_messages_only_when_pulling(registry: LocalRegistry, tmp_path: Path) -> None:
-    image = registry.push_image("pull/progress", "v1",
-                                [[file("a", "1")], [file("b", "2")], [file("c", "3")]])
+    image = registry.push_image(
+        "pull/progress", "v1", [[file("a", "1")], [file("b", "2")], [file("c", "3")]]
+    )
     messages: list[str] = []
     store = ImageStore(tmp_path / "c", progress=messages.append)
     root = store.get(image.reference)
     assert messages[0].startswith(f"pulling {image.reference}: 3 layer(s)")
     assert [m.split(" (")[0] for m in messages[1:4]] == [
-        "unpacking layer 1/3", "unpacking layer 2/3", "unpacking layer 3/3"]
+        "unpacking layer 1/3",
+        "unpacking layer 2/3",
+        "unpacking layer 3/3",
+    ]
     assert messages[-1] == f"unpacked {image.reference} (0.0 MiB)"
     assert sorted(p.name for p in root.path.iterdir()) == ["a", "b", "c"]
     messages.clear()
@@ -366,8 +396,10 @@ def test_blob_redirects_do_not_carry_credentials(
     image = reg.push_image("private/cdn", "v1", [[file("a", "1")], [file("b", "2")]])
     front = FlakyProxy(reg, cdn=True)
     try:
-        monkeypatch.setenv("PYTEST_MODAL_SANDBOX_REGISTRY_AUTH",
-                           json.dumps({front.host: f"{HTPASSWD_USER}:{HTPASSWD_PASSWORD}"}))
+        monkeypatch.setenv(
+            "PYTEST_MODAL_SANDBOX_REGISTRY_AUTH",
+            json.dumps({front.host: f"{HTPASSWD_USER}:{HTPASSWD_PASSWORD}"}),
+        )
         root = ImageStore(tmp_path / "c").get(image.reference.replace(reg.host, front.host))
         assert (root.path / "b").read_text() == "2"
         assert front.cdn is not None and len(front.cdn.seen) == 3  # config + 2 layers

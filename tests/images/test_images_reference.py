@@ -91,11 +91,16 @@ def _config(tmp: Path, data: object) -> None:
 
 def test_credentials_from_docker_config(tmp_path: Path) -> None:
     auth = base64.b64encode(b"bob:pa:ss").decode()
-    _config(tmp_path, {"auths": {
-        "https://index.docker.io/v1/": {"auth": auth},
-        "http://localhost:5000/v2/": {"username": "u", "password": "p"},
-        "ghcr.io": {},
-    }})
+    _config(
+        tmp_path,
+        {
+            "auths": {
+                "https://index.docker.io/v1/": {"auth": auth},
+                "http://localhost:5000/v2/": {"username": "u", "password": "p"},
+                "ghcr.io": {},
+            }
+        },
+    )
     hub = find_credentials("docker.io")
     assert hub is not None and (hub.username, hub.password) == ("bob", "pa:ss")
     local = find_credentials("localhost:5000")
@@ -109,10 +114,15 @@ def test_env_credentials_win_and_are_validated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _config(tmp_path, {"auths": {"ghcr.io": {"username": "cfg", "password": "x"}}})
-    monkeypatch.setenv("PYTEST_MODAL_SANDBOX_REGISTRY_AUTH", json.dumps({
-        "ghcr.io": "env:secret",
-        "quay.io": {"auth": base64.b64encode(b"q:w").decode()},
-    }))
+    monkeypatch.setenv(
+        "PYTEST_MODAL_SANDBOX_REGISTRY_AUTH",
+        json.dumps(
+            {
+                "ghcr.io": "env:secret",
+                "quay.io": {"auth": base64.b64encode(b"q:w").decode()},
+            }
+        ),
+    )
     creds = find_credentials("ghcr.io")
     assert creds is not None and creds.username == "env"
     quay = find_credentials("quay.io")
@@ -148,19 +158,37 @@ def test_credential_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert find_credentials("quay.io") is None
 
 
-INDEX = json.dumps({
-    "schemaVersion": 2,
-    "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "1" * 64,
-         "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "2" * 64,
-         "size": 1, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "3" * 64,
-         "size": 1, "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "4" * 64,
-         "size": 1, "platform": {"os": "unknown", "architecture": "unknown"}},
-    ],
-}).encode()
+INDEX = json.dumps(
+    {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": "sha256:" + "1" * 64,
+                "size": 1,
+                "platform": {"os": "linux", "architecture": "amd64"},
+            },
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": "sha256:" + "2" * 64,
+                "size": 1,
+                "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"},
+            },
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": "sha256:" + "3" * 64,
+                "size": 1,
+                "platform": {"os": "linux", "architecture": "arm", "variant": "v7"},
+            },
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": "sha256:" + "4" * 64,
+                "size": 1,
+                "platform": {"os": "unknown", "architecture": "unknown"},
+            },
+        ],
+    }
+).encode()
 
 
 def test_platform_selection() -> None:
