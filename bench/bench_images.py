@@ -54,8 +54,9 @@ def stdlib_layer() -> bytes:
     return buf.getvalue()
 
 
-def timed(fn: Callable[[], object], reps: int, setup: Callable[[], object] | None = None
-          ) -> list[float]:
+def timed(
+    fn: Callable[[], object], reps: int, setup: Callable[[], object] | None = None
+) -> list[float]:
     out = []
     for _ in range(reps):
         if setup is not None:
@@ -113,11 +114,15 @@ def main() -> int:
         big = registry.push_image("bench/python-stdlib", "v1", [busybox_layer(), big_layer])
         with tarfile.open(fileobj=io.BytesIO(big_layer)) as tar:
             entries = len(tar.getmembers())
-        print(f"busybox image: 1 layer; stdlib image: +{len(big_layer) / 2**20:.0f} MiB raw tar, "
-              f"{entries} entries")
+        print(
+            f"busybox image: 1 layer; stdlib image: +{len(big_layer) / 2**20:.0f} MiB raw tar, "
+            f"{entries} entries"
+        )
         rows = []
-        for label, image, reps in (("busybox", small, args.reps),
-                                   ("stdlib", big, max(3, args.reps // 3))):
+        for label, image, reps in (
+            ("busybox", small, args.reps),
+            ("stdlib", big, max(3, args.reps // 3)),
+        ):
             cache = work / f"cache-{label}"
 
             def reset(cache: Path = cache) -> None:
@@ -137,9 +142,11 @@ def main() -> int:
         copy = sandbox_samples(str(root.path), args.reps)
         os.environ.pop(ROOTFS_MODE_ENV)
         notes = []
-        for label, samples in (("sandbox create->exec->terminate, host mapping", host),
-                               ("sandbox ..., busybox image (overlay root)", overlay),
-                               ("sandbox ..., busybox image (copied root)", copy)):
+        for label, samples in (
+            ("sandbox create->exec->terminate, host mapping", host),
+            ("sandbox ..., busybox image (overlay root)", overlay),
+            ("sandbox ..., busybox image (copied root)", copy),
+        ):
             if isinstance(samples, str):
                 rows.append(row(label, []))
                 notes.append(f"{label}: {samples}")

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["LOCAL_IMAGE_MODES", "LocalBackend", "LocalHandle", "LocalImages"]
 
 
-
 class LocalImageFallback(UserWarning):
     """``local_images="auto"``: an image could not be had and runs on the host instead."""
 

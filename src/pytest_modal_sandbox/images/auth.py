@@ -95,7 +95,7 @@ def _from_env(registry: str) -> Credentials | None:
         table = json.loads(raw)
     except ValueError as exc:
         raise RegistryAuthError(
-            f"${AUTH_ENV} is not valid JSON (expected {{\"registry\": \"user:password\"}})"
+            f'${AUTH_ENV} is not valid JSON (expected {{"registry": "user:password"}})'
         ) from exc
     if not isinstance(table, dict):
         raise RegistryAuthError(f"${AUTH_ENV} must be a JSON object keyed by registry")

@@ -53,8 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("references", nargs="+", metavar="REFERENCE")
     pull.add_argument("--platform", help="os/arch[/variant] (default: this machine)")
     prune = sub.add_parser("prune", help="remove images not in use (and their blobs)")
-    prune.add_argument("--unused-for", type=_duration, default=0.0, metavar="DURATION",
-                       help="only images not used for this long (e.g. 7d); default: all unused")
+    prune.add_argument(
+        "--unused-for",
+        type=_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="only images not used for this long (e.g. 7d); default: all unused",
+    )
     prune.add_argument("--dry-run", action="store_true", help="only show what would go")
     return parser
 

@@ -136,8 +136,11 @@ class RegistryClient:
         reason = getattr(exc, "reason", exc)
         fixes = [*self.hints, HOST_MAPPING_HINT]
         if isinstance(reason, ssl.SSLError):
-            fixes.insert(0, "if the registry uses a private CA, point $SSL_CERT_FILE at a bundle "
-                            "that includes it")
+            fixes.insert(
+                0,
+                "if the registry uses a private CA, point $SSL_CERT_FILE at a bundle "
+                "that includes it",
+            )
         return RegistryUnreachable(
             f"cannot reach registry {self.display} ({url}): {reason}. Check the network or the "
             "registry address; " + "; ".join(fixes)
@@ -218,8 +221,9 @@ class RegistryClient:
             creds = self._credentials
             why = (
                 f"the credentials of {creds.username!r} were refused, or the repository does "
-                "not exist" if creds is not None else
-                "the repository does not exist or needs credentials (docker login, or "
+                "not exist"
+                if creds is not None
+                else "the repository does not exist or needs credentials (docker login, or "
                 "$PYTEST_MODAL_SANDBOX_REGISTRY_AUTH)"
             )
             return ImageAccessDenied(

@@ -94,8 +94,12 @@ class Descriptor:
         if not isinstance(size, int) or size < 0:
             raise ImageError(f"{where}: invalid size {size!r}")
         platform = data.get("platform")
-        return cls(str(data.get("mediaType") or ""), digest, size,
-                   platform if isinstance(platform, dict) else None)
+        return cls(
+            str(data.get("mediaType") or ""),
+            digest,
+            size,
+            platform if isinstance(platform, dict) else None,
+        )
 
 
 def _load(body: bytes, what: str) -> dict[str, Any]:

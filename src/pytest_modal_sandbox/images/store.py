@@ -157,8 +157,11 @@ class ImageStore:
         base = Path(cache_dir) if cache_dir is not None else cache_root()
         self.root = base / "images"
         self.platform = (
-            platform if isinstance(platform, Platform)
-            else Platform.parse(platform) if platform else host_platform()
+            platform
+            if isinstance(platform, Platform)
+            else Platform.parse(platform)
+            if platform
+            else host_platform()
         )
         self.mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
         self.timeout = timeout
@@ -235,9 +238,7 @@ class ImageStore:
         pulls are cleaned up as well.
         """
         now = time.time()
-        removed = [
-            c for c in self.list() if not c.in_use and now - c.last_used >= unused_for
-        ]
+        removed = [c for c in self.list() if not c.in_use and now - c.last_used >= unused_for]
         if dry_run:
             return removed
         with self._gc_lock(fcntl.LOCK_EX):
@@ -294,7 +295,8 @@ class ImageStore:
             return None
         for record in self._ref_records():
             if record.get("platform") == str(self.platform) and ref.digest in (
-                record.get("digest"), record.get("manifest_digest")
+                record.get("digest"),
+                record.get("manifest_digest"),
             ):
                 return record
         return None
@@ -362,8 +364,12 @@ class ImageStore:
             ref.endpoint, display=ref.registry, timeout=self.timeout, hints=hints
         )
         if ref.is_docker_hub and self.mirror:
-            mirror = RegistryClient(self.mirror, display=f"mirror {self.mirror}",
-                                    timeout=self.timeout, lookup_credentials=False)
+            mirror = RegistryClient(
+                self.mirror,
+                display=f"mirror {self.mirror}",
+                timeout=self.timeout,
+                lookup_credentials=False,
+            )
             return [mirror, upstream]
         return [upstream]
 
@@ -464,8 +470,7 @@ class ImageStore:
         staging = self._tmp / f"root-{_hex(config_desc.digest)}-{tag}"
         # Layers download in parallel (latency-bound on real registries) and are unpacked in
         # order as soon as each one is in, so unpacking overlaps the remaining downloads.
-        pool = ThreadPoolExecutor(max_workers=_PARALLEL_DOWNLOADS,
-                                  thread_name_prefix="image-blob")
+        pool = ThreadPoolExecutor(max_workers=_PARALLEL_DOWNLOADS, thread_name_prefix="image-blob")
         try:
             futures = [pool.submit(self._ensure_blob, client, ref, d) for d in layers]
             rootfs = staging / "rootfs"

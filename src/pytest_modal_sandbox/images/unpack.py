@@ -225,8 +225,9 @@ class LayerApplier:
                 if create is None:
                     return None
                 if not create:
-                    raise self._err(entry, f"refers to {'/'.join([*current, part])!r}, which "
-                                    "does not exist") from None
+                    raise self._err(
+                        entry, f"refers to {'/'.join([*current, part])!r}, which does not exist"
+                    ) from None
                 os.mkdir(host, 0o755)
                 current.append(part)
                 continue
@@ -309,8 +310,9 @@ class LayerApplier:
             name = key[len("SCHILY.xattr.") :]
             if name.startswith(("security.capability", "user.")):
                 try:
-                    os.setxattr(host, name, value.encode("utf-8", "surrogateescape"),
-                                follow_symlinks=False)
+                    os.setxattr(
+                        host, name, value.encode("utf-8", "surrogateescape"), follow_symlinks=False
+                    )
                 except OSError:
                     pass
 
@@ -351,8 +353,9 @@ class LayerApplier:
         if member.isreg():
             self._clear_for(host, want_dir=False)
             src = tar.extractfile(member)
-            fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600)
+            fd = os.open(
+                host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
             with os.fdopen(fd, "wb") as out:
                 if src is not None:
                     shutil.copyfileobj(src, out, _CHUNK)
@@ -372,8 +375,9 @@ class LayerApplier:
             try:
                 t_st = os.lstat(target)
             except FileNotFoundError:
-                raise self._err(entry, f"is a hard link to {member.linkname!r}, which does not "
-                                "exist") from None
+                raise self._err(
+                    entry, f"is a hard link to {member.linkname!r}, which does not exist"
+                ) from None
             if stat.S_ISDIR(t_st.st_mode):
                 raise self._err(entry, f"is a hard link to directory {member.linkname!r}")
             try:
