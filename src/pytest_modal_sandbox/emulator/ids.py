@@ -12,25 +12,14 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import string
 import time
 from typing import Any
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+from ..runtime.ids import ulid
+
 _BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
-
-
-def ulid(now: float | None = None) -> str:
-    """A 26-character Crockford base32 ULID: 48-bit milliseconds, then 80 random bits."""
-    millis = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
-    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
 
 
 def _base62(length: int) -> str:
