@@ -84,7 +84,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if role == "worker":
         options.update(workerinput.get("modal_sandbox_backend_options", {}))
     elif backend == "emulator":
-        options.update(_start_emulator(config))
+        from .errors import SandboxError
+
+        try:
+            options.update(_start_emulator(config))
+        except SandboxError as exc:  # e.g. no bubblewrap: one clear line, not a traceback
+            raise pytest.UsageError(f"--modal-sandbox=emulator: {exc}") from None
     from .manager import SandboxManager
 
     manager = SandboxManager(

@@ -214,3 +214,26 @@ def test_auto_is_modal_with_credentials(sbtester, state_dir, monkeypatch):
         result = sbtester.runpytest_subprocess("--modal-sandbox")
         result.assert_outcomes(passed=1)
         result.stdout.fnmatch_lines(["modal-sandbox: modal (app pytest-modal-sandbox*"])
+
+
+@pytest.fixture
+def no_bubblewrap(tmp_path, monkeypatch):
+    """A PATH on which bwrap (and everything else) cannot be found."""
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+
+
+def test_local_without_bubblewrap_is_one_clear_error_per_test(sbtester, no_bubblewrap):
+    sbtester.makepyfile("def test_a(sandbox): pass\ndef test_b(sandbox): pass\n")
+    result = sbtester.runpytest_subprocess("--modal-sandbox=local")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*bubblewrap*apt*install*bubblewrap*"])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_emulator_without_bubblewrap_is_a_usage_error(sbtester, no_bubblewrap):
+    sbtester.makepyfile("def test_a(sandbox): pass\n")
+    result = sbtester.runpytest_subprocess("--modal-sandbox=emulator")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--modal-sandbox=emulator: *bubblewrap*"])
