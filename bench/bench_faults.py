@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
-sys.path[:0] = [str(TESTS / "faults"), str(TESTS)]  # faultlib, and the helpers it imports
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # helpers faultlib uses
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "faults"))
 
 import faultlib
 
