@@ -425,6 +425,27 @@ def test_pull_mode_fails_the_build_naming_the_image_and_the_fallback(
         emu.sandbox(image=modal.Image.from_registry("127.0.0.1:9/nobody/home:v1"))
 
 
+def _docker_hub_unreachable() -> bool:
+    import socket
+
+    try:
+        socket.getaddrinfo("registry-1.docker.io", 443)
+    except OSError:
+        return True
+    return False
+
+
+@pytest.mark.skipif(not _docker_hub_unreachable(), reason="needs Docker Hub to be unreachable")
+def test_pull_mode_runs_modals_default_image_on_the_host_offline(
+    make_emulator: Callable[..., Emu],
+) -> None:
+    """debian_slim() stands for Modal's default environment, not an image the test named."""
+    emu = make_emulator(images="pull")
+    sb = emu.sandbox(image=modal.Image.debian_slim())
+    assert sb.exec("test", "-d", "/usr/bin").wait() == 0
+    assert "runs on the host root, read-only: it cannot be pulled" in emu.proc.log_tail()
+
+
 def test_host_mode_runs_every_base_on_the_host_and_skips_run_steps(
     make_emulator: Callable[..., Emu], app_image: PushedImage
 ) -> None:

@@ -20,6 +20,12 @@ Where a chain's root comes from (``images`` mode, the CLI's ``--images``):
     warning in the build log and on the emulator's stderr.  ``modal.Image.debian_slim()`` - the
     client's default image - is ``FROM python:3.x-slim-...``, so offline it runs on the host.
 
+Modal's own base images (``debian_slim()``, ``micromamba()``: the layers the client sends in
+Modal's *global* namespace, what a sandbox gets when no image is named) fall back to the host
+root with a warning under ``pull`` too: they stand for "Modal's default environment", not for
+an image a test asked for, and a test that names no image runs on the host on the local backend
+as well.  Images a test names (``from_registry``) stay strict under ``pull``.
+
 ``RUN``/``COPY`` steps are built by :mod:`.builder` and cached on disk by the chain
 (:mod:`.build_cache`).  :meth:`ImageService.state_for` is the seam from an image id to what a
 sandbox runs on: root, env, workdir.
@@ -327,7 +333,9 @@ class ImageService:
             raise BuildFailed(str(exc)) from None
         first = steps[0] if steps and isinstance(steps[0], df.From) else None
         if first is not None and not first.is_base:
-            parent = await self._base(first.ref, log)
+            parent = await self._base(
+                first.ref, log, modal_default=layer.namespace == api_pb2.DEPLOYMENT_NAMESPACE_GLOBAL
+            )
         elif layer.base_images:
             tag = first.ref if first is not None else tags[0]
             parent = await self._parent(dict(layer.base_images)[tag])
@@ -365,7 +373,7 @@ class ImageService:
             raise BuildFailed(f"its base image {image_id} failed to build")
         return record.build.state
 
-    async def _base(self, ref: str, log: _Build) -> ImageState:
+    async def _base(self, ref: str, log: _Build, *, modal_default: bool = False) -> ImageState:
         if self.mode == "host":
             log.info(f"FROM {ref}: the host root (--images=host)\n")
             return _host(ref)
@@ -384,7 +392,7 @@ class ImageService:
         try:
             root = await asyncio.to_thread(self._pull, ref, progress)
         except ImageError as exc:
-            if self.mode == "pull":
+            if self.mode == "pull" and not modal_default:
                 raise BuildFailed(
                     f"cannot pull {ref}: {exc} (or start the emulator with --images=auto to "
                     "fall back to the host root)"
