@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -31,10 +32,23 @@ _EXITED_MARK = "__pytest_modal_sandbox_daemon_exited__"
 
 @dataclass(frozen=True)
 class DaemonState:
+    """A daemon as its files in the sandbox describe it (and its log's last lines, if asked)."""
+
     name: str
     state: str  # "running", "exited" or "unknown"
     exit_code: int | None = None
     restarts: int = 0
+    log_tail: str = ""
+
+    def headline(self) -> str:
+        state = self.state
+        if self.state == "exited":
+            state = f"exited with code {self.exit_code}"
+        elif self.state == "unknown":
+            state = "not running (never launched, or its sandbox is gone)"
+        if self.restarts:
+            state += f", restarted {self.restarts} time" + ("" if self.restarts == 1 else "s")
+        return f"daemon {self.name}: {state}"
 
 
 def _dir(daemon: Daemon | str) -> str:
@@ -88,31 +102,47 @@ def launch_script(daemons: Sequence[Daemon]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def daemon_states(sandbox: Sandbox, names: Sequence[str] | None = None) -> list[DaemonState]:
-    """Each daemon's state, read in one exec."""
+# $1: a boundary line, $2: log lines wanted (0: none), then the daemon names
+_STATUS = (
+    'B=$1; N=$2; shift 2; for n in "$@"; do d=' + DAEMON_DIR + "/$n; "
+    'r=$(cat "$d/restarts" 2>/dev/null || echo 0); '
+    'if [ -f "$d/exit" ]; then s="exited $(cat "$d/exit")"; '
+    'elif [ -f "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null; then s="running -"; '
+    'else s="unknown -"; fi; '
+    'echo "$B $n $s $r"; '
+    'if [ "$N" -gt 0 ]; then tail -n "$N" "$d/log" 2>/dev/null || cat "$d/log" 2>/dev/null; fi; '
+    'printf "\\n%s\\n" "$B-end"; done'
+)
+
+
+def daemon_states(
+    sandbox: Sandbox, names: Sequence[str] | None = None, *, log_lines: int = 0
+) -> list[DaemonState]:
+    """Each daemon's state (and the last ``log_lines`` of its log), in one exec whatever the
+    number of daemons: on Modal an exec is a network round trip."""
     names = [d.name for d in sandbox.spec.daemons] if names is None else list(names)
     if not names:
         return []
-    script = (
-        'for n in "$@"; do d=' + DAEMON_DIR + '/$n; r=$(cat "$d/restarts" 2>/dev/null || echo 0); '
-        'if [ -f "$d/exit" ]; then echo "$n exited $(cat "$d/exit") $r"; '
-        'elif [ -f "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null; then '
-        'echo "$n running - $r"; '
-        'else echo "$n unknown - $r"; fi; done'
-    )
-    res = sandbox.exec("sh", "-c", script, "sh", *names, timeout=30)
+    boundary = "@@pms-" + secrets.token_hex(6)
+    res = sandbox.exec("sh", "-c", _STATUS, "sh", boundary, str(log_lines), *names, timeout=30)
+    return _parse_states(str(res.stdout), boundary)
+
+
+def _parse_states(out: str, boundary: str) -> list[DaemonState]:
     states = []
-    for line in str(res.stdout).splitlines():
-        parts = line.split()
-        if len(parts) != 4:
+    for chunk in out.split(f"\n{boundary}-end\n"):
+        head, _, body = chunk.lstrip("\n").partition("\n")
+        parts = head.split()
+        if len(parts) != 5 or parts[0] != boundary:
             continue
-        name, state, code, restarts = parts
+        _, name, state, code, restarts = parts
         states.append(
             DaemonState(
                 name,
                 state,
                 int(code) if code.lstrip("-").isdigit() else None,
                 int(restarts) if restarts.isdigit() else 0,
+                body,
             )
         )
     return states

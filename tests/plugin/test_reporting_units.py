@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pytest_modal_sandbox import Daemon, Probe, SandboxSpec, start
-from pytest_modal_sandbox.reporting.diagnostics import _parse, gather_daemons
+from pytest_modal_sandbox.daemons import _parse_states, daemon_states
 from pytest_modal_sandbox.reporting.scrub import MASK, Scrubber
 from pytest_modal_sandbox.reporting.summary import StartRecord, Summary, summary_lines
 
@@ -88,7 +88,7 @@ def test_summary_lines() -> None:
 def test_parse_keeps_logs_without_a_final_newline() -> None:
     b = "@@pms-x"
     out = f"{b} a running - 0\nl1\nl2\n\n{b}-end\n{b} b exited 3 2\npartial\n{b}-end\n"
-    a, bb = _parse(out, b)
+    a, bb = _parse_states(out, b)
     assert (a.name, a.state, a.exit_code, a.restarts, a.log_tail) == (
         "a",
         "running",
@@ -117,7 +117,7 @@ def test_every_daemon_in_one_exec(state_dir: Path) -> None:
             return real(argv, **kw)
 
         sb._impl.exec = counting  # type: ignore[method-assign]
-        reports = {r.name: r for r in gather_daemons(sb, lines=1)}
+        reports = {r.name: r for r in daemon_states(sb, log_lines=1)}
     assert len(calls) == 1
     assert reports["a"].state == "running" and reports["a"].log_tail == "a2\n"
     assert (reports["b"].state, reports["b"].exit_code) == ("exited", 5)

@@ -7,73 +7,12 @@ trip.  pytest-free; the caller scrubs secrets from the text.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from ..sandbox import DAEMON_DIR, Sandbox
+from ..daemons import daemon_states
+from ..sandbox import Sandbox
 
-__all__ = ["DaemonReport", "dashboard_url", "describe", "gather_daemons"]
-
-_GATHER = (
-    'B=$1; N=$2; shift 2; for n in "$@"; do d=' + DAEMON_DIR + "/$n; "
-    'r=$(cat "$d/restarts" 2>/dev/null || echo 0); '
-    'if [ -f "$d/exit" ]; then s="exited $(cat "$d/exit")"; '
-    'elif [ -f "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null; then s="running -"; '
-    'else s="unknown -"; fi; '
-    'echo "$B $n $s $r"; '
-    'if [ "$N" -gt 0 ]; then tail -n "$N" "$d/log" 2>/dev/null || cat "$d/log" 2>/dev/null; fi; '
-    'printf "\\n%s\\n" "$B-end"; done'
-)
-
-
-@dataclass(frozen=True)
-class DaemonReport:
-    name: str
-    state: str  # running, exited or unknown
-    exit_code: int | None
-    restarts: int
-    log_tail: str
-
-    def headline(self) -> str:
-        state = self.state
-        if self.state == "exited":
-            state = f"exited with code {self.exit_code}"
-        elif self.state == "unknown":
-            state = "not running (never launched, or its sandbox is gone)"
-        if self.restarts:
-            state += f", restarted {self.restarts} time" + ("" if self.restarts == 1 else "s")
-        return f"daemon {self.name}: {state}"
-
-
-def gather_daemons(sandbox: Sandbox, lines: int) -> list[DaemonReport]:
-    """Every daemon's state and log tail, in one exec (none if the spec has no daemons)."""
-    names = [d.name for d in sandbox.spec.daemons]
-    if not names:
-        return []
-    boundary = "@@pms-" + secrets.token_hex(6)
-    res = sandbox.exec("sh", "-c", _GATHER, "sh", boundary, str(lines), *names, timeout=30)
-    return _parse(str(res.stdout), boundary)
-
-
-def _parse(out: str, boundary: str) -> list[DaemonReport]:
-    reports = []
-    for chunk in out.split(f"\n{boundary}-end\n"):
-        head, _, body = chunk.lstrip("\n").partition("\n")
-        parts = head.split()
-        if len(parts) != 5 or parts[0] != boundary:
-            continue
-        _, name, state, code, restarts = parts
-        reports.append(
-            DaemonReport(
-                name,
-                state,
-                int(code) if code.lstrip("-").isdigit() else None,
-                int(restarts) if restarts.isdigit() else 0,
-                body,
-            )
-        )
-    return reports
+__all__ = ["dashboard_url", "describe"]
 
 
 def dashboard_url(sandbox: Sandbox) -> str | None:
@@ -139,7 +78,7 @@ def _daemon_lines(sandbox: Sandbox, log_lines: int, alive: bool) -> list[str]:
     if not alive:
         return ["daemons: (the sandbox was already terminated; no state or logs)"]
     try:
-        reports = gather_daemons(sandbox, log_lines)
+        reports = daemon_states(sandbox, log_lines=log_lines)
     except Exception as exc:
         return [f"daemons: (state and logs unavailable: {exc})"]
     out = []
