@@ -31,6 +31,16 @@ def processes_mentioning(text: str) -> list[tuple[int, str]]:
     return found
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
+    found = []
+    for name in os.listdir("/proc"):
+        fields = _stat_fields(name) if name.isdigit() else None
+        if fields is not None and int(fields[2]) == pgid and fields[0] != b"Z":
+            found.append(int(name))
+    return found
+
+
 def children_of(pid: int) -> list[int]:
     """Live (not zombie) children of ``pid``."""
     found = []

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proctable import children_of, processes_mentioning
+from proctable import children_of, group_members, processes_mentioning
 
 RUN_TAG = "pms-run"
 APP = "pytest-modal-sandbox"
@@ -293,18 +293,7 @@ class InnerRun:
 
     def group_pids(self) -> list[int]:
         """Live processes in the run's process group (the controller and its workers)."""
-        pids = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == self.pgid and fields[0] != b"Z":
-                pids.append(int(name))
-        return pids
+        return group_members(self.pgid)
 
     def signal_group(self, sig: int) -> float:
         """Send ``sig`` to the whole process group; returns when it was sent."""
