@@ -33,6 +33,35 @@ def _nobody_env(home: str) -> dict[str, str]:
     return {"PATH": os.environ["PATH"], "PYTHONPATH": path, "HOME": home}
 
 
+def _as_nobody(
+    python: str, script: str, *args: str, home: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with ``python`` as the unprivileged user, able to import this checkout."""
+    return subprocess.run(
+        [
+            SETPRIV or "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            python,
+            "-c",
+            script,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_nobody_env(str(home)),
+        cwd="/",  # ours may be a directory the user cannot enter
+    )
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+            os.lchown(name, uid, uid)
+
+
 def _python_for_nobody() -> str | None:
     """An interpreter of our version that an unprivileged user may run (ours may sit in a
     0700 home), which can import our dependencies from our site-packages."""
@@ -40,21 +69,7 @@ def _python_for_nobody() -> str | None:
         sys.executable,
         f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}",
     ):
-        probe = subprocess.run(
-            [
-                SETPRIV or "setpriv",
-                f"--reuid={NOBODY}",
-                f"--regid={NOBODY}",
-                "--clear-groups",
-                candidate,
-                "-c",
-                PROBE,
-            ],
-            capture_output=True,
-            text=True,
-            env=_nobody_env("/"),
-            cwd="/",
-        )
+        probe = _as_nobody(candidate, PROBE, home=Path("/"))
         if probe.returncode == 0 and probe.stdout.strip() == str(tuple(sys.version_info[:2])):
             return candidate
     return None
@@ -118,23 +133,7 @@ def test_everything_works_without_root(shared_state: Path) -> None:
     python = _python_for_nobody()
     if python is None:
         pytest.skip("nobody cannot run a Python of this version that imports this checkout")
-    path = os.pathsep.join([SRC, sysconfig.get_paths()["purelib"]])
-    proc = subprocess.run(
-        [
-            SETPRIV,
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",  # type: ignore[list-item]
-            python,
-            "-c",
-            SCRIPT,
-            str(shared_state),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": os.environ["PATH"], "PYTHONPATH": path, "HOME": str(shared_state.parent)},
-    )
+    proc = _as_nobody(python, SCRIPT, str(shared_state), home=shared_state.parent)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out == {
@@ -173,27 +172,10 @@ def test_image_root_without_root(shared_state: Path, owner: int, mode: str) -> N
     if python is None or BUSYBOX is None:
         pytest.skip("no Python of this version that nobody can run, or no busybox")
     image = build_busybox_root(shared_state.parent / "image")
-    for dirpath, dirnames, filenames in os.walk(image):
-        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
-            os.lchown(name, owner, owner)
+    _chown_tree(image, owner)
     before = snapshot(image)
-    path = os.pathsep.join([SRC, sysconfig.get_paths()["purelib"]])
-    proc = subprocess.run(
-        [
-            SETPRIV,
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",  # type: ignore[list-item]
-            python,
-            "-c",
-            ROOTFS_SCRIPT,
-            str(shared_state),
-            str(image),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": os.environ["PATH"], "PYTHONPATH": path, "HOME": str(shared_state.parent)},
+    proc = _as_nobody(
+        python, ROOTFS_SCRIPT, str(shared_state), str(image), home=shared_state.parent
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -224,27 +206,8 @@ def test_build_mode_without_root(shared_state: Path) -> None:
     if python is None or BUSYBOX is None:
         pytest.skip("no Python of this version that nobody can run, or no busybox")
     image = build_busybox_root(shared_state.parent / "build")
-    for dirpath, dirnames, filenames in os.walk(image):
-        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
-            os.lchown(name, NOBODY, NOBODY)
-    path = os.pathsep.join([SRC, sysconfig.get_paths()["purelib"]])
-    proc = subprocess.run(
-        [
-            SETPRIV,
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",  # type: ignore[list-item]
-            python,
-            "-c",
-            BUILD_SCRIPT,
-            str(shared_state),
-            str(image),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": os.environ["PATH"], "PYTHONPATH": path, "HOME": str(shared_state.parent)},
-    )
+    _chown_tree(image, NOBODY)
+    proc = _as_nobody(python, BUILD_SCRIPT, str(shared_state), str(image), home=shared_state.parent)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"status": "success", "out": "0\n"}
     assert (image / "built").read_text() == "built\n"
