@@ -46,12 +46,8 @@ def close_owner(sandbox_id: str) -> None:
             owned.owner_w = None
 
 
-def forget(sandbox_id: str) -> None:
-    """The sandbox has ended: close our pipe ends and reap the keeper if it has exited."""
-    with _lock:
-        owned = _table.pop(sandbox_id, None)
-    if owned is None:
-        return
+def _close_ends(owned: Owned) -> None:
+    """Close this process's owner and stdin pipe ends of one sandbox."""
     for fd in (owned.owner_w, owned.stdin_w):
         if fd is not None:
             try:
@@ -59,6 +55,15 @@ def forget(sandbox_id: str) -> None:
             except OSError:
                 pass
     owned.owner_w = owned.stdin_w = None
+
+
+def forget(sandbox_id: str) -> None:
+    """The sandbox has ended: close our pipe ends and reap the keeper if it has exited."""
+    with _lock:
+        owned = _table.pop(sandbox_id, None)
+    if owned is None:
+        return
+    _close_ends(owned)
     if owned.keeper.poll() is None:
         with _lock:
             _exited_later.append(owned.keeper)
@@ -88,12 +93,7 @@ def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
     for owned in _table.values():
-        for fd in (owned.owner_w, owned.stdin_w):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        _close_ends(owned)
     _table.clear()
     _exited_later.clear()
 
