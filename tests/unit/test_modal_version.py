@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize(
     ("version", "ok"),
     [
-        ("1.6.2", True),
+        ("1.6.3", True),
         ("1.6.4", True),
         ("1.6.10", True),
-        ("1.6.1", False),
+        ("1.6.2", False),
         ("1.7.0", False),
         ("1.5.5", False),
         ("2.0", False),
@@ -30,7 +30,7 @@ def test_range(version, ok):
     assert (warning is None) is ok
     if not ok:
         assert f"modal {version} is outside the range" in warning
-        assert ">=1.6.2,<1.7" in warning
+        assert ">=1.6.3,<1.7" in warning
 
 
 def test_unparsable_version_is_reported():

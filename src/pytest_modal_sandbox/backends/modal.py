@@ -30,10 +30,10 @@ from . import Endpoint, NameTaken, RawExec, SandboxInfo
 
 __all__ = ["SUPPORTED_MODAL", "ModalBackend", "ModalHandle"]
 
-# [lower, upper): the emulator speaks fields older clients do not send (secret_sources came
-# in 1.6.1, include_terminated in 1.6.2); keep in step with the dependency range in
-# pyproject.toml and the modal-lowest env in tox.ini (a unit test checks)
-SUPPORTED_MODAL = ((1, 6, 2), (1, 7, 0))
+# [lower, upper): the emulator speaks the protocol of the 1.6.3+ client (secret_sources came in
+# 1.6.1, include_terminated in 1.6.2; before 1.6.3 a V1 sandbox's handle turned V2 by its id's
+# shape); keep in step with pyproject.toml and tox's modal-lowest env (a unit test checks)
+SUPPORTED_MODAL = ((1, 6, 3), (1, 7, 0))
 DEFAULT_LEASE = 60.0
 DEFAULT_IDLE = 60  # lease + idle: an orphan ends within ~2 minutes (bound: 3)
 
