@@ -61,19 +61,21 @@ def shared_tmp() -> Iterator[Path]:
         remove_tree(path)
 
 
+# this interpreter, run as the unprivileged user
+AS_NOBODY = [
+    str(SETPRIV),
+    f"--reuid={NOBODY}",
+    f"--regid={NOBODY}",
+    "--clear-groups",
+    sys.executable,
+]
+
+
 def _nobody_can_run_this_python() -> bool:
     """Our interpreter may live where an unprivileged user cannot load it (a 0700 home, a
     shared libpython beside it)."""
     probe = subprocess.run(
-        [
-            SETPRIV,
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",
-            sys.executable,
-            "-c",
-            "import pytest_modal_sandbox.images",
-        ],
+        [*AS_NOBODY, "-c", "import pytest_modal_sandbox.images"],
         capture_output=True,
         cwd="/",
         env={**os.environ, "HOME": "/"},
@@ -102,17 +104,7 @@ def test_unprivileged_pull_unpack_and_prune(registry: LocalRegistry, shared_tmp:
     os.chown(cache, NOBODY, NOBODY)
     env = {**os.environ, "HOME": str(cache), "DOCKER_CONFIG": str(cache)}
     proc = subprocess.run(
-        [
-            SETPRIV,
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",
-            sys.executable,
-            "-c",
-            SCRIPT,
-            str(cache),
-            image.reference,
-        ],
+        [*AS_NOBODY, "-c", SCRIPT, str(cache), image.reference],
         capture_output=True,
         text=True,
         env=env,
