@@ -530,8 +530,12 @@ class LocalRegistry:
         architecture: str = "amd64",
         variant: str | None = None,
         docker_media_types: bool = False,
+        config_extra: Mapping[str, Any] | None = None,
     ) -> PushedImage:
-        """Build and push an image; ``layers`` default to one busybox layer."""
+        """Build and push an image; ``layers`` default to one busybox layer.
+
+        ``config_extra`` adds raw keys to the config's ``config`` object (``ExposedPorts``...).
+        """
         if not layers:
             layers = [busybox_layer()]
         blobs, diff_ids, descs = [], [], []
@@ -568,6 +572,7 @@ class LocalRegistry:
         ):
             if value is not None:
                 config["config"][key] = value
+        config["config"].update(config_extra or {})
         config_body = json.dumps(config).encode()
         config_digest = self.push_blob(name, config_body)
         manifest = {
