@@ -436,18 +436,24 @@ class ImageStore:
             if path.exists():
                 return path
             tmp = self._tmp / f"blob-{hexd}-{os.getpid()}-{secrets.token_hex(4)}"
-            for attempt in range(_BLOB_ATTEMPTS):
-                try:
-                    with open(tmp, "wb") as out:
-                        client.blob(ref.repository, desc.digest, out, size=desc.size)
-                    os.replace(tmp, path)
-                    break
-                except RegistryUnreachable:  # a dropped connection mid-pull: try again
-                    if attempt == _BLOB_ATTEMPTS - 1:
-                        raise
-                    time.sleep(0.25 * (attempt + 1))
-                finally:
-                    tmp.unlink(missing_ok=True)
+            try:
+                for attempt in range(1, _BLOB_ATTEMPTS + 1):
+                    resumed = tmp.exists() and tmp.stat().st_size > 0
+                    try:
+                        with open(tmp, "a+b") as out:
+                            client.blob(ref.repository, desc.digest, out, size=desc.size)
+                        os.replace(tmp, path)
+                        break
+                    except RegistryUnreachable:  # a dropped connection: the next one resumes
+                        if attempt == _BLOB_ATTEMPTS:
+                            raise
+                        time.sleep(0.25 * attempt)
+                    except ImageDigestMismatch:
+                        if not resumed or attempt == _BLOB_ATTEMPTS:
+                            raise
+                        tmp.unlink()  # the resumed part did not fit: once more from the start
+            finally:
+                tmp.unlink(missing_ok=True)
         return path
 
     def _manifest(
