@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from pytest_modal_sandbox.images import (
 )
 from pytest_modal_sandbox.images.command import DEFAULT_PATH
 from pytest_modal_sandbox.images.manifest import parse_config
-from pytest_modal_sandbox.runtime import LocalRuntime, RuntimeUnavailable, SandboxConfig
+from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig
 from registry import LocalRegistry, busybox_layer, file
 
 BIG = [[file("data", os.urandom(300_000))]]
@@ -225,21 +224,6 @@ def test_nothing_to_run_and_bad_arguments_are_spec_errors() -> None:
 
 
 # -- the command runs in the image ---------------------------------------------------------------
-
-
-@pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[LocalRuntime]:
-    try:
-        LocalRuntime.check()
-    except RuntimeUnavailable as exc:
-        pytest.skip(str(exc))
-    rt = LocalRuntime(tmp_path / "state")
-    try:
-        yield rt
-    finally:
-        for sb in rt.list(include_finished=False):
-            sb.terminate(wait=True)
-        rt.close()
 
 
 def test_the_command_runs_in_the_image(

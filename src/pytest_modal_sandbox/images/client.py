@@ -364,8 +364,9 @@ class RegistryClient:
 
         With a readable ``out`` that appends (``"a+b"``), bytes it already holds, from a
         download that was cut, are hashed and only the rest is asked for (``Range``); a
-        registry that answers with the whole blob instead is read from the start.  Returns the byte count.
-        ``out`` may hold partial data on error: the caller resumes from it or discards it.
+        registry that answers with the whole blob instead is read from the start.  Returns the
+        byte count.  ``out`` may hold partial data on error: the caller resumes from it or
+        discards it.
         """
         if not digest.startswith("sha256:"):
             raise RegistryError(f"blob {digest} uses an unsupported digest algorithm")

@@ -188,15 +188,11 @@ class ImageStore:
         ``pull="missing"`` (default) serves a cached reference without network access;
         ``"always"`` asks the registry what the tag points to now (blobs stay cached).
         """
-        if pull not in ("missing", "always"):
-            raise ValueError(f"pull must be 'missing' or 'always', not {pull!r}")
-        ref = parse_reference(reference)
-        if pull == "missing":
-            record = self._read_ref(ref) or self._find_digest(ref)
-            if record is not None:
-                root = self._load_root(str(ref), record)
-                if root is not None:
-                    return root
+        ref, record = self._cached_ref(reference, pull)
+        if record is not None:
+            root = self._load_root(str(ref), record)
+            if root is not None:
+                return root
         with self._gc_lock(fcntl.LOCK_SH):
             return self._pull(ref)
 
@@ -214,15 +210,11 @@ class ImageStore:
         ``pull="always"``, it costs the manifest (and index) requests and the config blob, which
         are verified and cached as a pull would cache them.
         """
-        if pull not in ("missing", "always"):
-            raise ValueError(f"pull must be 'missing' or 'always', not {pull!r}")
-        ref = parse_reference(reference)
-        if pull == "missing":
-            record = self._read_ref(ref) or self._find_digest(ref)
-            if record is not None:
-                cached = self._cached_config(ref, str(record["config_digest"]))
-                if cached is not None:
-                    return cached
+        ref, record = self._cached_ref(reference, pull)
+        if record is not None:
+            cached = self._cached_config(ref, str(record["config_digest"]))
+            if cached is not None:
+                return cached
         with self._gc_lock(fcntl.LOCK_SH):
             client, top, manifest_digest, config_desc, layers = self._manifest(ref)
             config = self._load_config(self._ensure_blob(client, ref, config_desc), ref, layers)
@@ -302,6 +294,15 @@ class ImageStore:
             self.progress(message)
 
     # -- references ---------------------------------------------------------------------------
+
+    def _cached_ref(self, reference: str, pull: str) -> tuple[Reference, dict[str, Any] | None]:
+        """``reference`` parsed, and what it resolved to before unless ``pull="always"``."""
+        if pull not in ("missing", "always"):
+            raise ValueError(f"pull must be 'missing' or 'always', not {pull!r}")
+        ref = parse_reference(reference)
+        if pull == "always":
+            return ref, None
+        return ref, self._read_ref(ref) or self._find_digest(ref)
 
     def _ref_path(self, ref: Reference) -> Path:
         key = hashlib.sha256(f"{ref}|{self.platform}".encode()).hexdigest()[:40]
