@@ -72,7 +72,7 @@ _ATTEMPTS = 3  # per request, as many as a dropped blob download gets in store.p
 _MAX_RETRY_AFTER = 10.0  # seconds; a registry that asks for longer fails at once, saying so
 
 
-def retry_after(value: str | None, now: float | None = None) -> float | None:
+def _retry_after(value: str | None) -> float | None:
     """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an HTTP date)."""
     if not value:
         return None
@@ -85,7 +85,7 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
         return None
     if when.tzinfo is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return max(0.0, when.timestamp() - time.time())
 
 
 def is_plain_http(endpoint: str) -> bool:
@@ -192,7 +192,7 @@ class RegistryClient:
             except urllib.error.HTTPError as exc:
                 if exc.code not in _TRANSIENT:
                     raise
-                wait = retry_after(exc.headers.get("Retry-After"))
+                wait = _retry_after(exc.headers.get("Retry-After"))
                 if wait is not None and wait > _MAX_RETRY_AFTER:
                     raise _GaveUp(exc, f"; it asked to retry after {wait:.0f} s") from None
                 if attempt == _ATTEMPTS:
