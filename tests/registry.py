@@ -530,8 +530,12 @@ class LocalRegistry:
         architecture: str = "amd64",
         variant: str | None = None,
         docker_media_types: bool = False,
+        config_extra: Mapping[str, Any] | None = None,
     ) -> PushedImage:
-        """Build and push an image; ``layers`` default to one busybox layer."""
+        """Build and push an image; ``layers`` default to one busybox layer.
+
+        ``config_extra`` adds raw keys to the config's ``config`` object (``ExposedPorts``...).
+        """
         if not layers:
             layers = [busybox_layer()]
         blobs, diff_ids, descs = [], [], []
@@ -568,6 +572,7 @@ class LocalRegistry:
         ):
             if value is not None:
                 config["config"][key] = value
+        config["config"].update(config_extra or {})
         config_body = json.dumps(config).encode()
         config_digest = self.push_blob(name, config_body)
         manifest = {
@@ -716,14 +721,30 @@ class FlakyProxy:
 
     It cuts the next ``drop_blobs`` blob downloads in half; with ``cdn=True`` it answers blob
     GETs with a 307 to another host (``self.cdn``), like Docker Hub's CDN redirects.
-    ``host`` replaces the registry's host in references; ``blob_gets`` counts blob GETs seen and
-    ``authorized`` how many requests carried an Authorization header.
+    ``answers`` are (status, headers) it gives the next requests instead of forwarding them (a
+    429 or 503 with ``Retry-After``); ``tamper_manifests`` adds a byte to manifests it serves
+    (valid JSON, another digest).  ``host`` replaces the registry's host in references;
+    ``blob_gets`` counts blob GETs seen, ``ranges`` their ``Range`` headers (None: none),
+    ``statuses`` every (path, status) answered and ``authorized`` how many requests carried an
+    Authorization header.
     """
 
-    def __init__(self, upstream: LocalRegistry, drop_blobs: int = 0, *, cdn: bool = False) -> None:
+    def __init__(
+        self,
+        upstream: LocalRegistry,
+        drop_blobs: int = 0,
+        *,
+        cdn: bool = False,
+        answers: Sequence[tuple[int, Mapping[str, str]]] = (),
+        tamper_manifests: bool = False,
+    ) -> None:
         self.upstream = upstream
         self.drop_blobs = drop_blobs
+        self.answers = list(answers)
+        self.tamper_manifests = tamper_manifests
         self.blob_gets = 0
+        self.ranges: list[str | None] = []
+        self.statuses: list[tuple[str, int]] = []
         self.authorized = 0
         self.cdn = _Cdn() if cdn else None
         self._lock = threading.Lock()
@@ -744,15 +765,30 @@ class FlakyProxy:
         self.thread.start()
 
     def _forward(self, req: BaseHTTPRequestHandler) -> None:
-        headers = {k: v for k, v in req.headers.items() if k.lower() in ("accept", "authorization")}
+        with self._lock:
+            canned = self.answers.pop(0) if self.answers else None
+        if canned is not None:
+            self.statuses.append((req.path, canned[0]))
+            req.send_response(canned[0])
+            for key, value in canned[1].items():
+                req.send_header(key, value)
+            req.send_header("Content-Length", "0")
+            req.end_headers()
+            return
+        wanted = ("accept", "authorization", "range" if self.cdn is None else "")
+        headers = {k: v for k, v in req.headers.items() if k.lower() in wanted}
         status, resp_headers, body = self.upstream.http("GET", req.path, headers=headers)
+        self.statuses.append((req.path, status))
         drop = False
         if "authorization" in {k.lower() for k in headers}:
             with self._lock:
                 self.authorized += 1
-        if "/blobs/" in req.path and status == 200:
+        if self.tamper_manifests and "/manifests/" in req.path and status == 200:
+            body += b"\n"
+        if "/blobs/" in req.path and status in (200, 206):
             with self._lock:
                 self.blob_gets += 1
+                self.ranges.append(req.headers.get("Range"))
                 if self.drop_blobs > 0:
                     self.drop_blobs -= 1
                     drop = True

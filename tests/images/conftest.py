@@ -1,15 +1,19 @@
-"""Fixtures for the image tests: the real registry (tests/registry.py) and a private cache."""
+"""Fixtures for the image tests: the real registry (tests/registry.py), a private cache and
+the local runtime (overlay and copied roots)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from proctable import processes_mentioning
 from pytest_modal_sandbox.images import ImageStore
+from pytest_modal_sandbox.runtime import LocalRuntime, RuntimeUnavailable
 from registry import registry, registry_factory  # noqa: F401  (fixtures)
 
 _ENV = (
@@ -33,3 +37,24 @@ def _isolated_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 @pytest.fixture
 def store(tmp_path: Path) -> ImageStore:
     return ImageStore(tmp_path / "cache")
+
+
+@pytest.fixture(params=["overlay", "copy"])
+def runtime(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[LocalRuntime]:
+    """The local runtime, once with an overlayfs root and once with a copied root."""
+    try:
+        LocalRuntime.check()
+    except RuntimeUnavailable as exc:
+        pytest.skip(str(exc))
+    monkeypatch.setenv("PYTEST_MODAL_SANDBOX_ROOTFS", request.param)
+    state = tmp_path / "state"
+    rt = LocalRuntime(state)
+    try:
+        yield rt
+    finally:
+        for sb in rt.list(include_finished=False):
+            sb.terminate(wait=True)
+        rt.close()
+    assert processes_mentioning(str(state)) == []

@@ -6,42 +6,17 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from proctable import processes_mentioning
 from pytest_modal_sandbox.images import ImageRoot, ImageStore
 from pytest_modal_sandbox.runtime import (
     InvalidConfig,
     LocalRuntime,
     LocalSandbox,
-    RuntimeUnavailable,
     SandboxConfig,
 )
 from registry import LocalRegistry, busybox_layer, directory, file
-
-
-@pytest.fixture(params=["overlay", "copy"])
-def runtime(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[LocalRuntime]:
-    """The local runtime, once with an overlayfs root and once with a copied root."""
-    try:
-        LocalRuntime.check()
-    except RuntimeUnavailable as exc:
-        pytest.skip(str(exc))
-    monkeypatch.setenv("PYTEST_MODAL_SANDBOX_ROOTFS", request.param)
-    state = tmp_path / "state"
-    rt = LocalRuntime(state)
-    try:
-        yield rt
-    finally:
-        for sb in rt.list(include_finished=False):
-            sb.terminate(wait=True)
-        rt.close()
-    assert processes_mentioning(str(state)) == []
 
 
 @pytest.fixture

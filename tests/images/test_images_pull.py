@@ -21,6 +21,7 @@ from pytest_modal_sandbox.images import (
     LayerError,
     PlatformNotFound,
     RegistryAuthError,
+    RegistryError,
     RegistryUnreachable,
 )
 from registry import (
@@ -357,7 +358,9 @@ def test_dropped_blob_downloads_are_retried(registry: LocalRegistry, tmp_path: P
         ref = image.reference.replace(registry.host, proxy.host)
         root = ImageStore(tmp_path / "a").get(ref)
         assert (root.path / "data").stat().st_size == 500_000
-        assert proxy.blob_gets == 3  # config, layer cut in half, layer again
+        assert proxy.blob_gets == 3  # config cut in half, the rest of the config, layer
+        config = registry.http("GET", f"/v2/pull/flaky/blobs/{image.config_digest}")[2]
+        assert proxy.ranges == [None, f"bytes={len(config) // 2}-", None]  # resumed at the cut
         proxy.drop_blobs = 10
         store = ImageStore(tmp_path / "b")
         with pytest.raises(RegistryUnreachable, match="cannot reach registry"):
@@ -407,3 +410,77 @@ def test_blob_redirects_do_not_carry_credentials(
         assert all("Authorization" not in h for h in front.cdn.seen)
     finally:
         front.close()
+
+
+def test_busy_registries_are_asked_again(registry: LocalRegistry, tmp_path: Path) -> None:
+    image = registry.push_image("pull/busy", "v1", SMALL)
+    # 503 and 429 with Retry-After (seconds, then an HTTP date in the past), then the answers
+    proxy = FlakyProxy(
+        registry,
+        answers=[
+            (503, {"Retry-After": "0"}),
+            (429, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}),
+        ],
+    )
+    try:
+        ref = image.reference.replace(registry.host, proxy.host)
+        assert (ImageStore(tmp_path / "a").get(ref).path / "bin/tool").exists()
+        assert [status for _, status in proxy.statuses[:3]] == [503, 429, 200]
+        # a registry that stays down: three attempts, then an error that says so
+        proxy.answers = [(502, {"Retry-After": "0"})] * 3
+        with pytest.raises(RegistryError, match=r"HTTP 502 .*\(3 attempts\)"):
+            ImageStore(tmp_path / "b").get(ref)
+        assert proxy.answers == []
+        # one that asks for a long wait: not waited for, and the message names the way out
+        proxy.answers = [(429, {"Retry-After": "3600"})]
+        with pytest.raises(RegistryError) as info:
+            ImageStore(tmp_path / "c").get(ref)
+        assert "HTTP 429; it asked to retry after 3600 s" in str(info.value)
+        assert "use a mirror" in str(info.value)
+    finally:
+        proxy.close()
+
+
+def test_a_manifest_that_is_not_what_the_registry_sent_is_refused(
+    registry: LocalRegistry, store: ImageStore
+) -> None:
+    image = registry.push_image("pull/tampered", "v1", SMALL)
+    proxy = FlakyProxy(registry, tamper_manifests=True)
+    try:
+        with pytest.raises(ImageDigestMismatch, match=r"Docker-Content-Digest.*not used") as info:
+            store.get(image.reference.replace(registry.host, proxy.host))
+        assert image.digest in str(info.value)
+        assert list((store.root / "roots").iterdir()) == []
+    finally:
+        proxy.close()
+
+
+def test_resuming_a_blob_copes_with_what_the_server_sends(
+    registry: LocalRegistry, tmp_path: Path
+) -> None:
+    """RegistryClient.blob continues a cut download; a server that ignores Range is read whole."""
+    from pytest_modal_sandbox.images.client import RegistryClient
+
+    data = os.urandom(100_000)
+    image = registry.push_image("pull/resume", "v1", [[file("data", data)]])
+    digest = image.layer_digests[0]
+    blob = registry.http("GET", f"/v2/pull/resume/blobs/{digest}")[2]
+    client = RegistryClient(registry.host)
+    out = tmp_path / "partial"
+    out.write_bytes(blob[:1000])  # a cut download: the registry sends the rest (206)
+    with open(out, "a+b") as f:
+        assert client.blob("pull/resume", digest, f, size=len(blob)) == len(blob)
+    assert out.read_bytes() == blob
+    out.write_bytes(blob[:1000])  # behind a CDN that ignores Range (200, the whole blob)
+    front = FlakyProxy(registry, cdn=True)
+    try:
+        cdn = RegistryClient(front.host)
+        with open(out, "a+b") as f:
+            assert cdn.blob("pull/resume", digest, f, size=len(blob)) == len(blob)
+        assert out.read_bytes() == blob
+        assert front.cdn is not None and front.cdn.seen[-1].get("Range") == "bytes=1000-"
+    finally:
+        front.close()
+    out.write_bytes(b"x" * 1000)  # what we had was not this blob's start: refused, not kept
+    with open(out, "a+b") as f, pytest.raises(ImageDigestMismatch, match=digest):
+        client.blob("pull/resume", digest, f, size=len(blob))

@@ -5,6 +5,10 @@ read-only root filesystem to run a sandbox in (``SandboxConfig(rootfs=str(root.p
 the image's ``env``/``workdir``.  See ``store.py`` for the cache, ``client.py`` for the registry
 protocol and the choice of stdlib over a library, ``unpack.py`` for the layer rules.
 
+``image_config("redis:7")`` returns an image's runtime config (ENTRYPOINT, CMD, env, workdir,
+user, exposed ports) without pulling its layers, and ``image_command(config, args=..., env=...)``
+the argv/env/workdir ``docker run IMAGE [args]`` would use (``config.py``, ``command.py``).
+
 Environment variables:
 
 ``PYTEST_MODAL_SANDBOX_CACHE_DIR``
@@ -28,6 +32,8 @@ CLI: ``python -m pytest_modal_sandbox images {list,pull,prune}`` (:func:`cli.mai
 
 from __future__ import annotations
 
+from .command import ImageCommand, image_command
+from .config import image_config
 from .errors import (
     ImageAccessDenied,
     ImageDigestMismatch,
@@ -40,12 +46,15 @@ from .errors import (
     RegistryError,
     RegistryUnreachable,
 )
+from .manifest import ImageConfig
 from .reference import Reference, parse_reference
 from .store import CachedImage, ImageRoot, ImageStore
 
 __all__ = [
     "CachedImage",
     "ImageAccessDenied",
+    "ImageCommand",
+    "ImageConfig",
     "ImageDigestMismatch",
     "ImageError",
     "ImageNotFound",
@@ -58,5 +67,7 @@ __all__ = [
     "RegistryAuthError",
     "RegistryError",
     "RegistryUnreachable",
+    "image_command",
+    "image_config",
     "parse_reference",
 ]

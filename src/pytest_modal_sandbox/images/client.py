@@ -1,29 +1,35 @@
 """A small registry client (distribution API v2 / OCI distribution spec) on stdlib ``urllib``.
 
 Why not a library or a tool: ``skopeo``/``umoci`` would add a system package every user must
-install (and the cache, locking and verification below would still be ours, since they must be
-shared by concurrent xdist workers); ``python-dxf`` brings requests and JWT libraries but no
-manifest-list platform selection nor Docker credential lookup; ``oras`` targets artifacts rather
-than images.  Pulling needs four requests (manifest, blob, token, tags list), so a stdlib client
-keeps the plugin dependency-free and import-light.
+install (and the cache, locking and verification would still be ours, since they must be
+shared by concurrent xdist workers).  python-dxf 12 and oras 0.2 were measured against this
+client on the same registry (``bench/bench_images.py --libraries``, docs/reference/
+image-registry.md): neither is faster, both bring requests (+3 and +5 MB of packages), dxf
+refuses any authentication over plain HTTP (every loopback test registry) and matches
+platforms exactly, oras verifies no digest, selects no platform and retries an unreachable
+registry for minutes.  A pull needs four requests (token, manifest, blob, tags list), so a
+stdlib client keeps the plugin dependency-free and import-light.
 
 Only pulls are implemented: ``GET /v2/<name>/manifests/<ref>``, ``GET /v2/<name>/blobs/<digest>``
 with bearer-token (``WWW-Authenticate: Bearer``) or basic auth.  Loopback registries
 (``localhost``, ``127.0.0.0/8``, ``::1``) and those listed in
 ``$PYTEST_MODAL_SANDBOX_INSECURE_REGISTRIES`` (comma-separated ``host[:port]``) are spoken to over
-plain HTTP, everything else over HTTPS.  Every byte is verified against its digest by the caller
-of :meth:`RegistryClient.blob` / :meth:`RegistryClient.manifest` (see ``store.py``) — the client
-itself hashes while streaming.
+plain HTTP, everything else over HTTPS.  Every byte is verified: blobs against their digest
+while streaming, manifests against a pinned digest or the registry's ``Docker-Content-Digest``.
+A 429/5xx answer is asked again (``Retry-After`` up to 10 s), and a cut blob download resumes
+with a ``Range`` request (:meth:`RegistryClient.blob`; ``store.py`` retries).
 """
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import http.client
 import ipaddress
 import json
 import os
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -60,6 +66,26 @@ MANIFEST_TYPES = (OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST)
 _USER_AGENT = "pytest-modal-sandbox/0.1 (python-urllib)"
 _CHUNK = 1 << 20
 _MAX_MANIFEST = 4 << 20  # the distribution spec's limit for manifests
+# Answers worth asking again: rate limits and overloaded or restarting registries/CDNs.
+_TRANSIENT = frozenset({429, 500, 502, 503, 504})
+_ATTEMPTS = 3  # per request, as many as a dropped blob download gets in store.py
+_MAX_RETRY_AFTER = 10.0  # seconds; a registry that asks for longer fails at once, saying so
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def is_plain_http(endpoint: str) -> bool:
@@ -74,6 +100,14 @@ def is_plain_http(endpoint: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class _GaveUp(urllib.error.HTTPError):
+    """A 429/5xx answer that was not asked again, with why (for the error message)."""
+
+    def __init__(self, exc: urllib.error.HTTPError, note: str) -> None:
+        super().__init__(exc.url, exc.code, exc.msg, exc.hdrs, exc.fp)
+        self.note = note
 
 
 def _api_error_codes(body: bytes) -> list[str]:
@@ -147,15 +181,27 @@ class RegistryClient:
         )
 
     def _open(self, url: str, headers: dict[str, str], auth: str | None) -> Any:
+        """One GET; a 429 or 5xx answer is asked again (backing off, or after the
+        ``Retry-After`` it names when that is at most 10 s), up to three attempts in all."""
         request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, **headers})
         if auth:  # unredirected: blob redirects to a CDN must not carry our token
             request.add_unredirected_header("Authorization", auth)
-        try:
-            return self._opener.open(request, timeout=self.timeout)
-        except urllib.error.HTTPError:
-            raise
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            raise self._unreachable(url, exc) from exc
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return self._opener.open(request, timeout=self.timeout)
+            except urllib.error.HTTPError as exc:
+                if exc.code not in _TRANSIENT:
+                    raise
+                wait = _retry_after(exc.headers.get("Retry-After"))
+                if wait is not None and wait > _MAX_RETRY_AFTER:
+                    raise _GaveUp(exc, f"; it asked to retry after {wait:.0f} s") from None
+                if attempt == _ATTEMPTS:
+                    raise _GaveUp(exc, f" ({attempt} attempts)") from None
+                exc.close()
+                time.sleep(wait if wait is not None else 0.5 * attempt)
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                raise self._unreachable(url, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _authorize(self, repository: str, challenge_header: str, url: str) -> str:
         challenge = parse_challenge(challenge_header)
@@ -230,14 +276,15 @@ class RegistryClient:
                 f"pull access denied for {self.display}/{repository}: {why}"
                 f" [HTTP {exc.code} {', '.join(codes) or _short_body(body)}]"
             )
+        when = exc.note if isinstance(exc, _GaveUp) else ""
         if exc.code == 429:
             return RegistryError(
-                f"registry {self.display} rate-limited the pull of {what} (HTTP 429): log in, or "
-                f"use a mirror (${MIRROR_ENV}), " + HOST_MAPPING_HINT
+                f"registry {self.display} rate-limited the pull of {what} (HTTP 429{when}): "
+                f"log in, or use a mirror (${MIRROR_ENV}), " + HOST_MAPPING_HINT
             )
         return RegistryError(
             f"registry {self.display} failed on {what}: HTTP {exc.code} "
-            f"{', '.join(codes) or _short_body(body)}"
+            f"{', '.join(codes) or _short_body(body)}{when}"
         )
 
     # -- the API ------------------------------------------------------------------------------
@@ -253,6 +300,7 @@ class RegistryClient:
             with self._get(repository, f"manifests/{reference}", headers) as resp:
                 body = resp.read(_MAX_MANIFEST + 1)
                 media_type = (resp.headers.get("Content-Type") or "").split(";")[0].strip()
+                claimed = (resp.headers.get("Docker-Content-Digest") or "").strip()
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 raise self._not_found(exc, repository, reference) from None
@@ -266,6 +314,11 @@ class RegistryClient:
             raise ImageDigestMismatch(
                 f"manifest {what} has digest {digest}, not the {reference} that was asked for; "
                 "it was not used"
+            )
+        if claimed.startswith("sha256:") and claimed != digest:  # a tag: the registry's word
+            raise ImageDigestMismatch(
+                f"manifest {what} has digest {digest}, but the registry sent it as {claimed} "
+                "(Docker-Content-Digest); it was not used. A proxy or the registry corrupted it."
             )
         try:
             parsed = json.loads(body)
@@ -309,34 +362,53 @@ class RegistryClient:
     def blob(self, repository: str, digest: str, out: IO[bytes], *, size: int | None) -> int:
         """Stream blob ``digest`` into ``out``; raise :class:`ImageDigestMismatch` if it differs.
 
-        Returns the byte count.  ``out`` may hold partial data on error: the caller discards it.
+        With a readable ``out`` that appends (``"a+b"``), bytes it already holds, from a
+        download that was cut, are hashed and only the rest is asked for (``Range``); a
+        registry that answers with the whole blob instead is read from the start.  Returns the
+        byte count.  ``out`` may hold partial data on error: the caller resumes from it or
+        discards it.
         """
         if not digest.startswith("sha256:"):
             raise RegistryError(f"blob {digest} uses an unsupported digest algorithm")
         what = f"blob {digest} of {self.display}/{repository}"
         hasher = hashlib.sha256()
-        total = 0
+        if out.readable():  # a write-only ``out`` is taken to be empty
+            out.seek(0)
+            while chunk := out.read(_CHUNK):
+                hasher.update(chunk)
+        total = out.tell()
+        if size is not None and total > size:  # not a prefix of this blob: start again
+            out.truncate(0)
+            hasher, total = hashlib.sha256(), 0
         expected: int | None = size
-        try:
-            with self._get(repository, f"blobs/{digest}", {}) as resp:
-                length = resp.headers.get("Content-Length")
-                if expected is None and length and length.isdigit():
-                    expected = int(length)
-                while chunk := resp.read(_CHUNK):
-                    hasher.update(chunk)
-                    out.write(chunk)
-                    total += len(chunk)
-                    if size is not None and total > size:
-                        break
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                raise RegistryError(
-                    f"registry {self.display} lost {what} (HTTP 404 BLOB_UNKNOWN): the image is "
-                    "broken or was deleted while pulling"
-                ) from None
-            raise self._http_error(exc, what, repository) from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._unreachable(self.base_url, exc) from exc
+        if size is None or total < size:
+            headers = {"Range": f"bytes={total}-"} if total else {}
+            try:
+                with self._get(repository, f"blobs/{digest}", headers) as resp:
+                    served = str(resp.headers.get("Content-Range") or "")
+                    if total and not served.startswith(f"bytes {total}-"):
+                        out.truncate(0)  # what we had is of no use with this answer
+                        if resp.status == 206:  # a range we did not ask for
+                            raise ConnectionError(f"{what}: asked for bytes {total}-, got {served}")
+                        hasher, total = hashlib.sha256(), 0  # a 200: the whole blob
+                    length = resp.headers.get("Content-Length")
+                    if expected is None and length and length.isdigit():
+                        expected = total + int(length)
+                    while chunk := resp.read(_CHUNK):
+                        hasher.update(chunk)
+                        out.write(chunk)
+                        total += len(chunk)
+                        if size is not None and total > size:
+                            break
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    raise RegistryError(
+                        f"registry {self.display} lost {what} (HTTP 404 BLOB_UNKNOWN): the image "
+                        "is broken or was deleted while pulling"
+                    ) from None
+                raise self._http_error(exc, what, repository) from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._unreachable(self.base_url, exc) from exc
         if expected is not None and total < expected:  # read(n) does not raise on a cut
             raise self._unreachable(
                 self.base_url,

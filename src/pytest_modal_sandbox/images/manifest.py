@@ -7,6 +7,7 @@ import json
 import os
 import platform as _platform
 import re
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -164,21 +165,44 @@ def parse_manifest(body: bytes, media_type: str, what: str) -> tuple[Descriptor,
 
 @dataclasses.dataclass(frozen=True)
 class ImageConfig:
-    """The parts of an image config the sandbox needs."""
+    """An image's runtime config: what ``docker run IMAGE`` starts, and how.
 
-    env: dict[str, str]
+    ``entrypoint``/``cmd`` are argv lists exactly as stored in the config (an empty tuple when
+    unset): a Dockerfile's shell form was already turned into ``["/bin/sh", "-c", "..."]`` by the
+    builder.  ``exposed_ports`` are Docker's ``"6379/tcp"`` keys.  ``reference`` and
+    ``config_digest`` say which image this is (empty when parsed from bare bytes).
+    """
+
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+    env: Mapping[str, str]  # read-only: one config object is shared by every caller
     workdir: str | None
     user: str | None
-    entrypoint: tuple[str, ...] | None
-    cmd: tuple[str, ...] | None
+    exposed_ports: tuple[str, ...]
     diff_ids: tuple[str, ...]
     platform: str
+    reference: str = ""
+    config_digest: str = ""
+
+    @property
+    def tcp_ports(self) -> tuple[int, ...]:
+        """The exposed TCP ports, as numbers (``"8080/tcp"`` and a bare ``"8080"`` alike)."""
+        out = []
+        for spec in self.exposed_ports:
+            port, _, proto = spec.partition("/")
+            if proto in ("", "tcp") and port.isdigit():
+                out.append(int(port))
+        return tuple(out)
 
 
-def _argv(value: Any) -> tuple[str, ...] | None:
+def _argv(value: Any, field: str, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):  # Docker reads a bare string as a one-word list (strslice)
+        return (value,)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
-    return None
+    raise ImageError(f"{what}: config.{field} must be a list of strings, not {value!r}")
 
 
 def parse_config(body: bytes, what: str) -> ImageConfig:
@@ -200,15 +224,17 @@ def parse_config(body: bytes, what: str) -> ImageConfig:
         raise ImageError(f"{what}: rootfs.diff_ids is missing or not a list of sha256 digests")
     workdir = cfg.get("WorkingDir")
     user = cfg.get("User")
+    ports = cfg.get("ExposedPorts")
     plat = "/".join(
         str(data.get(k) or "") for k in ("os", "architecture", "variant") if data.get(k)
     )
     return ImageConfig(
-        env=env,
+        entrypoint=_argv(cfg.get("Entrypoint"), "Entrypoint", what),
+        cmd=_argv(cfg.get("Cmd"), "Cmd", what),
+        env=types.MappingProxyType(env),
         workdir=workdir if isinstance(workdir, str) and workdir else None,
         user=user if isinstance(user, str) and user else None,
-        entrypoint=_argv(cfg.get("Entrypoint")),
-        cmd=_argv(cfg.get("Cmd")),
+        exposed_ports=tuple(sorted(str(p) for p in ports)) if isinstance(ports, dict) else (),
         diff_ids=tuple(diff_ids),
         platform=plat,
     )

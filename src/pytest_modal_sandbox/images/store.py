@@ -188,21 +188,38 @@ class ImageStore:
         ``pull="missing"`` (default) serves a cached reference without network access;
         ``"always"`` asks the registry what the tag points to now (blobs stay cached).
         """
-        if pull not in ("missing", "always"):
-            raise ValueError(f"pull must be 'missing' or 'always', not {pull!r}")
-        ref = parse_reference(reference)
-        if pull == "missing":
-            record = self._read_ref(ref) or self._find_digest(ref)
-            if record is not None:
-                root = self._load_root(str(ref), record)
-                if root is not None:
-                    return root
+        ref, record = self._cached_ref(reference, pull)
+        if record is not None:
+            root = self._load_root(str(ref), record)
+            if root is not None:
+                return root
         with self._gc_lock(fcntl.LOCK_SH):
             return self._pull(ref)
 
     def pull(self, reference: str) -> ImageRoot:
         """Resolve ``reference`` at the registry now and make sure it is unpacked."""
         return self.get(reference, pull="always")
+
+    def config(
+        self, reference: str, *, pull: Literal["missing", "always"] = "missing"
+    ) -> ImageConfig:
+        """The image's runtime config (entrypoint, cmd, env, ...) without pulling its layers.
+
+        A reference resolved before, by :meth:`get` or by this method, is answered from the
+        cached (digest-verified) config blob without network access; otherwise, or with
+        ``pull="always"``, it costs the manifest (and index) requests and the config blob, which
+        are verified and cached as a pull would cache them.
+        """
+        ref, record = self._cached_ref(reference, pull)
+        if record is not None:
+            cached = self._cached_config(ref, str(record["config_digest"]))
+            if cached is not None:
+                return cached
+        with self._gc_lock(fcntl.LOCK_SH):
+            client, top, manifest_digest, config_desc, layers = self._manifest(ref)
+            config = self._load_config(self._ensure_blob(client, ref, config_desc), ref, layers)
+            self._write_ref(ref, top, manifest_digest, config_desc.digest)
+        return dataclasses.replace(config, reference=str(ref), config_digest=config_desc.digest)
 
     def list(self) -> builtins.list[CachedImage]:
         """Cached roots, most recently used first."""
@@ -277,6 +294,15 @@ class ImageStore:
             self.progress(message)
 
     # -- references ---------------------------------------------------------------------------
+
+    def _cached_ref(self, reference: str, pull: str) -> tuple[Reference, dict[str, Any] | None]:
+        """``reference`` parsed, and what it resolved to before unless ``pull="always"``."""
+        if pull not in ("missing", "always"):
+            raise ValueError(f"pull must be 'missing' or 'always', not {pull!r}")
+        ref = parse_reference(reference)
+        if pull == "always":
+            return ref, None
+        return ref, self._read_ref(ref) or self._find_digest(ref)
 
     def _ref_path(self, ref: Reference) -> Path:
         key = hashlib.sha256(f"{ref}|{self.platform}".encode()).hexdigest()[:40]
@@ -411,21 +437,30 @@ class ImageStore:
             if path.exists():
                 return path
             tmp = self._tmp / f"blob-{hexd}-{os.getpid()}-{secrets.token_hex(4)}"
-            for attempt in range(_BLOB_ATTEMPTS):
-                try:
-                    with open(tmp, "wb") as out:
-                        client.blob(ref.repository, desc.digest, out, size=desc.size)
-                    os.replace(tmp, path)
-                    break
-                except RegistryUnreachable:  # a dropped connection mid-pull: try again
-                    if attempt == _BLOB_ATTEMPTS - 1:
-                        raise
-                    time.sleep(0.25 * (attempt + 1))
-                finally:
-                    tmp.unlink(missing_ok=True)
+            try:
+                for attempt in range(1, _BLOB_ATTEMPTS + 1):
+                    resumed = tmp.exists() and tmp.stat().st_size > 0
+                    try:
+                        with open(tmp, "a+b") as out:
+                            client.blob(ref.repository, desc.digest, out, size=desc.size)
+                        os.replace(tmp, path)
+                        break
+                    except RegistryUnreachable:  # a dropped connection: the next one resumes
+                        if attempt == _BLOB_ATTEMPTS:
+                            raise
+                        time.sleep(0.25 * attempt)
+                    except ImageDigestMismatch:
+                        if not resumed or attempt == _BLOB_ATTEMPTS:
+                            raise
+                        tmp.unlink()  # the resumed part did not fit: once more from the start
+            finally:
+                tmp.unlink(missing_ok=True)
         return path
 
-    def _pull(self, ref: Reference) -> ImageRoot:
+    def _manifest(
+        self, ref: Reference
+    ) -> tuple[RegistryClient, str, str, Descriptor, builtins.list[Descriptor]]:
+        """(client, top digest, manifest digest, config, layers) of ``ref`` for this platform."""
         client, top, manifest_digest, body, media_type = self._resolve(ref)
         what = f"image {ref} ({manifest_digest})"
         config_desc, layers = parse_manifest(body, media_type, what)
@@ -433,20 +468,50 @@ class ImageStore:
             raise ImageError(
                 f"{ref} is not a container image (its config is {config_desc.media_type!r})"
             )
+        return client, top, manifest_digest, config_desc, layers
+
+    def _load_config(
+        self, path: Path, ref: Reference, layers: builtins.list[Descriptor]
+    ) -> ImageConfig:
+        config = parse_config(path.read_bytes(), f"config of image {ref}")
+        check_layers(layers, config, f"image {ref}")
+        return config
+
+    def _cached_config(self, ref: Reference, config_digest: str) -> ImageConfig | None:
+        """The config blob ``ref`` resolved to, if it is still cached and intact."""
+        path = self._blobs / _hex(config_digest)
+        try:
+            body = path.read_bytes()
+        except OSError:
+            return None
+        if "sha256:" + hashlib.sha256(body).hexdigest() != config_digest:
+            path.unlink(missing_ok=True)  # damaged on disk: fetch it again
+            return None
+        config = parse_config(body, f"config of image {ref}")
+        return dataclasses.replace(config, reference=str(ref), config_digest=config_digest)
+
+    def _write_ref(
+        self, ref: Reference, top: str, manifest_digest: str, config: str
+    ) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "reference": str(ref),
+            "platform": str(self.platform),
+            "digest": top,
+            "manifest_digest": manifest_digest,
+            "config_digest": config,
+            "resolved_at": time.time(),
+        }
+        _write_atomic(self._ref_path(ref), json.dumps(record).encode(), self._tmp)
+        return record
+
+    def _pull(self, ref: Reference) -> ImageRoot:
+        client, top, manifest_digest, config_desc, layers = self._manifest(ref)
         root_dir = self._roots / _hex(config_desc.digest)
         if not (root_dir / "image.json").exists():
             with FileLock(str(self._locks / f"root-{_hex(config_desc.digest)}.lock")):
                 if not (root_dir / "image.json").exists():
                     self._build(client, ref, config_desc, layers, manifest_digest, root_dir)
-        record = {
-            "reference": str(ref),
-            "platform": str(self.platform),
-            "digest": top,
-            "manifest_digest": manifest_digest,
-            "config_digest": config_desc.digest,
-            "resolved_at": time.time(),
-        }
-        _write_atomic(self._ref_path(ref), json.dumps(record).encode(), self._tmp)
+        record = self._write_ref(ref, top, manifest_digest, config_desc.digest)
         root = self._load_root(str(ref), record)
         if root is None:  # pragma: no cover - pruned between build and load
             raise ImageError(f"image {ref} vanished from the cache while it was being pulled")
@@ -461,9 +526,7 @@ class ImageStore:
         manifest_digest: str,
         root_dir: Path,
     ) -> None:
-        config_path = self._ensure_blob(client, ref, config_desc)
-        config: ImageConfig = parse_config(config_path.read_bytes(), f"config of image {ref}")
-        check_layers(layers, config, f"image {ref}")
+        config = self._load_config(self._ensure_blob(client, ref, config_desc), ref, layers)
         total = sum(d.size for d in layers)
         self._say(f"pulling {ref}: {len(layers)} layer(s), {total / 2**20:.1f} MiB")
         tag = f"{os.getpid()}-{secrets.token_hex(4)}"
@@ -494,7 +557,7 @@ class ImageStore:
                 "first_reference": str(ref),
                 "layers": [d.digest for d in layers],
                 "diff_ids": list(config.diff_ids),
-                "env": config.env,
+                "env": dict(config.env),
                 "workdir": config.workdir,
                 "user": config.user,
                 "entrypoint": list(config.entrypoint) if config.entrypoint else None,
