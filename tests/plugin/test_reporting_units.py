@@ -10,10 +10,10 @@ import pytest
 
 from pytest_modal_sandbox import Daemon, Probe, SandboxSpec, start
 from pytest_modal_sandbox.daemons import _parse_states, daemon_states
-from pytest_modal_sandbox.scrub import MASK, Scrubber
 from pytest_modal_sandbox.events import Event
 from pytest_modal_sandbox.reporting.starts import StartTable
 from pytest_modal_sandbox.reporting.summary import Summary, summary_lines
+from pytest_modal_sandbox.scrub import MASK, Scrubber
 
 SECRET = 'pa"ss\\word\n2nd-line-of-it'
 
@@ -69,17 +69,15 @@ def test_summary_lines() -> None:
         ("gw1:3", "gw1", "shared (session)", "sb-3", 10.0, None, 10.2, False),
     ]
     for key, worker, label, sid, requested, created, last, ahead in starts:
-        def ev(kind, t, sandbox_id="", **more):
-            return Event(kind, worker, sandbox_id, start=key, label=label, ahead=ahead, t=t, **more)
-
-        table.feed(ev("requested", requested))
+        same = {"start": key, "label": label, "ahead": ahead}
+        table.feed(Event("requested", worker, t=requested, **same))
         if created is not None:
-            table.feed(ev("created", created, sid))
-            table.feed(ev("ready", last, sid))
+            table.feed(Event("created", worker, sid, t=created, **same))
+            table.feed(Event("ready", worker, sid, t=last, **same))
         elif sid:
-            table.feed(ev("attached", last, sid))
+            table.feed(Event("attached", worker, sid, t=last, **same))
         else:
-            table.feed(ev("failed", last, error="daemon died"))
+            table.feed(Event("failed", worker, t=last, error="daemon died", **same))
     table.feed(Event("taken", "gw0", ahead=True))
     s.starts, s.taken = table.snapshot(), table.taken
     s.leaked = ["sb-9"]
