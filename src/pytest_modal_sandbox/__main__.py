@@ -12,19 +12,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .backends import BACKENDS, SandboxInfo, make_backend
+from .backends import BACKENDS, make_backend
+from .backends.protocol import SandboxInfo
 from .errors import SandboxError
-from .lifecycle import (
-    MARK_TAG,
-    RUN_TAG,
-    TEST_TAG,
-    WORKER_TAG,
-    RunLock,
-    forget_run,
-    runs_dir,
-    stale_runs,
-    sweep,
-)
+from .lifecycle.runs import RunLock, forget_run, runs_dir, stale_runs, sweep
+from .lifecycle.tags import MARK_TAG, RUN_TAG, TEST_TAG, WORKER_TAG
 
 __all__ = ["main", "reap", "reap_from_pytest", "run_reap"]
 

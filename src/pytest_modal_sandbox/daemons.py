@@ -17,10 +17,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from .backends.protocol import NativeReadiness
 from .errors import DaemonExitedError, ExecTimeout, ReadinessTimeout, SandboxStartError, tail
 from .sandbox import DAEMON_DIR, Sandbox
+from .scrub import Scrubber
 from .spec import Daemon, Probe, shell_quote
 
 __all__ = ["DaemonState", "daemon_states", "mark_ready", "start_daemons"]
@@ -186,22 +187,28 @@ wait_tcp() {
 """
 
 
-def start_daemons(sandbox: Sandbox, *, mark: bool = False, log_lines: int = 20) -> None:
+def start_daemons(
+    sandbox: Sandbox,
+    *,
+    mark: bool = False,
+    log_lines: int = 20,
+    native: NativeReadiness | None = None,
+) -> None:
     """Launch every daemon and wait until each one's probe passes; fail fast, with its log,
     if one exits.  ``mark`` leaves the ready mark (for processes attaching later).
 
     Round trips are what a sandbox costs on Modal, so: one exec launches every daemon *and*
     waits for the TCP probes inside the sandbox; with Modal's own readiness probe the launch is
-    fire-and-forget and the wait is one RPC.  Other probes poll from here.
+    fire-and-forget and the wait is one RPC (``native``: the sandbox's backend handle, when it
+    has such a probe).  Other probes poll from here.
     """
     spec = sandbox.spec
     started = time.monotonic()
     probed = [(d, d.ready) for d in spec.daemons if d.ready is not None]
-    impl: Any = sandbox._impl
     rest: list[tuple[Daemon, Probe]] = []
-    if len(probed) == 1 and getattr(impl, "native_probe", None) is not None:
+    if len(probed) == 1 and native is not None and native.has_native_probe:
         daemon, probe = probed[0]
-        _Waiter(sandbox, daemon, probe, started + probe.timeout, log_lines).native()
+        _Waiter(sandbox, daemon, probe, started + probe.timeout, log_lines).native(native)
     else:
         tcp = [(d, p) for d, p in probed if p.kind == "tcp"]
         rest = [(d, p) for d, p in probed if p.kind != "tcp"]
@@ -284,10 +291,9 @@ class _Waiter:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 
-    def native(self) -> None:
+    def native(self, impl: NativeReadiness) -> None:
         """The backend's own probe (Modal's readiness probe): launch without waiting, then
         wait in growing chunks, checking between chunks that the daemon is still alive."""
-        impl: Any = self.sandbox._impl
         impl.spawn(["sh", "-c", launch_script(self.sandbox.spec.daemons)])
         chunk = 1.0
         while True:
@@ -364,8 +370,6 @@ class _Waiter:
     def log_tail(self) -> str:
         """The last lines of the daemon's log, with the spec's secret values scrubbed (the
         error carrying it is printed by pytest and by scripts alike)."""
-        from .reporting.scrub import Scrubber
-
         try:
             text = tail(self.sandbox.logs(self.daemon.name), self.log_lines)
         except Exception as exc:  # the sandbox itself may be gone; say so instead

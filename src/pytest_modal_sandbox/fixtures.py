@@ -1,33 +1,102 @@
-"""The ``sandbox`` fixture and ``sandbox_fixture()``, the factory for named ones.
+"""The sandbox fixtures — ``sandbox`` and ``sandbox_fixture()`` — and one value for "a fixture
+instance".
 
-Spec problems and start failures become one clean per-test error (``pytest.fail(...,
-pytrace=False)`` from setup), the same with and without xdist.
+A :class:`FixtureInstance` is one sandbox a fixture gives: which fixture, the node its scope
+belongs to, its share and its spec.  :func:`fixture_instance` is the one place it is computed:
+from a fixture request at setup (:func:`instance_of_request`) and from a collected test by the
+scheduler (:func:`instances_of_item`), so a sandbox started ahead goes to exactly the setup it
+was made for.  The fixtures here only declare; what happens at setup and teardown is the
+session's (``session.py``), reached through :data:`PROVIDER_KEY`.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Generator, Mapping
-from typing import TYPE_CHECKING, Any, Literal, cast
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import pytest
 
-from .errors import SandboxError, SpecError
+from .errors import SpecError
 
 if TYPE_CHECKING:
+    from .run import Share
     from .sandbox import Sandbox
     from .spec import SandboxSpec
 
-__all__ = ["SKIP_REASON", "sandbox", "sandbox_fixture"]
+__all__ = [
+    "PROVIDER_KEY",
+    "SKIP_REASON",
+    "Declaration",
+    "FixtureInstance",
+    "fixture_instance",
+    "instance_of_request",
+    "instances_of_item",
+    "sandbox",
+    "sandbox_fixture",
+]
 
 SKIP_REASON = (
     "needs a sandbox: run pytest with --modal-sandbox (or set modal_sandbox = true in the ini file)"
 )
-FIXTURE_ATTR = "_pytest_modal_sandbox_fixture"
-SPEC_ATTR = "_pytest_modal_sandbox_spec"
-"""Set by ``sandbox_fixture`` on its fixture function for prestart: (fields, share, module)."""
 SCOPES = ("function", "class", "module", "package", "session")
 SHARES = ("worker", "run")
+NOT_GIVEN: Any = object()
+"""No parameter (the fixture is not parametrized for this test)."""
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What a sandbox fixture declares: its fields (``None``: the test's ``sandbox`` markers)
+    and its share.  Set on the fixture function, where the scheduler finds it."""
+
+    fields: Mapping[str, Any] | None
+    share: Share = "function"
+
+
+DECLARATION_ATTR = "_pytest_modal_sandbox_declaration"
+MARKERS = Declaration(None)
+
+
+@dataclass(frozen=True)
+class FixtureInstance:
+    """One sandbox a fixture gives: the fixture, its scope's node, share and spec."""
+
+    fixture: str
+    scope: str
+    node: str  # the node id of its scope: the test's for function scope, "" for the session
+    share: Share
+    spec: SandboxSpec
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        """What a sandbox started ahead is matched by."""
+        return (self.fixture, self.node, self.spec.spec_hash)
+
+    @property
+    def key(self) -> str:
+        """The run's claim on a ``share="run"`` sandbox: one per fixture name and spec."""
+        return f"{self.fixture}|{self.spec.spec_hash}"
+
+    @property
+    def test(self) -> str:
+        """The label its sandbox is tagged with (and the ledger keeps)."""
+        return self.node if self.scope == "function" else f"{self.fixture}@{self.node or 'session'}"
+
+    @property
+    def label(self) -> str:
+        """How progress lines and the summary name it: ``db (module test_a.py)``."""
+        if self.scope == "function":
+            return f"{self.fixture} ({self.node})"
+        where = f" {self.node}" if self.node and self.scope != "session" else ""
+        return f"{self.fixture} ({self.scope}{where})"
+
+    def with_spec(self, spec: SandboxSpec) -> FixtureInstance:
+        return replace(self, spec=spec)
+
+
+class ImageOverride(Protocol):
+    def apply(self, spec: SandboxSpec) -> SandboxSpec: ...
 
 
 def marker_fields(node: pytest.Item | pytest.Collector) -> dict[str, Any]:
@@ -43,121 +112,151 @@ def marker_fields(node: pytest.Item | pytest.Collector) -> dict[str, Any]:
     return fields
 
 
-def param_fields(request: pytest.FixtureRequest) -> dict[str, Any]:
+def _param_fields(fixture: str, param: Any) -> dict[str, Any]:
     """Fields from indirect parametrization (``parametrize("sandbox", [{...}], indirect=True)``)."""
     from .spec import SandboxSpec
 
-    param = getattr(request, "param", None)
-    if param is None:
+    if param is NOT_GIVEN or param is None:
         return {}
     if isinstance(param, SandboxSpec):
         return param.as_fields()
     if not isinstance(param, Mapping):
         raise SpecError(
-            f"parametrize value for {request.fixturename!r} must be a dict of sandbox fields "
+            f"parametrize value for {fixture!r} must be a dict of sandbox fields "
             f"or a SandboxSpec, got {param!r}"
         )
     return dict(param)
 
 
-def _where(request: pytest.FixtureRequest, from_marker: bool, what: str = "spec") -> str:
-    """Who reports: ``sandbox spec of <test>`` (``sandbox of`` once the spec was fine)."""
-    if request.fixturename == "sandbox" and from_marker:
+def fixture_instance(
+    declaration: Declaration,
+    *,
+    fixture: str,
+    scope: str,
+    node: pytest.Item | pytest.Collector,
+    param: Any,
+    images: ImageOverride,
+) -> FixtureInstance:
+    """The instance: base fields (the markers, or the factory's) < parametrization < the image
+    override.  (A ``pytest_modal_sandbox_spec`` hook sees it at setup, last of all.)"""
+    from .spec import spec_from_fields
+
+    base = marker_fields(node) if declaration.fields is None else declaration.fields
+    spec = images.apply(spec_from_fields({**base, **_param_fields(fixture, param)}))
+    share = "function" if scope == "function" else declaration.share
+    return FixtureInstance(fixture, scope, node.nodeid, share, spec)
+
+
+def instance_of_request(
+    request: pytest.FixtureRequest, declaration: Declaration, images: ImageOverride
+) -> FixtureInstance:
+    """At setup: the instance this request asks for."""
+    return fixture_instance(
+        declaration,
+        fixture=request.fixturename or "sandbox",
+        scope=request.scope,
+        node=request.node,
+        param=getattr(request, "param", NOT_GIVEN),
+        images=images,
+    )
+
+
+def _scope_node(item: pytest.Item, scope: str, baseid: str) -> pytest.Item | pytest.Collector:
+    """The node a fixture of ``scope`` belongs to for ``item`` (what ``request.node`` is)."""
+    if scope == "function":
+        return item
+    if scope == "session":
+        return item.session
+    if scope == "package":  # the package that defines the fixture
+        found = [p for p in item.listchain() if isinstance(p, pytest.Package)]
+        return next((p for p in reversed(found) if p.nodeid == baseid), item.session)
+    kind = pytest.Class if scope == "class" else pytest.Module
+    return item.getparent(kind) or item
+
+
+def instances_of_item(item: pytest.Item, images: ImageOverride) -> Iterator[FixtureInstance]:
+    """For the scheduler: every sandbox fixture instance ``item`` will ask for (those whose
+    spec is invalid are left to their setup, which reports them)."""
+    callspec = getattr(item, "callspec", None)
+    params: Mapping[str, Any] = callspec.params if callspec is not None else {}
+    for name, fixturedef in _fixture_defs(item):
+        declaration = getattr(fixturedef.func, DECLARATION_ATTR, None)
+        if not isinstance(declaration, Declaration):
+            continue
+        node = _scope_node(item, fixturedef.scope, fixturedef.baseid)
+        try:
+            yield fixture_instance(
+                declaration,
+                fixture=name,
+                scope=fixturedef.scope,
+                node=node,
+                param=params.get(name, NOT_GIVEN),
+                images=images,
+            )
+        except SpecError:
+            continue
+
+
+def _fixture_defs(item: pytest.Item) -> Iterator[tuple[str, Any]]:
+    """(name, definition) of each fixture the item uses: the closest definition of each name.
+    pytest keeps this on the item's fixture info; it has no public accessor."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return
+    for name in getattr(item, "fixturenames", ()):
+        defs = info.name2fixturedefs.get(name)
+        if defs:
+            yield name, defs[-1]
+
+
+def uses_a_sandbox(item: pytest.Item) -> bool:
+    """Whether ``item`` carries a ``sandbox`` marker or uses a sandbox fixture."""
+    if item.get_closest_marker("sandbox") is not None:
+        return True
+    return any(hasattr(d.func, DECLARATION_ATTR) for _, d in _fixture_defs(item))
+
+
+def error_origin(request: pytest.FixtureRequest, declaration: Declaration, what: str) -> str:
+    """Who reports a problem: ``sandbox spec of <test>`` (``sandbox of`` once the spec was
+    fine) for the ``sandbox`` fixture, ``sandbox fixture 'db'`` for a named one."""
+    if request.fixturename == "sandbox" and declaration.fields is None:
         noun = "sandbox spec" if what == "spec" else "sandbox"
         return f"{noun} of {request.node.nodeid}"
     return f"sandbox fixture {request.fixturename!r}"
 
 
-def resolve_spec(request: pytest.FixtureRequest, base: Mapping[str, Any]) -> SandboxSpec:
-    """Base fields (markers or the factory's) < parametrization < image override < hook."""
-    from .plugin import image_override
-    from .spec import SandboxSpec, spec_from_fields
-
-    fields = {**base, **param_fields(request)}
-    spec = spec_from_fields(fields)
-    spec = image_override(request.config, spec)
-    changed = request.config.hook.pytest_modal_sandbox_spec(spec=spec, request=request)
-    if changed is not None:
-        if not isinstance(changed, SandboxSpec):
-            raise SpecError(
-                f"pytest_modal_sandbox_spec hook returned {changed!r}, not a SandboxSpec or None"
-            )
-        spec = changed
-    return spec
+# -- the fixtures ---------------------------------------------------------------------------
 
 
-def provide(
-    request: pytest.FixtureRequest,
-    base: Mapping[str, Any] | None,
-    *,
-    share: Literal["function", "worker", "run"],
-    key: str,
+class Provider(Protocol):
+    """What the fixtures need of the session: a sandbox for a request, torn down after."""
+
+    def provide(
+        self, request: pytest.FixtureRequest, declaration: Declaration
+    ) -> Generator[Sandbox, None, None]: ...
+
+
+PROVIDER_KEY = pytest.StashKey[Provider]()
+"""Where the session (``session.py``) is, when sandboxes are enabled."""
+
+
+def _provide(
+    request: pytest.FixtureRequest, declaration: Declaration
 ) -> Generator[Sandbox, None, None]:
-    """Setup and teardown shared by every sandbox fixture."""
-    from .plugin import get_manager, settings_of
-
-    config = request.config
-    if not settings_of(config).enabled:
+    provider = request.config.stash.get(PROVIDER_KEY, None)
+    if provider is None:
         pytest.skip(SKIP_REASON)
-    where = _where(request, from_marker=base is None)
-    try:
-        spec = resolve_spec(request, marker_fields(request.node) if base is None else base)
-    except SpecError as exc:
-        error: str | None = f"{where}: {exc}"
-    else:
-        error = None
-    if error:  # failed outside the except block: no "during handling" chain in the report
-        pytest.fail(error, pytrace=False)
-    manager = get_manager(config)
-    test = (
-        request.node.nodeid
-        if request.scope == "function"
-        else (f"{request.fixturename}@{request.node.nodeid or 'session'}")
-    )
-    from .prestart import obtain
-    from .reporting.hooks import reporting_of
-
-    reporting = reporting_of(config)
-    try:  # a prestarted sandbox if there is one (see prestart.py), else a new start
-        sb = obtain(
-            request,
-            manager,
-            spec,
-            test=test,
-            share=share,
-            key=key,
-            on_created=lambda s: config.hook.pytest_modal_sandbox_created(sandbox=s),
-        )
-    except SandboxError as exc:
-        where = _where(request, from_marker=base is None, what="start")
-        error = reporting.scrubber.text(f"{where}: {exc}")  # a daemon's log tail may hold one
-    if error:
-        pytest.fail(error, pytrace=False)
-    try:
-        config.hook.pytest_modal_sandbox_ready(sandbox=sb)
-        yield sb
-    finally:
-        if not reporting.is_kept(sb):  # kept on failure: the sweeps end it after its deadline
-            report = None
-            if request.scope == "function":
-                from .plugin import call_report
-
-                report = call_report(request.node)
-            try:
-                if manager.terminates(share):  # not a worker letting go of the run's sandbox
-                    config.hook.pytest_modal_sandbox_before_terminate(sandbox=sb, report=report)
-            finally:
-                manager.finish(sb, share=share, test=test, report=report)
+    yield from provider.provide(request, declaration)
 
 
 @pytest.fixture
 def sandbox(request: pytest.FixtureRequest) -> Generator[Sandbox, None, None]:
     """A ready sandbox for this test, from its closest ``@pytest.mark.sandbox`` fields
     (module and class markers merge; indirect parametrization overrides fields)."""
-    yield from provide(request, None, share="function", key="sandbox")
+    yield from _provide(request, MARKERS)
 
 
-setattr(sandbox, FIXTURE_ATTR, True)
+setattr(sandbox, DECLARATION_ATTR, MARKERS)
 
 
 def sandbox_fixture(
@@ -180,28 +279,13 @@ def sandbox_fixture(
         raise SpecError(f"sandbox_fixture: share must be 'worker' or 'run', got {share!r}")
     if share == "run" and scope == "function":
         raise SpecError("sandbox_fixture: share='run' needs a wider scope than 'function'")
-    from .spec import FIELDS, spec_from_fields
-
-    spec_fields = {k: v for k, v in fields.items() if k in FIELDS}
-    defined_in = sys._getframe(1).f_globals.get("__name__", "?")  # same in every xdist worker
-    effective_share: Literal["function", "worker", "run"] = share
-    if scope == "function":
-        effective_share = "function"
-    unknown = [k for k in fields if k not in FIELDS]
+    declaration = Declaration(dict(fields), "function" if scope == "function" else share)
 
     def fixture(request: pytest.FixtureRequest) -> Generator[Sandbox, None, None]:
-        if unknown:  # reported per test like any spec error, with spec_from_fields' hint
-            try:
-                spec_from_fields(fields)
-            except SpecError as exc:
-                error = f"sandbox fixture {request.fixturename!r}: {exc}"
-            pytest.fail(error, pytrace=False)
-        key = f"{defined_in}:{request.fixturename}"
-        yield from provide(request, spec_fields, share=effective_share, key=key)
+        yield from _provide(request, declaration)
 
-    setattr(fixture, FIXTURE_ATTR, True)
-    if not unknown:  # what prestart.py needs to start it before the first test asks
-        setattr(fixture, SPEC_ATTR, (spec_fields, effective_share, defined_in))
+    setattr(fixture, DECLARATION_ATTR, declaration)
     if name is not None:
         fixture.__name__ = name
-    return cast(Any, pytest.fixture(scope=scope, name=name)(fixture))
+    fixture_function: Callable[..., Any] = pytest.fixture(scope=scope, name=name)(fixture)
+    return cast(Any, fixture_function)

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import daemons
-from .backends import Backend, make_backend
+from .backends import make_backend
+from .backends.protocol import Backend, NativeReadiness
 from .errors import SandboxError, SandboxStartError
 from .sandbox import Sandbox
 from .spec import SandboxSpec
@@ -44,13 +45,14 @@ def launch(
         raise SandboxStartError(
             f"could not create a sandbox on {backend.name} for image {spec.image_label()}: {exc}"
         ) from exc
+    native = impl if isinstance(impl, NativeReadiness) else None
     sandbox = Sandbox(impl, spec, backend.name)
     sandbox.timings.requested = requested
     sandbox.timings.created = time.time()
     try:
         if on_created is not None:
             on_created(sandbox)
-        daemons.start_daemons(sandbox, mark=shared, log_lines=log_lines)
+        daemons.start_daemons(sandbox, mark=shared, log_lines=log_lines, native=native)
         sandbox.timings.ready = time.time()
     except BaseException:
         sandbox.terminate()

@@ -18,7 +18,7 @@ from .spec import SandboxSpec
 if TYPE_CHECKING:
     from typing import Literal
 
-    from .backends import BackendSandbox, Endpoint
+    from .backends.protocol import BackendSandbox, Endpoint
 
 __all__ = ["DAEMON_DIR", "ExecResult", "Sandbox"]
 
@@ -211,6 +211,24 @@ class Sandbox:
     @property
     def terminated(self) -> bool:
         return self._terminated
+
+    def release(self) -> None:
+        """Let go of the sandbox without ending it: this process's own resources for it
+        (heartbeats, tunnel listeners) are dropped; whoever owns it ends it later."""
+        self._impl.release()
+
+    def keep(self, seconds: float, *, tags: Mapping[str, str] | None = None) -> None:
+        """Stop tying the sandbox to this process: it lives on for ``seconds`` (at most until
+        its own ``timeout``), even after this process ends.  ``tags`` are added first, so a
+        later sweep can tell it was kept on purpose."""
+        if tags:
+            self._impl.add_tags(tags)
+        self._impl.keep(seconds)
+
+    def shell_command(self) -> str | None:
+        """A command line that opens a shell in the sandbox from this machine, if there is
+        one (``modal shell <id>`` on Modal; an ``nsenter`` line on the local backend)."""
+        return self._impl.shell_command()
 
 
 def _text(data: str | bytes) -> str:

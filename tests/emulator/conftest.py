@@ -30,16 +30,6 @@ NAMED_SECRET = {"NAMED": "from-cli", "SHARED": "named"}
 
 
 @pytest.fixture(scope="session")
-def runtime_available() -> None:
-    from pytest_modal_sandbox.runtime import LocalRuntime, RuntimeUnavailable
-
-    try:
-        LocalRuntime.check()
-    except RuntimeUnavailable as exc:
-        pytest.skip(f"local runtime unavailable: {exc}")
-
-
-@pytest.fixture(scope="session")
 def emulator_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session emulator's ``--state-dir`` (its runtime sandboxes are in ``sandboxes/``)."""
     return tmp_path_factory.mktemp("emulator-state")

@@ -66,11 +66,11 @@ def hang(where):
 
 
 def pytest_sessionstart(session):
-    from pytest_modal_sandbox.plugin import MANAGER_KEY
+    from pytest_modal_sandbox.fixtures import PROVIDER_KEY
 
-    manager = session.config.stash.get(MANAGER_KEY, None)
-    if manager is not None:
-        note("run", run_id=manager.run_id, role=manager.role)
+    ours = session.config.stash.get(PROVIDER_KEY, None)
+    if ours is not None:
+        note("run", run_id=ours.run.run_id, role=ours.role)
 
 
 def pytest_modal_sandbox_created(sandbox):
@@ -489,7 +489,7 @@ import os, signal, time
 
 import pytest
 from pytest_modal_sandbox import Daemon, Probe, sandbox_fixture
-from pytest_modal_sandbox.plugin import get_manager
+from pytest_modal_sandbox.session import session_of
 from conftest import FAULT_DIR, hang, note
 
 shared = sandbox_fixture(
@@ -515,8 +515,8 @@ def test_bystander(sandbox):
 
 @pytest.mark.parametrize("n", range(6))
 def test_uses_shared(shared, request, n):
-    manager = get_manager(request.config)
-    running = manager.backend.list({"pms-run": manager.run_id, "pms-share": "run"})
+    run = session_of(request.config).run
+    running = run.backend.list({"pms-run": run.run_id, "pms-share": "run"})
     note("used", id=shared.id, running=[i.id for i in running])
     assert shared.exec("true").returncode == 0
     assert [i.id for i in running] == [shared.id]

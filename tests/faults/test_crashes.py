@@ -43,27 +43,32 @@ def test_worker_sigkill_while_creating_the_shared_sandbox(world):
     faultlib.none_running(world, out.run.run_id)
 
 
-def test_created_hook_raises(world):
-    out = faultlib.start_failure(world, "test_plain", env={"FAULT_ON_CREATED": "raise"})
+@pytest.mark.parametrize(
+    ("test", "env", "says"),
+    [
+        (
+            "test_plain",
+            {"FAULT_ON_CREATED": "raise"},
+            ["injected fault: the created hook raised", "1 error"],
+        ),
+        (
+            "test_never_ready",
+            {},
+            ["daemon 'slow' was not ready after 1s (waiting for tcp port 8000)"],
+        ),
+        (
+            "test_daemon_crashes",
+            {},
+            # and the last lines of its log
+            ["daemon 'crasher' exited with code 3 before it was ready", "crashing"],
+        ),
+    ],
+    ids=["created-hook-raises", "readiness-timeout", "daemon-crashes-on-start"],
+)
+def test_a_failed_start_ends_its_sandbox(world, test, env, says):
+    out = faultlib.start_failure(world, test, env=env)
     assert out.returncode == 1
-    assert "injected fault: the created hook raised" in out.output
-    assert "1 error" in out.output
-    assert "end of run" not in out.output  # the failed launch ended it, not the sweep
-    faultlib.none_running(world, out.run.run_id)
-
-
-def test_readiness_timeout(world):
-    out = faultlib.start_failure(world, "test_never_ready")
-    assert out.returncode == 1
-    assert "daemon 'slow' was not ready after 1s (waiting for tcp port 8000)" in out.output
-    assert "end of run" not in out.output  # the failed launch ended it, not the sweep
-    faultlib.none_running(world, out.run.run_id)
-
-
-def test_daemon_crashes_on_start(world):
-    out = faultlib.start_failure(world, "test_daemon_crashes")
-    assert out.returncode == 1
-    assert "daemon 'crasher' exited with code 3 before it was ready" in out.output
-    assert "crashing" in out.output  # the last lines of its log
+    for text in says:
+        assert text in out.output, out.output
     assert "end of run" not in out.output  # the failed launch ended it, not the sweep
     faultlib.none_running(world, out.run.run_id)

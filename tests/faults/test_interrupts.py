@@ -15,7 +15,7 @@ import asyncio, os, signal, sys, threading, time
 
 import synchronicity
 
-from pytest_modal_sandbox.lifecycle import install_sigint_handler
+from pytest_modal_sandbox.lifecycle.signals import install_sigint_handler
 
 if sys.argv[1] == "ours":
     install_sigint_handler()

@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 
-from pytest_modal_sandbox.progress import View
+from pytest_modal_sandbox.events import Event
+from pytest_modal_sandbox.progress import LineView, LiveView
+from pytest_modal_sandbox.reporting.starts import StartTable
 
 SUITE = r"""
 import pytest
@@ -127,8 +129,8 @@ def test_progress_on_a_tty_is_rewritten_in_place(sbtester, backend):
         [sys.executable, "-m", "pytest", f"--modal-sandbox={backend}", "-p", "no:cacheprovider"],
         sbtester.path,
     )
-    assert re.search(r"\x1b\[\d+A", raw), "no line was rewritten in place"
-    screen = render(raw)
+    assert re.search(r"\r[^\n]*(creating|waiting for readiness)", raw), "nothing rewritten"
+    screen = [line.rstrip() for line in render(raw)]
     text = "\n".join(screen)
     assert "2 passed" in text, text
     for label in LABELS:
@@ -158,73 +160,106 @@ def test_xdist_controller_shows_the_workers_progress(sbtester, backend):
         ), out
 
 
-class Recorder:
-    """A terminal that records what the view wrote (the protocol ``View`` draws on)."""
+class FakeReporter:
+    """The part of pytest's terminal reporter the views use, writing to a string; ``result``
+    is how pytest prints a result letter (a new line for its file when another line came)."""
+
+    showfspath = True
+    showlongtestinfo = False
 
     def __init__(self) -> None:
-        self.data = ""
-        self.line = "test_x.py "
+        self.data = "test_x.py "
+        self.currentfspath: str | None = "test_x.py"
 
-    def write(self, text: str, last_line: str, *, raw: bool) -> None:
+    def write(self, text: str) -> None:
         self.data += text
-        self.line = last_line
 
-    def current_line(self) -> str:
-        return self.line
+    def rewrite(self, line: str, erase: bool = False) -> None:
+        self.write("\r" + line + (" " * (79 - len(line)) if erase else ""))
 
-    def width(self) -> int:
-        return 200
+    def ensure_newline(self) -> None:
+        if self.currentfspath:
+            self.write("\n")
+            self.currentfspath = None
 
-    def pytest_writes(self, text: str) -> None:  # what pytest itself prints
-        self.data += text
-        self.line = text.rsplit("\n", 1)[-1] if "\n" in text else self.line + text
+    def write_line(self, line: str) -> None:
+        self.ensure_newline()
+        self.write(line + "\n")
+
+    def flush(self) -> None:
+        pass
+
+    def write_fspath_result(self, nodeid: str, letter: str) -> None:
+        if self.currentfspath is None:
+            self.write("\n" + nodeid.split("::")[0] + " ")
+            self.currentfspath = nodeid.split("::")[0]
+        self.write(letter)
+
+    def result(self, letter: str) -> None:  # what pytest writes for a test's result
+        self.write(letter)
 
 
-def _event(kind: str, key: str, t: float, **extra: Any) -> dict[str, Any]:
-    return {"k": kind, "key": key, "label": key, "worker": "main", "t": t, **extra}
+def _event(kind: str, t: float, sandbox_id: str = "", **more: Any) -> Event:
+    return Event(kind, "main", sandbox_id, start="main:1", label="a", t=t, **more)
 
 
-def test_view_keeps_pytests_line_below_the_block() -> None:
-    term = Recorder()
-    view = View(term, in_place=True, always_safe=True)
+def _screen(reporter: FakeReporter) -> list[str]:
+    lines = [line.rstrip() for line in render(reporter.data)]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def test_live_view_rewrites_a_status_line_and_leaves_one_line_per_sandbox() -> None:
+    reporter = FakeReporter()
+    view = LiveView(reporter, None)
     t = time.time()
-    view.feed(_event("requested", "a", t))
-    view.feed(_event("created", "a", t + 0.1, id="sb-a"))
-    term.pytest_writes(".")  # a result letter, appended to pytest's line under the block
-    view.feed(_event("ready", "a", t + 0.5, id="sb-a"))
+    table = StartTable()
+    with view.waiting("a"):
+        view.show(table.feed(_event("requested", t)))  # type: ignore[arg-type]
+        view.draw()
+        view.show(table.feed(_event("created", t + 0.1, "sb-a")))  # type: ignore[arg-type]
+        view.draw()
+        view.show(table.feed(_event("ready", t + 0.5, "sb-a")))  # type: ignore[arg-type]
+    view.pytest_writes("test_x.py::t")
+    reporter.result(".")
     view.close()
-    screen = render("test_x.py " + term.data)
-    assert screen[-2:] == [
+    assert "\r" in reporter.data  # the status line was rewritten in place
+    assert _screen(reporter) == [
+        "test_x.py",
         "modal-sandbox: a created 0.10s -> ready 0.40s  sb-a",
         "test_x.py .",
-    ], screen
+    ], reporter.data
 
 
-def test_view_starts_a_new_block_after_pytest_began_a_new_line() -> None:
-    term = Recorder()
-    view = View(term, in_place=True, always_safe=True)
+def test_live_view_clears_its_status_line_when_the_wait_ends_first() -> None:
+    reporter = FakeReporter()
+    view = LiveView(reporter, None)
     t = time.time()
-    view.feed(_event("requested", "a", t))
-    term.pytest_writes("\n[gw0] PASSED test_x.py::test_1")  # the block scrolled up
-    view.feed(_event("failed", "a", t + 1, error="boom"))
+    table = StartTable()
+    with view.waiting("a"):
+        view.show(table.feed(_event("requested", t)))  # type: ignore[arg-type]
+        view.draw()  # "creating..." on the status line
+    view.pytest_writes("test_x.py::t")
+    reporter.result(".")
+    view.show(table.feed(_event("failed", t + 1, error="boom")))  # type: ignore[arg-type]
+    view.between_tests()
     view.close()
-    screen = render("test_x.py " + term.data)
-    assert screen[-2:] == [
-        "modal-sandbox: a FAILED after 1.00s: boom",
-        "[gw0] PASSED test_x.py::test_1",
-    ], screen
+    assert _screen(reporter)[-2:] == ["test_x.py .", "modal-sandbox: a FAILED after 1.00s: boom"]
+    assert "creating..." not in "\n".join(_screen(reporter))
 
 
-def test_view_does_not_repeat_whole_lines_pytest_has_finished() -> None:
-    term = Recorder()
-    term.line = before = "[gw0] [ 50%] PASSED test_x.py::test_1"
-    view = View(term, in_place=True, always_safe=True, complete_lines=True)
+def test_line_view_writes_each_step_once() -> None:
+    reporter = FakeReporter()
+    view = LineView(reporter, None, show_worker=True)
     t = time.time()
-    view.feed(_event("requested", "a", t))
-    view.feed(_event("attached", "a", t + 0.2, id="sb-a"))
+    table = StartTable()
+    for event in (_event("requested", t), _event("attached", t + 0.2, "sb-a")):
+        view.show(table.feed(event))  # type: ignore[arg-type]
+        view.between_tests()
+    view.between_tests()
     view.close()
-    screen = render(before + term.data)
-    assert screen == [
-        "[gw0] [ 50%] PASSED test_x.py::test_1",
-        "modal-sandbox: a attached (shared, already ready)  sb-a",
-    ], screen
+    assert _screen(reporter) == [
+        "test_x.py",
+        "modal-sandbox: [main] a attached (shared, already ready): sb-a",
+    ]

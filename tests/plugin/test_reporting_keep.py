@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_modal_sandbox.lifecycle import KEEP_TAG, TEST_TAG
+from pytest_modal_sandbox.lifecycle.tags import KEEP_TAG, TEST_TAG
 from pytest_modal_sandbox.reporting.keep import keep_seconds
 from pytest_modal_sandbox.sandbox import Sandbox
 from pytest_modal_sandbox.spec import SandboxSpec
@@ -19,8 +19,8 @@ from pytest_modal_sandbox.spec import SandboxSpec
 KEEP = r"""
 import pytest
 from pytest_modal_sandbox import Daemon, Probe
-from pytest_modal_sandbox.lifecycle import KEEP_TAG, RUN_TAG, TEST_TAG
-from pytest_modal_sandbox.plugin import get_manager
+from pytest_modal_sandbox.lifecycle.tags import KEEP_TAG, RUN_TAG, TEST_TAG
+from pytest_modal_sandbox.session import session_of
 
 @pytest.mark.sandbox(encrypted_ports=[8000],
                      daemons=[Daemon("web", "python3 -m http.server 8000", ready=Probe.tcp(8000))])
@@ -31,7 +31,7 @@ def test_b_passes(sandbox):
     assert sandbox.exec("true").ok
 
 def test_c_only_the_failed_one_is_kept(request):
-    m = get_manager(request.config)
+    m = session_of(request.config).run
     kept = [i for i in m.backend.list({RUN_TAG: m.run_id}) if KEEP_TAG in i.tags]
     assert [i.tags[TEST_TAG] for i in kept] == ["test_keep.py::test_a_fails"]
 """

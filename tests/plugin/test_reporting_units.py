@@ -10,8 +10,10 @@ import pytest
 
 from pytest_modal_sandbox import Daemon, Probe, SandboxSpec, start
 from pytest_modal_sandbox.daemons import _parse_states, daemon_states
-from pytest_modal_sandbox.reporting.scrub import MASK, Scrubber
-from pytest_modal_sandbox.reporting.summary import StartRecord, Summary, summary_lines
+from pytest_modal_sandbox.events import Event
+from pytest_modal_sandbox.reporting.starts import StartTable
+from pytest_modal_sandbox.reporting.summary import Summary, summary_lines
+from pytest_modal_sandbox.scrub import MASK, Scrubber
 
 SECRET = 'pa"ss\\word\n2nd-line-of-it'
 
@@ -59,16 +61,31 @@ def test_summary_lines() -> None:
             {"event": "kept", "id": "sb-1"},
         ]
     )
-    s.starts = [
-        StartRecord("sb-1", "local", "sandbox (t.py::a)", "gw0", 0.1, 2.0),
-        StartRecord("sb-2", "local", "db (session)", "gw1", 0.3, 0.5),
-        StartRecord("", "local", "web (session)", "gw1", None, None, error="daemon died"),
+    table = StartTable()
+    starts = [  # (start, worker, label, sandbox id, requested, created, ready or failed, ahead)
+        ("gw0:1", "gw0", "sandbox (t.py::a)", "sb-1", 10.0, 10.1, 12.1, True),
+        ("gw1:1", "gw1", "db (session)", "sb-2", 10.0, 10.3, 10.8, True),
+        ("gw1:2", "gw1", "web (session)", "", 10.0, None, 11.0, False),
+        ("gw1:3", "gw1", "shared (session)", "sb-3", 10.0, None, 10.2, False),
     ]
+    for key, worker, label, sid, requested, created, last, ahead in starts:
+        same = {"start": key, "label": label, "ahead": ahead}
+        table.feed(Event("requested", worker, t=requested, **same))
+        if created is not None:
+            table.feed(Event("created", worker, sid, t=created, **same))
+            table.feed(Event("ready", worker, sid, t=last, **same))
+        elif sid:
+            table.feed(Event("attached", worker, sid, t=last, **same))
+        else:
+            table.feed(Event("failed", worker, t=last, error="daemon died", **same))
+    table.feed(Event("taken", "gw0", ahead=True))
+    s.starts, s.taken = table.snapshot(), table.taken
     s.leaked = ["sb-9"]
     lines = summary_lines(s)
     assert lines[0] == ("local: 2 created, 1 terminated, 1 kept, 1 leaked, 1 failed to start")
     assert lines[1] == "  create p50 0.20s, max 0.30s; ready p50 1.25s, max 2.00s  (2 started)"
-    assert lines[3].split() == [
+    assert lines[2] == "  started ahead: 2, used 1, wasted 1"
+    assert lines[4].split() == [
         "2.10s",
         "sb-1",
         "sandbox",

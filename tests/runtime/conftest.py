@@ -15,15 +15,6 @@ import pytest
 from runtime_helpers import processes_mentioning
 
 from pytest_modal_sandbox.runtime import LocalRuntime, procs
-from pytest_modal_sandbox.runtime.errors import RuntimeUnavailable
-
-
-@pytest.fixture(scope="session")
-def runtime_available() -> None:
-    try:
-        LocalRuntime.check()
-    except RuntimeUnavailable as exc:
-        pytest.skip(f"local runtime unavailable: {exc}")
 
 
 @pytest.fixture

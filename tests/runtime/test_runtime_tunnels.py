@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from runtime_helpers import SANDBOX_PYTHON
 
+from pytest_modal_sandbox.emulator.tls import TlsMaterial, make_tls_material
 from pytest_modal_sandbox.errors import NotDeclaredError
 from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig
 from pytest_modal_sandbox.runtime.netns import MODE_ENV
@@ -118,42 +117,18 @@ def test_open_tunnel_connection_counts_as_activity(rt: LocalRuntime) -> None:
 
 
 @pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("tls")
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-keyout",
-            str(d / "key.pem"),
-            "-out",
-            str(d / "cert.pem"),
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return d / "cert.pem", d / "key.pem"
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
+    """A throwaway CA and a server certificate for 127.0.0.1 (the emulator's own maker)."""
+    return make_tls_material(tmp_path_factory.mktemp("tls"))
 
 
-def test_tls_or_plain_on_one_port(rt: LocalRuntime, certificate: tuple[Path, Path]) -> None:
-    cert, key = certificate
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert, key)
+def test_tls_or_plain_on_one_port(rt: LocalRuntime, tls: TlsMaterial) -> None:
+    server_ctx = tls.server_context()
     web = "import http.server as h; h.test(h.SimpleHTTPRequestHandler, port=8000, bind='0.0.0.0')"
     sb = rt.create(SandboxConfig(command=[SANDBOX_PYTHON, "-c", web], ports=[8000], workdir="/srv"))
     sb.exec(["sh", "-c", "echo secret-page > /srv/index.txt"])
     host, port = sb.tunnel(8000, tls=server_ctx)
-    client_ctx = ssl.create_default_context(cafile=str(cert))
+    client_ctx = ssl.create_default_context(cafile=str(tls.ca_file))
 
     def fetch(url: str, **kw: object) -> bytes:
         deadline = time.monotonic() + 30

@@ -21,14 +21,17 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import ExecTimeout, SandboxGone, SpecError
-from ..spec import SandboxSpec
-from . import LOCAL_IMAGE_MODES, Endpoint, NameTaken, RawExec, SandboxInfo
+from .protocol import Endpoint, NameTaken, RawExec, SandboxInfo
 
 if TYPE_CHECKING:
     from ..images import ImageRoot
     from ..runtime import LocalRuntime, LocalSandbox
+    from ..spec import SandboxSpec
 
 __all__ = ["LOCAL_IMAGE_MODES", "LocalBackend", "LocalHandle", "LocalImages"]
+
+
+LOCAL_IMAGE_MODES = ("pull", "host", "auto")  # the ways this backend provides an image
 
 
 class LocalImageFallback(UserWarning):

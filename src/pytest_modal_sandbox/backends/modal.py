@@ -26,7 +26,7 @@ import modal.exception as modal_exc
 
 from ..errors import BackendUnavailable, ExecTimeout, SandboxError, SandboxGone
 from ..spec import SandboxSpec
-from . import Endpoint, NameTaken, RawExec, SandboxInfo
+from .protocol import Endpoint, NameTaken, RawExec, SandboxInfo
 
 __all__ = ["SUPPORTED_MODAL", "ModalBackend", "ModalHandle"]
 
@@ -134,12 +134,20 @@ class _Heartbeats:
 
 
 class ModalHandle:
-    def __init__(self, backend: ModalBackend, sb: modal.Sandbox) -> None:
+    """One Modal sandbox through the backend protocol (and :class:`NativeReadiness`)."""
+
+    def __init__(
+        self, backend: ModalBackend, sb: modal.Sandbox, *, native_probe: bool = False
+    ) -> None:
         self._backend = backend
         self._sb = sb
         self.id: str = sb.object_id
         self._tunnels: dict[int, Any] | None = None
-        self.native_probe: Any = None  # set at create when Modal's own probe is used
+        self._native_probe = native_probe  # created with Modal's own readiness probe
+
+    @property
+    def has_native_probe(self) -> bool:
+        return self._native_probe
 
     def exec(
         self,
@@ -372,8 +380,7 @@ class ModalBackend:
             ) from exc
         except modal_exc.Error as exc:
             raise _wrap(exc, f"creating a sandbox for {spec.image_label()}") from exc
-        handle = ModalHandle(self, sb)
-        handle.native_probe = native
+        handle = ModalHandle(self, sb, native_probe=native is not None)
         self.heartbeats.add(
             sb, first_in=min(self.heartbeats.lease, spec.idle_timeout or self.default_idle) / 2
         )

@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 
 from ..runtime import kill_exec
 from .rpc_error import RpcError
-from .stdio import OutputBuffer
+from .stdio import OutputBuffer, unwritten
 
 # The client enforces an exec's timeout itself (wait() returns -1 at its deadline); the process
 # is killed this much later, so the client's -1 wins the race as it does against Modal.
@@ -137,13 +137,7 @@ class ExecProcess:
     async def write_stdin(self, offset: int, data: bytes, eof: bool) -> None:
         """Write ``data`` placed at byte ``offset`` of the stdin stream; duplicates are dropped."""
         async with self._stdin_lock:
-            if offset > self.stdin_written:
-                raise RpcError(
-                    "INVALID_ARGUMENT",
-                    f"stdin write at offset {offset} leaves a gap: only "
-                    f"{self.stdin_written} bytes were written so far",
-                )
-            fresh = data[self.stdin_written - offset :]
+            fresh = unwritten(data, offset, self.stdin_written)
             if fresh or eof:
                 self._on_stdin()
             if fresh:

@@ -77,16 +77,6 @@ class ImageLayer:
     force_build: bool = False
     unsupported: str | None = None  # why this layer cannot be built here
 
-    @property
-    def from_ref(self) -> str | None:
-        """The ``FROM`` reference of this layer unless it builds on a base layer (``FROM base``)."""
-        for command in self.dockerfile_commands:
-            parts = command.split()
-            if len(parts) >= 2 and parts[0].upper() == "FROM":
-                ref = parts[1]
-                return None if ref in {tag for tag, _ in self.base_images} else ref
-        return None
-
     @classmethod
     def from_request(cls, image_id: str, req: Any) -> ImageLayer:
         image = req.image

@@ -37,6 +37,7 @@ from .records import EmuSandbox, IdleStatus, result_for
 from .registry import DEFAULT_ENVIRONMENT, Registry
 from .rpc_error import RpcError
 from .secret_env import merge_env
+from .stdio import unwritten
 
 T = TypeVar("T")
 
@@ -565,13 +566,7 @@ class SandboxManager:
         async with sb.stdin_lock:
             if not sb.running:
                 raise RpcError("FAILED_PRECONDITION", "Sandbox has already terminated")
-            if offset > sb.stdin_written:
-                raise RpcError(
-                    "INVALID_ARGUMENT",
-                    f"stdin write at offset {offset} leaves a gap: only "
-                    f"{sb.stdin_written} bytes were written so far",
-                )
-            fresh = data[sb.stdin_written - offset :]
+            fresh = unwritten(data, offset, sb.stdin_written)
             if not fresh and not eof:
                 return
             if sb.stdin_closed:

@@ -14,6 +14,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from .rpc_error import RpcError
+
 CHUNK = 64 * 1024
 
 
@@ -99,3 +101,15 @@ def _read_at(path: Path, offset: int) -> bytes:
         return os.pread(fd, CHUNK, offset)
     finally:
         os.close(fd)
+
+
+def unwritten(data: bytes, offset: int, written: int) -> bytes:
+    """The part of a stdin write placed at byte ``offset`` that is not written yet (a client
+    retrying a write sends it again at the same offset); a write past the end is refused."""
+    if offset > written:
+        raise RpcError(
+            "INVALID_ARGUMENT",
+            f"stdin write at offset {offset} leaves a gap: "
+            f"only {written} bytes were written so far",
+        )
+    return data[written - offset :]

@@ -54,10 +54,6 @@ class TlsMaterial:
         ctx.set_alpn_protocols(["h2", "http/1.1"] if h2 else ["http/1.1"])
         return ctx
 
-    def client_context(self) -> ssl.SSLContext:
-        """A verifying client context that trusts this emulator's CA (handy in tests)."""
-        return ssl.create_default_context(cafile=str(self.ca_file))
-
 
 def _openssl(args: list[str], cwd: Path) -> None:
     exe = shutil.which("openssl")

@@ -1,6 +1,6 @@
 """Keep-on-failure: a failed test's function-scoped sandbox stays alive for debugging.
 
-The sandbox is untied from this process (``BackendSandbox.keep``), tagged
+The sandbox is untied from this process (:meth:`Sandbox.keep`), tagged
 ``pms-keep-until=<epoch>`` and recorded as a ``kept`` event: the end-of-run sweep skips ids with
 a ``kept`` ledger entry, and a later run's stale sweep skips sandboxes whose tag lies in the
 future and ends them once it has passed.  The keep never outlives the sandbox's own
@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from ..lifecycle import KEEP_TAG
+from ..lifecycle.tags import KEEP_TAG
 from ..sandbox import Sandbox
 from .diagnostics import tunnel_lines
 
@@ -40,14 +40,13 @@ def kept_until(tags: Mapping[str, str], now: float | None = None) -> float | Non
 def keep(sandbox: Sandbox, seconds: float) -> float:
     """Keep ``sandbox`` for ``seconds``; returns the deadline (epoch seconds)."""
     until = time.time() + seconds
-    sandbox._impl.add_tags({KEEP_TAG: f"{until:.0f}"})
-    sandbox._impl.keep(seconds)
+    sandbox.keep(seconds, tags={KEEP_TAG: f"{until:.0f}"})
     return until
 
 
 def _shell_command(sandbox: Sandbox) -> str | None:
     try:
-        return sandbox._impl.shell_command()
+        return sandbox.shell_command()
     except Exception:  # a hint only: never let it hide the failure being reported
         return None
 

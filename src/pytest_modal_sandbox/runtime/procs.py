@@ -23,9 +23,6 @@ class ProcRef:
     pid: int
     start: int
 
-    def to_json(self) -> list[int]:
-        return [self.pid, self.start]
-
     @classmethod
     def from_json(cls, data: object) -> ProcRef:
         if not (isinstance(data, list) and len(data) == 2 and all(type(x) is int for x in data)):
@@ -48,11 +45,6 @@ def proc_ref(pid: int) -> ProcRef | None:
     """The current identity of ``pid`` (None when it does not exist)."""
     st = _stat(pid)
     return None if st is None else ProcRef(pid, st[2])
-
-
-def parent_pid(pid: int) -> int | None:
-    st = _stat(pid)
-    return None if st is None else st[1]
 
 
 def is_alive(ref: ProcRef) -> bool:

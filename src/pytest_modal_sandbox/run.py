@@ -1,10 +1,11 @@
-"""One process's view of a run's sandboxes: start, share, record, finish, sweep — pytest-free.
+"""One process's part in a run: its backend, its sandboxes, and for the run's owner the run
+lock, the ledger and the sweeps — pytest-free.
 
 Every pytest process (the controller, each xdist worker, or the only process) has one
-``SandboxManager``.  Workers create sandboxes and report what they did; the controller (or the
-only process) owns the run lock and the ledger and runs the sweeps.  Shared (``share="run"``)
-sandboxes are claimed by a deterministic name under a file lock, attached to by the others, and
-terminated only by the run's owner.
+:class:`Run`.  Workers create sandboxes and report what they did as events (:class:`Event`); the
+controller (or the only process) owns the run lock and the ledger and runs the sweeps.  Shared
+(``share="run"``) sandboxes are claimed by a deterministic name under a file lock, attached to by
+the others, and terminated only by the run's owner.
 """
 
 from __future__ import annotations
@@ -14,65 +15,32 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
 from filelock import FileLock
 
 from . import daemons
-from .backends import Backend, NameTaken, make_backend
+from .backends import make_backend
+from .backends.protocol import Backend, NameTaken
 from .errors import SandboxError
+from .events import LIFECYCLE, Event
 from .launch import launch
-from .lifecycle import (
-    RUN_TAG,
-    SHARE_TAG,
-    WORKER_TAG,
-    Ledger,
-    RunLock,
-    RunRecord,
-    forget_run,
-    run_tags,
-    runs_dir,
-    stale_runs,
-    sweep,
-)
+from .lifecycle.runs import Ledger, RunLock, RunRecord, forget_run, runs_dir, stale_runs, sweep
+from .lifecycle.tags import KEEP_TAG, RUN_TAG, SHARE_TAG, WORKER_TAG, run_tags
 from .sandbox import Sandbox
 from .spec import SandboxSpec
 
-__all__ = ["Event", "SandboxManager"]
+__all__ = ["Role", "Run", "Share"]
 
 Role = Literal["standalone", "controller", "worker"]
 Share = Literal["function", "worker", "run"]
 
 
-@dataclass(frozen=True)
-class Event:
-    """Something that happened to a sandbox, carried to the controller on test reports."""
+class Run:
+    """What one process does with the run's sandboxes: start, share, finish, sweep."""
 
-    kind: Literal["created", "terminated", "kept"]
-    sandbox_id: str
-    worker: str
-    share: str = "function"
-    test: str = ""
-    t: float = field(default_factory=time.time)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "id": self.sandbox_id,
-            "worker": self.worker,
-            "share": self.share,
-            "test": self.test,
-            "t": self.t,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Event:
-        return cls(d["kind"], d["id"], d["worker"], d.get("share", ""), d.get("test", ""), d["t"])
-
-
-class SandboxManager:
     def __init__(
         self,
         *,
@@ -83,6 +51,7 @@ class SandboxManager:
         backend_options: Mapping[str, Any] | None = None,
         log_lines: int = 20,
         state_dir: Path | None = None,
+        on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self.role = role
         self.run_id = run_id
@@ -96,8 +65,10 @@ class SandboxManager:
         self._run_lock: RunLock | None = None
         self._backend: Backend | None = None
         self._backend_lock = threading.Lock()
-        self._events: list[Event] = []
-        self._events_lock = threading.Lock()
+        self.on_event = on_event or (lambda event: None)
+        self._ender: ThreadPoolExecutor | None = None  # terminations, off the test's path
+        self._ending: list[Future[None]] = []
+        self._ending_lock = threading.Lock()
         self.sandboxes: list[Sandbox] = []  # every sandbox this process started or attached
         self.swept: list[str] = []
         self.crashed_workers: list[str] = []
@@ -146,31 +117,21 @@ class SandboxManager:
 
     # -- events ----------------------------------------------------------------------------
 
-    def _event(
-        self,
-        kind: Literal["created", "terminated", "kept"],
-        sandbox: Sandbox,
-        share: str,
-        test: str,
-    ) -> None:
-        event = Event(kind, sandbox.id, self.worker, share, test)
-        with self._events_lock:
-            self._events.append(event)
-        # the local fast path: the ledger file, written at once by whoever acts
-        with contextlib.suppress(OSError):
-            self.ledger.record(kind, sandbox.id, worker=self.worker, share=share, test=test)
+    def emit(self, kind: str, sandbox_id: str, *, share: str, test: str, **more: Any) -> None:
+        """Tell the run's owner (through ``on_event``) what happened to a sandbox."""
+        with contextlib.suppress(Exception):  # an event must never break a start or an end
+            self.on_event(Event(kind, self.worker, sandbox_id, share, test, **more))
 
-    def drain_events(self) -> list[Event]:
-        with self._events_lock:
-            events, self._events = self._events, []
-        return events
-
-    def record_remote(self, events: list[Event]) -> None:
-        """Controller: events that arrived on a worker's report."""
-        for e in events:
+    def record(self, event: Event) -> None:
+        """The run's owner: keep a lifecycle event (of any process) in the ledger."""
+        if event.kind in LIFECYCLE:
             with contextlib.suppress(OSError):
                 self.ledger.record(
-                    e.kind, e.sandbox_id, worker=e.worker, share=e.share, test=e.test
+                    event.kind,
+                    event.sandbox_id,
+                    worker=event.worker,
+                    share=event.share,
+                    test=event.test,
                 )
 
     # -- starting and finishing ---------------------------------------------------------------
@@ -178,7 +139,7 @@ class SandboxManager:
     def tags(self, spec: SandboxSpec, test: str, share: str) -> dict[str, str]:
         return run_tags(self.run_id, self.worker, test=test, spec_hash=spec.spec_hash, share=share)
 
-    def start(
+    def launch(
         self,
         spec: SandboxSpec,
         *,
@@ -186,13 +147,19 @@ class SandboxManager:
         share: Share = "function",
         key: str = "",
         on_created: Callable[[Sandbox], None] | None = None,
+        start: str = "",
+        label: str = "",
     ) -> Sandbox:
-        """A ready sandbox; ``share="run"`` returns the run's one sandbox for ``key``."""
+        """A ready sandbox; ``share="run"`` returns the run's one sandbox for ``key``.
+
+        ``start`` and ``label`` ride on the events this emits, so the progress view can follow
+        one start from request to ready.
+        """
         made: list[Sandbox] = []
 
         def created(sb: Sandbox) -> None:
             made.append(sb)
-            self._event("created", sb, share, test)
+            self.emit("created", sb.id, share=share, test=test, start=start, label=label)
             if on_created is not None:
                 on_created(sb)
 
@@ -209,7 +176,7 @@ class SandboxManager:
                 )
         except BaseException:
             for sb in made:  # launch terminated it on the way out: the ledger must know
-                self._event("terminated", sb, share, test)
+                self.emit("terminated", sb.id, share=share, test=test)
             raise
         self.sandboxes.append(sandbox)
         return sandbox
@@ -267,26 +234,43 @@ class SandboxManager:
         run's shared sandbox (the controller does, after every worker is done)."""
         return share != "run" or self.owns_run
 
-    def finish(self, sandbox: Sandbox, *, share: Share, test: str, report: Any = None) -> None:
-        """Fixture teardown: terminate without waiting — unless the run owns it and we don't."""
+    def finish(self, sandbox: Sandbox, *, share: Share, test: str) -> None:
+        """Fixture teardown: end the sandbox in the background, so the next test does not wait
+        for it — unless the run owns it and we don't: then only let go of it."""
         if not self.terminates(share):
             with contextlib.suppress(Exception):
-                sandbox._impl.release()
+                sandbox.release()
             return
-        self.terminate(sandbox, share=share, test=test)
+        with self._ending_lock:
+            if self._ender is None:
+                self._ender = ThreadPoolExecutor(4, thread_name_prefix="pms-end")
+            self._ending = [f for f in self._ending if not f.done()]
+            self._ending.append(self._ender.submit(self.terminate, sandbox, share=share, test=test))
 
     def terminate(self, sandbox: Sandbox, *, share: str, test: str) -> None:
+        """End the sandbox now (without waiting for it to be gone) and say so."""
         try:
             sandbox.terminate()
+        except Exception:  # the sweeps end what this could not
+            pass
         finally:
-            self._event("terminated", sandbox, share, test)
+            self.emit("terminated", sandbox.id, share=share, test=test)
             with contextlib.suppress(Exception):
-                sandbox._impl.release()
+                sandbox.release()
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Wait (up to ``timeout``) for the terminations :meth:`finish` started."""
+        with self._ending_lock:
+            pending = list(self._ending)
+        deadline = time.monotonic() + timeout
+        for future in pending:
+            with contextlib.suppress(Exception):
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
 
     def kept(self, sandbox: Sandbox, *, share: str, test: str) -> None:
         """A sandbox is kept alive on purpose (keep-on-failure, already untied and tagged
         ``KEEP_TAG``): this run's sweeps leave it alone, later runs end it after the tag's time."""
-        self._event("kept", sandbox, share, test)
+        self.emit("kept", sandbox.id, share=share, test=test)
 
     def kept_ids(self) -> set[str]:
         """Sandboxes of this run kept on failure (from every process, through the ledger)."""
@@ -295,8 +279,6 @@ class SandboxManager:
     def _split_kept(self, run_id: str) -> tuple[list[str], list[str], bool]:
         """A stale run's sandboxes: (kept with a deadline still ahead, the others, whether any
         of the others was kept on failure and is past its deadline)."""
-        from .lifecycle import KEEP_TAG
-
         kept: list[str] = []
         others: list[str] = []
         expired = False
@@ -343,6 +325,7 @@ class SandboxManager:
     def sweep_run(self, keep: Callable[[str], bool] = lambda _id: False) -> list[str]:
         """Controller/only process, after every worker is gone: end all of this run's sandboxes
         (the ledger's and everything the backend lists under the run's tag)."""
+        self.drain()
         for thread in self._pending:
             thread.join(timeout=30)
         live = self.ledger.live()
@@ -407,6 +390,9 @@ class SandboxManager:
         return lines
 
     def close(self) -> None:
+        self.drain()
+        if self._ender is not None:
+            self._ender.shutdown(wait=False)
         if self._backend is not None:
             with contextlib.suppress(Exception):
                 self._backend.close()

@@ -1,0 +1,160 @@
+"""The backend protocol: what a backend and its handle to one sandbox must do.
+
+Its own module, so the backends and the factory in ``backends/__init__.py`` import it without
+importing each other.  A backend creates, finds and terminates sandboxes; everything
+expressible with ``exec`` (daemons, readiness, files, logs) lives in the neutral layer above it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ..errors import SandboxError
+
+if TYPE_CHECKING:
+    from ..spec import SandboxSpec
+
+__all__ = [
+    "Backend",
+    "BackendSandbox",
+    "Endpoint",
+    "NameTaken",
+    "NativeReadiness",
+    "RawExec",
+    "SandboxInfo",
+]
+
+
+class NameTaken(SandboxError):
+    """A running sandbox of the same app already has the requested name (the claim is lost)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How the host reaches one declared port of a sandbox."""
+
+    port: int  # the port inside the sandbox
+    kind: str  # "encrypted_ports", "unencrypted_ports" or "h2_ports"
+    url: str  # works with a client's default settings
+    host: str
+    host_port: int
+
+
+@dataclass(frozen=True)
+class RawExec:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """A sandbox as a listing shows it: enough to decide whether to terminate it."""
+
+    id: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    name: str | None = None
+    created_at: float = 0.0
+
+
+class BackendSandbox(Protocol):
+    """One backend's handle to one sandbox."""
+
+    id: str
+
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> RawExec:
+        """Run ``argv`` to completion; raise ``ExecTimeout`` past ``timeout``."""
+        ...
+
+    def endpoint(self, port: int, kind: str) -> Endpoint:
+        """How to reach ``port``; ``kind`` is the spec list it was declared in."""
+        ...
+
+    def finished(self) -> str | None:
+        """``None`` while running, else a short description of how it ended."""
+        ...
+
+    def terminate(self, *, wait: bool = False) -> None: ...
+
+    def release(self) -> None:
+        """Drop this process's resources (tunnel listeners, heartbeats) without terminating."""
+        ...
+
+    def keep(self, seconds: float) -> None:
+        """Stop tying the sandbox to this process; it lives on until ``seconds`` or its timeout."""
+        ...
+
+    def add_tags(self, tags: Mapping[str, str]) -> None:
+        """Add (or overwrite) these tags, keeping the others."""
+        ...
+
+    def shell_command(self) -> str | None:
+        """A command line that opens a shell in the sandbox from this machine, if there is one."""
+        ...
+
+
+@runtime_checkable
+class NativeReadiness(Protocol):
+    """Optional for a :class:`BackendSandbox`: the backend checks readiness itself (Modal's
+    readiness probe, given at create).  :func:`~pytest_modal_sandbox.daemons.start_daemons`
+    then launches the daemons without waiting and asks the backend, one RPC per wait."""
+
+    @property
+    def has_native_probe(self) -> bool:
+        """Whether this sandbox was created with the backend's own probe."""
+        ...
+
+    def spawn(self, argv: Sequence[str]) -> None:
+        """Start ``argv`` and do not wait for it."""
+        ...
+
+    def wait_native_ready(self, timeout: float) -> bool:
+        """True once the backend's probe passed, False if it has not within ``timeout``."""
+        ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def header(self) -> str:
+        """One line for pytest's header: which backend, and how images are provided."""
+        ...
+
+    def create(
+        self,
+        spec: SandboxSpec,
+        *,
+        tags: Mapping[str, str],
+        name: str | None = None,
+        shared: bool = False,
+    ) -> BackendSandbox:
+        """Create a sandbox (running, not yet checked for readiness).
+
+        ``shared`` sandboxes outlive the creating process (they belong to the run, and only
+        the controller terminates them).
+        """
+        ...
+
+    def attach(self, sandbox_id: str) -> BackendSandbox: ...
+
+    def from_name(self, name: str) -> BackendSandbox | None: ...
+
+    def list(self, tags: Mapping[str, str]) -> list[SandboxInfo]:
+        """Running sandboxes carrying all of ``tags``."""
+        ...
+
+    def terminate(self, sandbox_id: str) -> None:
+        """Terminate by id without waiting; idempotent; unknown ids are ignored."""
+        ...
+
+    def close(self) -> None: ...
