@@ -120,6 +120,7 @@ class LocalLister:
     """The local runtime's own records: which sandboxes of a run are still running."""
 
     name = "local"
+    interval = 0.0  # no polling rate to respect: the runtime's own files
 
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "local"
@@ -148,7 +149,9 @@ class LocalLister:
 
 class ModalLister:
     """``modal.Sandbox.list`` with the real client: against ``url`` with ``token`` (an emulator),
-    or, without them, against the Modal the environment configures (as any modal program)."""
+    or, without them, against the Modal the environment configures (as any modal program).
+    ``interval``: the least time between two listings while waiting (be gentle with a real
+    control plane)."""
 
     def __init__(
         self,
@@ -157,11 +160,13 @@ class ModalLister:
         *,
         app: str = APP,
         environment: str | None = None,
+        interval: float = 0.0,
     ) -> None:
         import modal
         from modal_proto import api_pb2
 
         self._modal = modal
+        self.interval = interval
         self._own = url is not None
         if url is not None:
             self.client = modal.Client(url, api_pb2.CLIENT_TYPE_CLIENT, token)
@@ -386,7 +391,12 @@ def none_running(world: World, run_id: str, timeout: float = 15.0) -> None:
         return not left
 
     try:
-        wait_until(check, timeout, f"run {run_id}'s sandboxes to end", interval=0.05)
+        wait_until(
+            check,
+            timeout,
+            f"run {run_id}'s sandboxes to end",
+            interval=max(0.05, world.lister.interval),
+        )
     except AssertionError:
         raise AssertionError(f"{world.backend}: run {run_id} left {left} running") from None
 
@@ -418,7 +428,8 @@ def time_to_gone(
     def gone() -> bool:
         return not ids & set(lister.running())
 
-    wait_until(gone, timeout, f"sandboxes {sorted(ids)} to be gone", interval=0.01)
+    interval = max(0.01, lister.interval)
+    wait_until(gone, timeout, f"sandboxes {sorted(ids)} to be gone", interval=interval)
     return time.time() - t_fault
 
 

@@ -111,7 +111,9 @@ def live(
     """Inner runs of this test (``faultlib.InnerRun(live, ...)``) on Modal, in the live app, with a
     state directory of their own; afterwards none of their sandboxes may still run."""
     monkeypatch.setenv("PYTEST_MODAL_SANDBOX_STATE_DIR", str(tmp_path / "state"))
-    lister = faultlib.ModalLister(app=live_settings.app, environment=live_settings.environment)
+    lister = faultlib.ModalLister(
+        app=live_settings.app, environment=live_settings.environment, interval=0.5
+    )
     world = faultlib.World("modal", tmp_path, lister, ini=live_settings.ini)
     try:
         yield world
