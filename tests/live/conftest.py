@@ -80,6 +80,7 @@ class LiveSettings:
         return cls(
             app=option("modal_sandbox_app") or LIVE_APP,
             environment=option("modal_sandbox_environment"),
+            # the plugin has checked both (a whole number of seconds), enabled or not
             lease=int(option("modal_sandbox_lease") or DEADMAN_LEASE),
             idle_timeout=int(option("modal_sandbox_idle_timeout") or DEADMAN_IDLE),
         )
