@@ -1,5 +1,6 @@
 """The behaviour suite (``tests/behaviour_suite.py``) on ``--modal-sandbox=modal``: what every
-offline backend is held to, held against Modal itself — with two xdist workers, as CI runs."""
+offline backend is held to, held against Modal itself (in one process: the names check runs
+under xdist)."""
 
 from __future__ import annotations
 
