@@ -58,6 +58,7 @@ DOCS = ROOT / "docs"
 SRC = ROOT / "src" / "pytest_modal_sandbox"
 REFERENCE = DOCS / "reference"
 WORKFLOW = DOCS / "ci" / "github-actions.yml"
+LIVE_WORKFLOW = DOCS / "ci" / "live.yml"
 OWNED_ELSEWHERE = {"docs/termination.md": "written with the termination layers"}
 
 PROJECT_ARGS = [
@@ -786,3 +787,37 @@ def test_ci_matrix_page_shows_the_workflow_verbatim() -> None:
     page = parse_page(DOCS / "how-to" / "ci-matrix.md")
     shown = [b.text for b in page.blocks if b.lang == "yaml" and b.header_path]
     assert WORKFLOW.read_text() in shown, "ci-matrix.md must show docs/ci/github-actions.yml"
+
+
+def test_live_workflow() -> None:
+    """The live suite on a schedule and on demand, the token from secrets, always reaped."""
+    import yaml
+
+    flow = yaml.safe_load(LIVE_WORKFLOW.read_text())
+    triggers = flow.get("on") or flow.get(True)
+    assert triggers["schedule"][0]["cron"] and "workflow_dispatch" in triggers
+    (job,) = flow["jobs"].values()
+    env = dict(job.get("env", {}))
+    assert env.get("MODAL_TOKEN_ID") == "${{ secrets.MODAL_TOKEN_ID }}"
+    assert env.get("MODAL_TOKEN_SECRET") == "${{ secrets.MODAL_TOKEN_SECRET }}"
+    steps = job["steps"]
+    test_i = next(
+        i for i, s in enumerate(steps) if "python -m pytest tests/live -m live" in s.get("run", "")
+    )
+    reap = [
+        s for s in steps[test_i + 1 :] if "python -m pytest_modal_sandbox reap" in s.get("run", "")
+    ]
+    assert reap, "a step after the live suite must reap"
+    assert str(reap[0].get("if", "")).replace("${{", "").replace("}}", "").strip() == "always()"
+    # --all is safe only in the suite's own app, one live run at a time
+    assert (
+        "--app pytest-modal-sandbox-live" in reap[0]["run"] and "--backend modal" in reap[0]["run"]
+    )
+    assert flow["concurrency"]["group"] and not flow["concurrency"]["cancel-in-progress"]
+    assert not re.search(r"(ak|as)-[A-Za-z0-9]{10,}", LIVE_WORKFLOW.read_text())
+
+
+def test_live_page_shows_its_workflow_verbatim() -> None:
+    page = parse_page(DOCS / "how-to" / "verify-against-modal.md")
+    shown = [b.text for b in page.blocks if b.lang == "yaml" and b.header_path]
+    assert LIVE_WORKFLOW.read_text() in shown, "verify-against-modal.md must show docs/ci/live.yml"

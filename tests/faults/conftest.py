@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import faultlib
 import pytest
+
+import faultlib
 
 BACKENDS = ["local", "emulator"]
 

@@ -7,8 +7,9 @@ where that matters), nothing of the run is left, and the output says what happen
 
 from __future__ import annotations
 
-import faultlib
 import pytest
+
+import faultlib
 
 pytestmark = pytest.mark.faults
 

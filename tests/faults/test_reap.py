@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import signal
 
-import faultlib
 import pytest
+
+import faultlib
 
 pytestmark = pytest.mark.faults
 
 
 def _hanging_run(world, name):
-    run = faultlib.InnerRun(
-        world,
-        name,
-        {"test_faults.py": faultlib.SIGNAL_TESTS},
-        args=["test_faults.py::test_shared_call", "-p", "no:xdist"],
-    )
-    run.start()
+    run = faultlib.hanging_run(world, name, test="test_shared_call")
     run.wait_note("reached", timeout=90)
     return run, sorted(n["id"] for n in run.notes("created"))
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import faultlib
 import pytest
+
+import faultlib
 
 pytestmark = pytest.mark.faults
 

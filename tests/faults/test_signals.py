@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import signal
 
-import faultlib
 import pytest
+
+import faultlib
 
 pytestmark = pytest.mark.faults
 

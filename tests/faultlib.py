@@ -1,9 +1,10 @@
 """Fault-injection harness: inner pytest runs in their own process group, and the backend asked
 directly which of a run's sandboxes still run.
 
-Shared by ``tests/faults`` (behaviour: zero sandboxes left, the report says what happened) and
-``bench/bench_faults.py`` (the time from the fault until the backend no longer lists the
-sandbox).  A uniquely named module: the tests directories are not packages.
+Shared by ``tests/faults`` (behaviour: zero sandboxes left, the report says what happened),
+``tests/live`` (the same scenarios against a real Modal workspace) and ``bench/bench_faults.py``
+(the time from the fault until the backend no longer lists the sandbox).  It lives in
+``tests/``, which ``tests/conftest.py`` puts on ``sys.path``.
 
 Backends:
 
@@ -13,6 +14,8 @@ Backends:
   :class:`EmulatorProcess` started here, so the sandboxes outlive the inner run and only the
   plugin's layers (not the emulator's shutdown) can end them; "running" is
   ``modal.Sandbox.list(app_id=..., tags={"pms-run": id})`` asked of that emulator.
+* ``modal``: the same, against whatever Modal the environment names (``MODAL_*`` or
+  ``~/.modal.toml``): the real cloud for ``tests/live``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from proctable import children_of, group_members, processes_mentioning
 
@@ -115,6 +120,7 @@ class LocalLister:
     """The local runtime's own records: which sandboxes of a run are still running."""
 
     name = "local"
+    interval = 0.0  # no polling rate to respect: the runtime's own files
 
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "local"
@@ -142,18 +148,34 @@ class LocalLister:
 
 
 class ModalLister:
-    """``modal.Sandbox.list`` against a running emulator, with the real client."""
+    """``modal.Sandbox.list`` with the real client: against ``url`` with ``token`` (an emulator),
+    or, without them, against the Modal the environment configures (as any modal program).
+    ``interval``: the least time between two listings while waiting (be gentle with a real
+    control plane)."""
 
-    name = "emulator"
-
-    def __init__(self, url: str, token: tuple[str, str]) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: tuple[str, str] | None = None,
+        *,
+        app: str = APP,
+        environment: str | None = None,
+        interval: float = 0.0,
+    ) -> None:
         import modal
         from modal_proto import api_pb2
 
         self._modal = modal
-        self.client = modal.Client(url, api_pb2.CLIENT_TYPE_CLIENT, token)
-        self.client.__enter__()
-        self.app_id = modal.App.lookup(APP, create_if_missing=True, client=self.client).app_id
+        self.interval = interval
+        self._own = url is not None
+        if url is not None:
+            self.client = modal.Client(url, api_pb2.CLIENT_TYPE_CLIENT, token)
+            self.client.__enter__()
+        else:
+            self.client = modal.Client.from_env()
+        self.app_id = modal.App.lookup(
+            app, create_if_missing=True, client=self.client, environment_name=environment
+        ).app_id
 
     def running(
         self, run_id: str | None = None, tags: Mapping[str, str] | None = None
@@ -169,8 +191,9 @@ class ModalLister:
             self._modal.Sandbox.from_id(sid, client=self.client).terminate()
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.__exit__(None, None, None)
+        if self._own:  # the environment's client is modal's to keep
+            with contextlib.suppress(Exception):
+                self.client.__exit__(None, None, None)
 
 
 # -- the inner run ------------------------------------------------------------------------------
@@ -197,7 +220,8 @@ class World:
 
     @property
     def plugin_backend(self) -> str:
-        return "modal" if self.backend == "emulator" else "local"
+        """The inner runs' ``--modal-sandbox=``: an emulator is reached as ``modal``."""
+        return "local" if self.backend == "local" else "modal"
 
 
 class InnerRun:
@@ -328,11 +352,34 @@ class InnerRun:
         except FileNotFoundError:
             return ""
 
+    def expect(self, timeout: float = 120.0, **outcomes: int) -> pytest.RunResult:
+        """Wait for the run to end and assert its ``outcomes`` (as pytester's
+        ``assert_outcomes``); the failure shows the run's output.  Returns the result."""
+        rc = self.wait(timeout)
+        result = pytest.RunResult(rc, self.output().splitlines(), [], time.time() - self.t_start)
+        try:
+            result.assert_outcomes(**outcomes)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\n--- output of the inner run {self.dir.name} ---\n{self.output()[-8000:]}"
+            ) from None
+        return result
+
     def __enter__(self) -> InnerRun:
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def run_file(
+    world: World, name: str, tests: str, *args: str, timeout: float = 300.0, **outcomes: int
+) -> tuple[InnerRun, pytest.RunResult]:
+    """``tests`` (a test file's text) run to its end as ``test_<name>.py`` with ``args``
+    (default: no xdist); asserts ``outcomes`` (default: ``passed=1``)."""
+    run = InnerRun(world, name, {f"test_{name}.py": tests}, args=list(args or ["-p", "no:xdist"]))
+    with run:
+        return run, run.expect(timeout, **(outcomes or {"passed": 1}))
 
 
 def none_running(world: World, run_id: str, timeout: float = 15.0) -> None:
@@ -344,21 +391,27 @@ def none_running(world: World, run_id: str, timeout: float = 15.0) -> None:
         return not left
 
     try:
-        wait_until(check, timeout, f"run {run_id}'s sandboxes to end", interval=0.05)
+        wait_until(
+            check,
+            timeout,
+            f"run {run_id}'s sandboxes to end",
+            interval=max(0.05, world.lister.interval),
+        )
     except AssertionError:
         raise AssertionError(f"{world.backend}: run {run_id} left {left} running") from None
 
 
-def clean_up(world: World) -> list[str]:
+def clean_up(world: World, timeout: float = 15.0) -> list[str]:
     """After a test: end the inner runs, then anything of theirs still running (so one failure
-    does not leak into the next test); returns what had to be ended that way (ideally none)."""
+    does not leak into the next test); returns what had to be ended that way (ideally none).
+    ``timeout``: how long the backend may take to stop listing what the runs ended."""
     for run in world.runs:
         run.kill()
     leaked: list[str] = []
     for run in world.runs:
         for note in run.notes("run"):
             try:
-                none_running(world, note["run_id"])
+                none_running(world, note["run_id"], timeout)
             except AssertionError:
                 left = world.lister.running(note["run_id"])
                 world.lister.terminate(left)
@@ -375,7 +428,8 @@ def time_to_gone(
     def gone() -> bool:
         return not ids & set(lister.running())
 
-    wait_until(gone, timeout, f"sandboxes {sorted(ids)} to be gone", interval=0.01)
+    interval = max(0.01, lister.interval)
+    wait_until(gone, timeout, f"sandboxes {sorted(ids)} to be gone", interval=interval)
     return time.time() - t_fault
 
 
@@ -436,6 +490,14 @@ def test_teardown(slow_teardown):
 def test_shared_call(shared, sandbox):
     hang("call")
 """
+
+
+def hanging_run(world: World, name: str, test: str = "test_call", **kw: Any) -> InnerRun:
+    """A run, started, that will stop in the call of ``test`` (of ``SIGNAL_TESTS``) holding its
+    sandboxes until it is signalled; wait for its ``reached`` note to know it got there."""
+    args = [f"test_faults.py::{test}", "-p", "no:xdist"]
+    return InnerRun(world, name, {"test_faults.py": SIGNAL_TESTS}, args=args, **kw).start()
+
 
 DEADMAN_INI = {"modal_sandbox_lease": "1", "modal_sandbox_idle_timeout": "2"}
 
