@@ -247,7 +247,7 @@ def test_from_name_unknown_app_or_name_is_not_found(client: Any) -> None:
         modal.Sandbox.from_name("no-such-app-xyz", "x", client=client)
 
 
-def test_app_lookup_without_create_is_not_found(client: Any) -> None:
+def test_app_lookup_without_create_is_not_found(client: Any, app: Any) -> None:
     with pytest.raises(NotFoundError):
         modal.App.lookup(f"missing-{uuid.uuid4().hex[:6]}", client=client)
     app = modal.App.lookup("conformance", client=client)

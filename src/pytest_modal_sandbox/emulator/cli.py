@@ -77,6 +77,13 @@ def parser() -> argparse.ArgumentParser:
         help="added to every RPC, e.g. 80 for a cloud round trip",
     )
     p.add_argument(
+        "--start-latency-ms",
+        type=float,
+        default=0.0,
+        help="a sandbox's container runs this long after its create, which answers at once; "
+        "exec, stdio, tunnels and readiness wait for it (e.g. 1000, as on Modal)",
+    )
+    p.add_argument(
         "--state-dir",
         help="sandbox state and certificates (default: the user's "
         "state dir + a temporary directory)",
@@ -150,6 +157,7 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         token_id=args.token_id,
         token_secret=args.token_secret,
         latency_ms=args.latency_ms,
+        start_latency_ms=args.start_latency_ms,
         state_dir=args.state_dir,
         secrets=secrets,
         environments=args.environment,
@@ -198,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--token-id and --token-secret must be given together")
     if args.latency_ms < 0:
         p.error(f"--latency-ms must be >= 0, got {args.latency_ms}")
+    if args.start_latency_ms < 0:
+        p.error(f"--start-latency-ms must be >= 0, got {args.start_latency_ms}")
     if args.list_page_size < 1:
         p.error(f"--list-page-size must be >= 1, got {args.list_page_size}")
     if not args.build_timeout > 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import os
 import time
 from typing import Any
@@ -179,7 +180,7 @@ class ControlPlane(api_grpc.ModalClientBase):
             api_pb2.SandboxCreateV2Response(
                 sandbox_id=sb.id,
                 task_id=sb.task_id,
-                tunnels=sb.tunnels,
+                tunnels=sb.create_tunnels,
                 metadata=sb.metadata(),
                 command_router_access=self._access(sb),
             )
@@ -236,8 +237,15 @@ class ControlPlane(api_grpc.ModalClientBase):
         """V1 entrypoint output: text batches, ``entry_id`` = bytes consumed, ``eof`` at the end."""
         req = await stream.recv_message()
         sb = self.sandboxes.get(req.sandbox_id)
+        fd = req.file_descriptor or api_pb2.FILE_DESCRIPTOR_STDOUT
+        local = await self.sandboxes.started(sb)
+        if local is None:  # it ended before its container started: no output
+            await stream.send_message(
+                api_pb2.TaskLogsBatch(entry_id=req.last_entry_id or "0", eof=True, sandbox_id=sb.id)
+            )
+            return
         stderr = req.file_descriptor == api_pb2.FILE_DESCRIPTOR_STDERR
-        path = sb.local.stderr_path if stderr else sb.local.stdout_path
+        path = local.stderr_path if stderr else local.stdout_path
         try:
             offset = int(req.last_entry_id or 0)
         except ValueError:
@@ -247,7 +255,6 @@ class ControlPlane(api_grpc.ModalClientBase):
         hold = min(req.timeout or MAX_LONG_POLL, MAX_LONG_POLL)
         deadline = time.monotonic() + hold
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        fd = req.file_descriptor or api_pb2.FILE_DESCRIPTOR_STDOUT
         read_to = offset
         async for chunk in follow_file(path, offset, lambda: not sb.running, deadline=deadline):
             read_to += len(chunk)
@@ -300,9 +307,19 @@ class ControlPlane(api_grpc.ModalClientBase):
         )
 
     async def SandboxGetTunnelsV2(self, stream: Stream) -> None:
-        """Tunnels open at create, so this answers at once; a finished sandbox has none."""
+        """All tunnels once the container runs (under a start latency: a long-poll for it,
+        TIMEOUT if it is not up within the request's timeout); a finished sandbox has none."""
         req = await stream.recv_message()
         sb = self.sandboxes.get(req.sandbox_id)
+        if sb.container is None and sb.running:
+            hold = min(req.timeout or MAX_LONG_POLL, MAX_LONG_POLL)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.sandboxes.started(sb), hold)
+        if sb.container is None and sb.running:
+            await stream.send_message(
+                api_pb2.SandboxGetTunnelsResponse(result=_R(status=_R.GENERIC_STATUS_TIMEOUT))
+            )
+            return
         if sb.result is not None:
             await stream.send_message(api_pb2.SandboxGetTunnelsResponse(result=sb.result))
             return
@@ -347,7 +364,7 @@ class ControlPlane(api_grpc.ModalClientBase):
         sb = self.sandboxes.get(req.sandbox_id)
         tags = {t.tag_name: t.tag_value for t in req.tags}
         sb.tags = tags
-        if sb.running:
+        if sb.running and sb.container is not None:  # else: given to the container at start
             try:
                 await self.sandboxes.blocking(sb.local.set_tags, tags)
             except Exception:  # the runtime's copy is informational; ours is authoritative

@@ -39,6 +39,7 @@ class EmulatorProcess:
         token_id: str | None = None,
         token_secret: str | None = None,
         latency_ms: float = 0.0,
+        start_latency_ms: float = 0.0,
         state_dir: str | os.PathLike[str] | None = None,
         secrets: Mapping[str, Mapping[str, str]] | None = None,
         environments: Sequence[str] = (),
@@ -53,6 +54,8 @@ class EmulatorProcess:
             args += ["--token-id", str(token_id), "--token-secret", str(token_secret)]
         if latency_ms:
             args += ["--latency-ms", str(latency_ms)]
+        if start_latency_ms:
+            args += ["--start-latency-ms", str(start_latency_ms)]
         if state_dir is not None:
             args += ["--state-dir", os.fspath(state_dir)]
         # Secret values go through a private file, never the command line (ps shows argv).

@@ -101,10 +101,13 @@ class Router(task_command_router_grpc.TaskCommandRouterBase):
         """The entrypoint's output from ``offset``; ends at EOF, also after the sandbox ended."""
         req = await stream.recv_message()
         sb = self.sandboxes.by_task(req.task_id)
+        local = await self.sandboxes.started(sb)
+        if local is None:
+            return  # it ended before its container started: no output
         if req.file_descriptor == tcr.SANDBOX_STDIO_FILE_DESCRIPTOR_STDERR:
-            path = sb.local.stderr_path
+            path = local.stderr_path
         else:
-            path = sb.local.stdout_path
+            path = local.stdout_path
         offset = max(0, req.offset)
         async for chunk in follow_file(path, offset, lambda: not sb.running):
             await stream.send_message(
@@ -129,6 +132,9 @@ class Router(task_command_router_grpc.TaskCommandRouterBase):
         await stream.send_message(tcr.SandboxWaitUntilReadyTcrResponse(ready_at=ready_at))
 
     async def _wait_ready(self, sb: EmuSandbox, timeout: float) -> float:
+        """The probe's verdict within ``timeout``, which includes waiting for the container
+        to start (``--start-latency-ms``), as on Modal."""
+        deadline = time.monotonic() + max(timeout, 0.0)
         probe = sb.probe
         if probe is None:
             raise RpcError(
@@ -137,7 +143,10 @@ class Router(task_command_router_grpc.TaskCommandRouterBase):
                 "or modal.Probe.with_exec(...) to Sandbox.create to use wait_until_ready()",
             )
         interval = (probe.interval_ms if probe.HasField("interval_ms") else 100) / 1000
-        deadline = time.monotonic() + max(timeout, 0.0)
+        try:
+            await asyncio.wait_for(self.sandboxes.started(sb), max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            raise RpcError("DEADLINE_EXCEEDED", "Sandbox did not become ready in time") from None
         while True:
             if not sb.running:
                 raise RpcError(

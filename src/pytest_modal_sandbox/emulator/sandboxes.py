@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import functools
 import os
 import re
 import time
@@ -32,6 +34,7 @@ from ..runtime import (
 )
 from . import ids, images
 from .build_cache import ImageState
+from .early_tunnels import EarlyTunnel
 from .execs import ExecProcess
 from .records import EmuSandbox, IdleStatus, result_for
 from .registry import DEFAULT_ENVIRONMENT, Registry
@@ -75,6 +78,25 @@ def _poll_all(sandboxes: list[EmuSandbox]) -> list[ExitStatus | None]:
     return [sb.local.poll() for sb in sandboxes]
 
 
+def _start_failure(why: str) -> api_pb2.GenericResult:
+    """The result of a sandbox whose container could not be started."""
+    return api_pb2.GenericResult(
+        status=api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE,
+        exitcode=1,
+        exception=f"the sandbox's container failed to start: {why}",
+    )
+
+
+async def _first(*aws: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of ``aws`` completes; cancel the others."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 class SandboxManager:
     """Creates, finds, watches and ends the emulator's sandboxes (one event loop)."""
 
@@ -87,12 +109,14 @@ class SandboxManager:
         tls_contexts: tuple[Any, Any],
         idle_status: IdleStatus = "timeout",
         executor: ThreadPoolExecutor | None = None,
+        start_latency: float = 0.0,
     ) -> None:
         self.runtime = runtime
         self.registry = registry
         self.images = image_store
         self._tls, self._tls_h2 = tls_contexts  # (http/1.1 ports, h2_ports)
         self._idle_status: IdleStatus = idle_status
+        self._start_latency = start_latency  # seconds from create until the container runs
         self._executor = executor or ThreadPoolExecutor(64, thread_name_prefix="emulator-rt")
         self._by_id: dict[str, EmuSandbox] = {}
         self._by_task: dict[str, EmuSandbox] = {}
@@ -323,33 +347,27 @@ class SandboxManager:
         hold = contextlib.ExitStack()  # the image root stays in use while the sandbox lives
         try:
             hold.enter_context(image.use())
-            local = await self._create_local(config)
-            try:
-                sb = EmuSandbox(
-                    id=local.id,
-                    task_id=ids.task_id(),
-                    app_id=app_id,
-                    environment=environment,
-                    name=name,
-                    tags=dict(config.tags),
-                    created_at=self._unique_created_at(),
-                    image_id=req.definition.image_id,
-                    timeout_secs=int(config.timeout),
-                    idle_timeout_secs=(
-                        None if config.idle_timeout is None else int(config.idle_timeout)
-                    ),
-                    probe=(
-                        req.definition.readiness_probe
-                        if req.definition.HasField("readiness_probe")
-                        else None
-                    ),
-                    local=local,
-                    hold=hold,
-                )
-                sb.tunnels = await self._open_tunnels(local, ports)
-            except BaseException:
-                await self.blocking(local.terminate)
-                raise
+            record = functools.partial(
+                EmuSandbox,
+                task_id=ids.task_id(),
+                app_id=app_id,
+                environment=environment,
+                name=name,
+                tags=dict(config.tags),
+                image_id=req.definition.image_id,
+                timeout_secs=int(config.timeout),
+                idle_timeout_secs=None if config.idle_timeout is None else int(config.idle_timeout),
+                probe=(
+                    req.definition.readiness_probe
+                    if req.definition.HasField("readiness_probe")
+                    else None
+                ),
+                hold=hold,
+            )
+            if self._start_latency > 0:
+                sb = await self._create_pending(record, config, ports)
+            else:
+                sb = await self._create_running(record, config, ports)
         except BaseException:
             hold.close()
             raise
@@ -361,6 +379,107 @@ class SandboxManager:
         self._ensure_poller()
         self._prune_execs()
         return sb
+
+    async def _create_running(
+        self,
+        record: Callable[..., EmuSandbox],
+        config: SandboxConfig,
+        ports: list[api_pb2.PortSpec],
+    ) -> EmuSandbox:
+        """No start latency: the container runs before create answers (tunnels all known)."""
+        local = await self._create_local(config)
+        try:
+            sb: EmuSandbox = record(
+                id=local.id, created_at=self._unique_created_at(), container=local
+            )
+            sb.started_at = sb.created_at
+            sb.started.set()
+            sb.tunnels = sb.create_tunnels = await self._open_tunnels(local, ports)
+        except BaseException:
+            await self.blocking(local.terminate)
+            raise
+        return sb
+
+    async def _create_pending(
+        self,
+        record: Callable[..., EmuSandbox],
+        config: SandboxConfig,
+        ports: list[api_pb2.PortSpec],
+    ) -> EmuSandbox:
+        """Under ``--start-latency-ms``: answer at once, start the container that much later.
+
+        As on Modal, the create response carries the task id, the router access and the
+        encrypted tunnel endpoints (listeners that relay once the container runs); calls that
+        need the container wait for it (exec, stdio, readiness); unencrypted endpoints are
+        withheld until ``SandboxGetTunnelsV2``, which waits for the start.
+        """
+        sb: EmuSandbox = record(id=ids.sandbox_id(), created_at=self._unique_created_at())
+        try:
+            for spec in ports:
+                early = await EarlyTunnel.open()
+                sb.early_tunnels.append(early)
+                host, port = early.address
+                data = api_pb2.TunnelData(host=host, port=port, container_port=spec.port)
+                if spec.unencrypted:
+                    data.unencrypted_host, data.unencrypted_port = host, port
+                sb.tunnels.append(data)
+        except BaseException:
+            for early in sb.early_tunnels:
+                early.close()
+            raise
+        pairs = zip(sb.tunnels, ports, strict=True)
+        sb.create_tunnels = [t for t, spec in pairs if not spec.unencrypted]
+        due = asyncio.get_running_loop().time() + self._start_latency
+        self._detached(self._start_later(sb, config, ports, due))
+        return sb
+
+    async def _start_later(
+        self, sb: EmuSandbox, config: SandboxConfig, ports: list[api_pb2.PortSpec], due: float
+    ) -> None:
+        """Start ``sb``'s container at ``due`` (loop time) unless it was ended before."""
+        delay = due - asyncio.get_running_loop().time()
+        if delay > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(sb.finished.wait(), delay)
+        if not sb.running:
+            return  # terminated (or the emulator stopped) before its start
+        try:
+            local = await self._create_local(dataclasses.replace(config, tags=dict(sb.tags)))
+        except RpcError as exc:
+            self._end(sb, _start_failure(exc.message), time.time())
+            return
+        try:
+            if not sb.running:  # ended while the runtime was starting it
+                await self.blocking(local.terminate)
+                return
+            opened = await self._open_tunnels(local, ports)
+        except BaseException as exc:
+            await self.blocking(local.terminate)
+            self._end(sb, _start_failure(f"its tunnels could not be opened: {exc}"), time.time())
+            raise
+        for early, data in zip(sb.early_tunnels, opened, strict=True):
+            early.connect_to(data.host, data.port)
+        sb.container = local
+        sb.started_at = time.time()
+        sb.started.set()
+        self._ensure_poller()
+
+    async def started(self, sb: EmuSandbox) -> LocalSandbox | None:
+        """``sb``'s container once it runs (waiting out a start latency); None if ``sb`` ended
+        before its container ever started."""
+        if sb.container is None and sb.running:
+            await _first(sb.started.wait(), sb.finished.wait())
+        return sb.container
+
+    async def container(self, sb: EmuSandbox) -> LocalSandbox:
+        """Like :meth:`started`, but a sandbox that never started is NOT_FOUND."""
+        local = await self.started(sb)
+        if local is None:
+            raise RpcError(
+                "NOT_FOUND",
+                f"Sandbox {sb.id} ended before its container started ({sb.describe_end()})",
+            )
+        return local
 
     async def _create_local(self, config: SandboxConfig) -> LocalSandbox:
         try:
@@ -392,11 +511,16 @@ class SandboxManager:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _finish(self, sb: EmuSandbox, status: ExitStatus) -> None:
+        self._end(sb, result_for(status, self._idle_status), status.finished_at)
+
+    def _end(self, sb: EmuSandbox, result: api_pb2.GenericResult, finished_at: float) -> None:
         if sb.result is not None:
             return
-        sb.result = result_for(status, self._idle_status)
-        sb.finished_at = status.finished_at
+        sb.result = result
+        sb.finished_at = finished_at
         sb.stdin_closed = True
+        for early in sb.early_tunnels:
+            early.close()
         for proc in sb.execs.values():
             proc.kill()  # the pid namespace is gone; make sure nsenter is too
         sb.hold.close()
@@ -417,9 +541,10 @@ class SandboxManager:
             self._poller = asyncio.create_task(self._poll_loop())
 
     async def _poll_loop(self) -> None:
-        """Notice sandboxes that ended on their own, every POLL_INTERVAL seconds."""
+        """Notice sandboxes that ended on their own, every POLL_INTERVAL seconds (a container
+        that starts later restarts this loop)."""
         while True:
-            running = [sb for sb in self._by_id.values() if sb.running]
+            running = [sb for sb in self._by_id.values() if sb.running and sb.container]
             if not running:
                 return
             statuses = await self.blocking(_poll_all, running)
@@ -432,6 +557,9 @@ class SandboxManager:
         """End ``sb`` (idempotent); returns the result it already had, if it had finished."""
         if sb.result is not None:
             return sb.result
+        if sb.container is None:  # not started yet: it never will
+            self._finish(sb, ExitStatus("terminated", None, time.time()))
+            return None
         status = await self.blocking(sb.local.poll)
         if status is not None:
             self._finish(sb, status)
@@ -453,13 +581,16 @@ class SandboxManager:
         answers (terminated, 137, EOF) before the server goes away.
         """
         self._closing = True
+        for sb in list(self._by_id.values()):
+            if sb.container is None:  # pending starts: they end here, never start
+                self._finish(sb, ExitStatus("terminated", None, time.time()))
         if self._background:
             await asyncio.wait(list(self._background), timeout=30)
         # Every sandbox, also those that ended on their own or were terminated without
         # waiting: wait() returns once its keeper has cleaned up, so nothing outlives us.
         targets = list(self._by_id.values())
         await asyncio.gather(
-            *(self.blocking(sb.local.terminate, wait=True) for sb in targets),
+            *(self.blocking(sb.local.terminate, wait=True) for sb in targets if sb.container),
             return_exceptions=True,
         )
         for sb in targets:
@@ -487,6 +618,11 @@ class SandboxManager:
         sb = self.running_task(req.task_id)
         if not req.exec_id:
             raise RpcError("INVALID_ARGUMENT", "TaskExecStart needs an exec_id")
+        await self.container(sb)  # under a start latency: once it runs
+        if not sb.running:
+            raise RpcError(
+                "NOT_FOUND", f"Sandbox {sb.id} has already finished ({sb.describe_end()})"
+            )
         if req.exec_id in sb.execs:
             return
         argv = list(req.command_args)
@@ -562,6 +698,8 @@ class SandboxManager:
     # -- entrypoint stdin --------------------------------------------------------------------
     async def write_stdin(self, sb: EmuSandbox, offset: int, data: bytes, eof: bool) -> None:
         """``SandboxStdinWriteV2``: bytes at ``offset`` of the entrypoint's stdin, deduplicated."""
+        if await self.started(sb) is None:
+            raise RpcError("FAILED_PRECONDITION", "Sandbox has already terminated")
         async with sb.stdin_lock:
             if not sb.running:
                 raise RpcError("FAILED_PRECONDITION", "Sandbox has already terminated")

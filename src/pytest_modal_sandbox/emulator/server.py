@@ -52,6 +52,7 @@ class EmulatorOptions:
     token_id: str | None = None
     token_secret: str | None = None
     latency_ms: float = 0.0
+    start_latency_ms: float = 0.0  # from SandboxCreate until the container runs
     state_dir: str | None = None
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     environments: Sequence[str] = ()
@@ -67,6 +68,8 @@ class EmulatorOptions:
             raise ValueError("token_id and token_secret must be given together")
         if self.latency_ms < 0:
             raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
+        if self.start_latency_ms < 0:
+            raise ValueError(f"start_latency_ms must be >= 0, got {self.start_latency_ms}")
         if self.list_page_size < 1:
             raise ValueError(f"list_page_size must be >= 1, got {self.list_page_size}")
         if self.images not in images.IMAGES_MODES:
@@ -179,6 +182,7 @@ class Emulator:
             tls_contexts=(self.tls.server_context(), self.tls.server_context(h2=True)),
             idle_status=opts.idle_timeout_status,
             executor=executor,
+            start_latency=opts.start_latency_ms / 1000.0,
         )
         # fill_unimplemented made them concrete; mypy only sees the generated ABCs.
         control = ControlPlane(  # type: ignore[abstract]
