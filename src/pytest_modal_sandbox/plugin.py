@@ -132,6 +132,8 @@ def _start_emulator(config: pytest.Config) -> dict[str, Any]:
         # images as on the local backend: pull (default), host, or auto
         images=s.local_images,
         host_images=s.host_images,
+        latency_ms=s.emulator_latency_ms,  # Modal's costs, when asked
+        start_latency_ms=s.emulator_start_latency_ms,
     ).start()
     config.stash[CLEANUP_KEY].append(emulator.stop)
     if emulator.pid is not None:  # it must die with us, even if we are SIGKILLed

@@ -60,6 +60,13 @@ HOST_IMAGE_HELP = (
     "local backend: map images matching this pattern to the host filesystem instead of pulling "
     "them, e.g. 'redis:*' (repeatable)"
 )
+EMULATOR_LATENCY_HELP = (
+    "emulator backend: milliseconds added to every RPC, e.g. 80 for a cloud round trip (default: 0)"
+)
+EMULATOR_START_LATENCY_HELP = (
+    "emulator backend: milliseconds from a sandbox's create until its container runs, e.g. "
+    "1000 as on Modal (default: 0)"
+)
 LOCAL_IMAGES_ENV = "PYTEST_MODAL_SANDBOX_LOCAL_IMAGES"
 BACKEND_ENV = "PYTEST_MODAL_SANDBOX_BACKEND"
 KEEP_ENV = "PYTEST_MODAL_SANDBOX_KEEP_ON_FAILURE"
@@ -114,6 +121,17 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="PATTERN",
         help=HOST_IMAGE_HELP,
     )
+    for key, text in (
+        ("emulator_latency_ms", EMULATOR_LATENCY_HELP),
+        ("emulator_start_latency_ms", EMULATOR_START_LATENCY_HELP),
+    ):
+        group.addoption(
+            f"--modal-sandbox-{key.replace('_', '-')}",
+            dest=f"modal_sandbox_{key}",
+            metavar="MS",
+            help=text,
+        )
+        parser.addini(f"modal_sandbox_{key}", text, default="0")
     parser.addini("modal_sandbox_local_images", LOCAL_IMAGES_HELP, default="pull")
     parser.addini("modal_sandbox_host_images", HOST_IMAGE_HELP, type="linelist", default=[])
     parser.addini("modal_sandbox", ENABLE_INI_HELP, type="bool", default=False)
@@ -184,6 +202,8 @@ class Settings:
     prestart: bool = True
     local_images: str = "pull"  # local backend: pull, host or auto
     host_images: tuple[str, ...] = ()  # local backend: patterns mapped to the host
+    emulator_latency_ms: float = 0.0  # emulator backend: added to every RPC
+    emulator_start_latency_ms: float = 0.0  # emulator backend: create until the container runs
 
     def backend_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"app": self.app}
@@ -260,6 +280,19 @@ def _switch(config: pytest.Config, key: str, environ: Mapping[str, str]) -> bool
     raise pytest.UsageError(f"{where}: {value!r} is not on or off")
 
 
+def _milliseconds(config: pytest.Config, key: str, environ: Mapping[str, str]) -> float:
+    value, where = _pick(config, key, None, key, environ)
+    try:
+        ms = float(str(value).strip())
+        if not 0 <= ms <= 3_600_000:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(
+            f"{where}: {value!r} is not a number of milliseconds between 0 and 3600000"
+        ) from None
+    return ms
+
+
 def _local_images(config: pytest.Config, environ: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
     from .backends import LOCAL_IMAGE_MODES
 
@@ -326,6 +359,10 @@ def read_settings(config: pytest.Config, environ: Mapping[str, str] = os.environ
     idle_timeout = _seconds(config, "modal_sandbox_idle_timeout", environ)
     local_images, host_images = _local_images(config, environ)
     return Settings(
+        emulator_latency_ms=_milliseconds(config, "modal_sandbox_emulator_latency_ms", environ),
+        emulator_start_latency_ms=_milliseconds(
+            config, "modal_sandbox_emulator_start_latency_ms", environ
+        ),
         local_images=local_images,
         host_images=host_images,
         keep_on_failure=_keep_minutes(config, environ),
