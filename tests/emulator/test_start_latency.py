@@ -8,15 +8,11 @@ listed, terminable, tunnels handed out, no runtime sandbox yet).  No test assert
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
-from emulator_helpers import no_process_mentions, open_client
+from emulator_helpers import Emu, own_emulator
 
 modal = pytest.importorskip("modal")
 from modal.exception import (  # noqa: E402
@@ -26,61 +22,21 @@ from modal.exception import (  # noqa: E402
 )
 from modal.exception import TimeoutError as ModalTimeoutError  # noqa: E402
 
-from pytest_modal_sandbox.emulator import EmulatorProcess  # noqa: E402
-from pytest_modal_sandbox.runtime import LocalRuntime  # noqa: E402
-
 pytestmark = pytest.mark.usefixtures("runtime_available")
 
 SERVE = "exec python3 -m http.server {port} --bind 127.0.0.1 -d /tmp"
 
 
-class Emu:
-    def __init__(self, proc: EmulatorProcess, state: Path) -> None:
-        self.proc = proc
-        self.state = state
-        self.client = open_client(proc.url)
-        self.app = modal.App.lookup("start-latency", create_if_missing=True, client=self.client)
-        self.made: list[Any] = []
-
-    def create(self, *args: str, **kwargs: Any) -> Any:
-        sb = modal.Sandbox.create(*args, app=self.app, client=self.client, **kwargs)
-        self.made.append(sb)
-        return sb
-
-    def runtime_sandboxes(self) -> int:
-        return len(LocalRuntime(self.state / "sandboxes").list())
-
-    def rpcs(self) -> dict[str, dict[str, int]]:
-        return dict(self.proc.stats()["rpcs"])
-
-    def close(self) -> None:
-        for sb in self.made:
-            sb.terminate()
-        self.client.__exit__(None, None, None)
-
-
-def _emulator(tmp_path_factory: pytest.TempPathFactory, start_ms: float) -> Iterator[Emu]:
-    state = tmp_path_factory.mktemp("start-latency")
-    proc = EmulatorProcess(state_dir=state, images="host", start_latency_ms=start_ms).start()
-    emu = Emu(proc, state)
-    try:
-        yield emu
-    finally:
-        emu.close()
-        assert proc.stop() == 0
-        assert no_process_mentions(str(state))
-
-
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emu]:
     """Containers start 0.4 s after their create."""
-    yield from _emulator(tmp_path_factory, 400)
+    yield from own_emulator(tmp_path_factory, start_latency_ms=400)
 
 
 @pytest.fixture(scope="module")
 def pending(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emu]:
     """Containers would start 10 minutes after their create: they stay pending."""
-    yield from _emulator(tmp_path_factory, 600_000)
+    yield from own_emulator(tmp_path_factory, start_latency_ms=600_000)
 
 
 def test_exec_stdio_and_stdin_wait_for_the_container(slow: Emu) -> None:
@@ -97,6 +53,7 @@ def test_exec_stdio_and_stdin_wait_for_the_container(slow: Emu) -> None:
 
 def test_no_extra_round_trip_for_exec(slow: Emu) -> None:
     """The create response already carries the task id and router access."""
+    slow.create().terminate()  # the client's first create also fetches its auth token
     slow.proc.reset_stats()
     sb = slow.create()
     assert sb.exec("true").wait() == 0
@@ -177,14 +134,3 @@ def test_deadlines_count_the_start(pending: Emu) -> None:
     sb.terminate()
     with pytest.raises(ConflictError):
         sb.wait_until_ready(timeout=5)
-
-
-def test_negative_start_latency_is_a_usage_error() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest_modal_sandbox.emulator", "--start-latency-ms=-1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 2
-    assert "--start-latency-ms must be >= 0" in out.stderr

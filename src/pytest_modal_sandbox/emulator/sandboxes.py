@@ -34,6 +34,7 @@ from ..runtime import (
 )
 from . import ids, images
 from .build_cache import ImageState
+from .chaos import Chaos, ChaosOptions
 from .early_tunnels import EarlyTunnel
 from .execs import ExecProcess
 from .records import EmuSandbox, IdleStatus, result_for
@@ -51,6 +52,24 @@ POLL_INTERVAL = 0.05
 EXEC_RETENTION = 600.0  # seconds an exited exec's output stays readable
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # Modal's object-name rule
+_R = api_pb2.GenericResult
+
+# How a sandbox can be ended from outside, and what Modal then reports (EmulatorProcess.
+# end_sandbox): a terminate from the dashboard or another process, its timeout, and the kernel
+# OOM-killing its container (status 10: the client's wait() returns, returncode 137).
+OUTSIDE_ENDINGS: Mapping[str, api_pb2.GenericResult] = {
+    "terminated": _R(
+        status=_R.GENERIC_STATUS_TERMINATED, exitcode=137, exception="Sandbox was terminated"
+    ),
+    "timeout": _R(
+        status=_R.GENERIC_STATUS_TIMEOUT, exitcode=124, exception="Sandbox exceeded its timeout"
+    ),
+    "oom": _R(
+        status=_R.GENERIC_STATUS_KERNEL_OOM_KILL,
+        exitcode=137,
+        exception="Sandbox was OOM-killed: a process in its container exceeded its memory limit",
+    ),
+}
 
 
 def _exec_command(
@@ -110,6 +129,7 @@ class SandboxManager:
         idle_status: IdleStatus = "timeout",
         executor: ThreadPoolExecutor | None = None,
         start_latency: float = 0.0,
+        chaos: Chaos | None = None,
     ) -> None:
         self.runtime = runtime
         self.registry = registry
@@ -117,6 +137,7 @@ class SandboxManager:
         self._tls, self._tls_h2 = tls_contexts  # (http/1.1 ports, h2_ports)
         self._idle_status: IdleStatus = idle_status
         self._start_latency = start_latency  # seconds from create until the container runs
+        self.chaos = chaos or Chaos(ChaosOptions())  # throttling, quota, dedupe counts
         self._executor = executor or ThreadPoolExecutor(64, thread_name_prefix="emulator-rt")
         self._by_id: dict[str, EmuSandbox] = {}
         self._by_task: dict[str, EmuSandbox] = {}
@@ -237,7 +258,11 @@ class SandboxManager:
         if idempotency_key:
             existing = self._creates.get(idempotency_key)
             if existing is not None:
+                self.chaos.deduplicated("create")
                 return await asyncio.shield(existing)
+        if self._closing:
+            raise RpcError("UNAVAILABLE", "the emulator is shutting down")
+        self.chaos.admit_create(running=sum(1 for sb in self._by_id.values() if sb.running))
         task = self._detached(self._create(req))
         if idempotency_key:
             self._creates[idempotency_key] = task
@@ -327,8 +352,6 @@ class SandboxManager:
         return config, name, ports
 
     async def _create(self, req: api_pb2.SandboxCreateV2Request) -> EmuSandbox:
-        if self._closing:
-            raise RpcError("UNAVAILABLE", "the emulator is shutting down")
         app_id = req.app_id
         if not app_id:
             raise RpcError("INVALID_ARGUMENT", "SandboxCreateV2 needs an app_id")
@@ -568,6 +591,20 @@ class SandboxManager:
         self._finish(sb, ExitStatus("terminated", None, time.time()))
         return None
 
+    async def end(self, sb: EmuSandbox, how: str) -> None:
+        """End ``sb`` as something outside the client would (``OUTSIDE_ENDINGS``)."""
+        result = OUTSIDE_ENDINGS.get(how)
+        if result is None:
+            raise RpcError(
+                "INVALID_ARGUMENT",
+                f"cannot end a sandbox by {how!r}: choose one of {', '.join(OUTSIDE_ENDINGS)}",
+            )
+        if sb.result is not None:
+            return
+        if sb.container is not None:
+            await self.blocking(sb.container.terminate)
+        self._end(sb, result, time.time())
+
     async def wait(self, sb: EmuSandbox, timeout: float) -> None:
         """Long-poll: return once ``sb`` finished or ``timeout`` seconds passed."""
         if sb.running and timeout > 0:
@@ -624,6 +661,7 @@ class SandboxManager:
                 "NOT_FOUND", f"Sandbox {sb.id} has already finished ({sb.describe_end()})"
             )
         if req.exec_id in sb.execs:
+            self.chaos.deduplicated("exec")
             return
         argv = list(req.command_args)
         if not argv:

@@ -24,17 +24,20 @@ import grpclib.const
 import grpclib.server
 from google.protobuf import empty_pb2, wrappers_pb2  # type: ignore[import-untyped]
 from grpclib import GRPCError, Status
+from modal._utils.grpc_utils import custom_detail_codec
 
 from .._paths import state_root
 from ..runtime import LocalRuntime
 from . import ids, images
 from .build_cache import BuildCache
 from .builder import Builder
+from .chaos import Chaos, ChaosOptions
 from .control import IMAGE_BUILDER_VERSION, ControlPlane
 from .mounts import MountStore
 from .records import IdleStatus
 from .registry import Registry
 from .router import Router
+from .rpc_error import RpcError
 from .sandboxes import SandboxManager
 from .servicer import Instrumented, Stats
 from .tls import TlsMaterial, make_tls_material
@@ -62,6 +65,10 @@ class EmulatorOptions:
     host_images: Sequence[str] = ()  # fnmatch patterns of references run on the host root
     build_timeout: float = 3600.0  # seconds per image layer build
     build_cache_dir: str | None = None  # default: <cache root>/emulator-builds
+    fault_rate: float = 0.0  # fraction of RPCs that fail transiently (see chaos.py)
+    create_rate: float = 0.0  # sandbox creates per second, 0 = unlimited
+    max_sandboxes: int = 0  # running sandboxes at once, 0 = unlimited
+    seed: int | None = None  # for reproducible faults
 
     def __post_init__(self) -> None:
         if (self.token_id is None) != (self.token_secret is None):
@@ -80,6 +87,15 @@ class EmulatorOptions:
             raise ValueError(f"build_timeout must be > 0, got {self.build_timeout}")
         if self.idle_timeout_status not in ("timeout", "terminated", "idle_timeout"):
             raise ValueError(f"idle_timeout_status {self.idle_timeout_status!r} is not valid")
+        self.chaos_options()  # validates
+
+    def chaos_options(self) -> ChaosOptions:
+        return ChaosOptions(
+            fault_rate=self.fault_rate,
+            create_rate=self.create_rate,
+            max_sandboxes=self.max_sandboxes,
+            seed=self.seed,
+        )
 
 
 def log_status(message: str) -> None:
@@ -88,7 +104,8 @@ def log_status(message: str) -> None:
 
 
 class _Admin:
-    """``Stats`` (JSON RPC counts) and ``ResetStats``, for benchmarks and tests."""
+    """``Stats`` (JSON RPC counts), ``ResetStats`` and ``EndSandbox`` (JSON ``{"sandbox_id",
+    "how"}``: end a sandbox from outside), for benchmarks and tests."""
 
     def __init__(self, emulator: Emulator) -> None:
         self._emulator = emulator
@@ -102,6 +119,9 @@ class _Admin:
             f"{ADMIN_SERVICE}/ResetStats": grpclib.const.Handler(
                 self._reset, unary, empty_pb2.Empty, empty_pb2.Empty
             ),
+            f"{ADMIN_SERVICE}/EndSandbox": grpclib.const.Handler(
+                self._end_sandbox, unary, wrappers_pb2.StringValue, empty_pb2.Empty
+            ),
         }
 
     async def _stats(self, stream: Any) -> None:
@@ -109,9 +129,22 @@ class _Admin:
         payload = json.dumps(self._emulator.stats_snapshot())
         await stream.send_message(wrappers_pb2.StringValue(value=payload))
 
+    async def _end_sandbox(self, stream: Any) -> None:
+        req = await stream.recv_message()
+        try:
+            args = json.loads(req.value)
+            sandbox_id, how = str(args["sandbox_id"]), str(args.get("how", "terminated"))
+        except (ValueError, KeyError, TypeError):
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, 'expected JSON {"sandbox_id": ..., "how": ...}'
+            ) from None
+        await self._emulator.end_sandbox(sandbox_id, how)
+        await stream.send_message(empty_pb2.Empty())
+
     async def _reset(self, stream: Any) -> None:
         await stream.recv_message()
         self._emulator.stats.reset()
+        self._emulator.chaos.reset()
         await stream.send_message(empty_pb2.Empty())
 
 
@@ -121,6 +154,7 @@ class Emulator:
     def __init__(self, options: EmulatorOptions | None = None) -> None:
         self.options = options or EmulatorOptions()
         self.stats = Stats()
+        self.chaos = Chaos(self.options.chaos_options())
         self.port = 0
         self.tls: TlsMaterial | None = None
         self._server: grpclib.server.Server | None = None
@@ -183,6 +217,7 @@ class Emulator:
             idle_status=opts.idle_timeout_status,
             executor=executor,
             start_latency=opts.start_latency_ms / 1000.0,
+            chaos=self.chaos,
         )
         # fill_unimplemented made them concrete; mypy only sees the generated ABCs.
         control = ControlPlane(  # type: ignore[abstract]
@@ -216,23 +251,43 @@ class Emulator:
             if signer.verify(token) is None:
                 raise GRPCError(Status.UNAUTHENTICATED, "invalid or expired command router token")
 
+        faults = self.chaos if opts.fault_rate > 0 else None
         self._server = grpclib.server.Server(
             [
-                Instrumented(control, "control", self.stats, latency=latency, check=check_control),
-                Instrumented(router, "router", self.stats, latency=latency, check=check_router),
+                Instrumented(
+                    control,
+                    "control",
+                    self.stats,
+                    latency=latency,
+                    check=check_control,
+                    chaos=faults,
+                ),
+                Instrumented(
+                    router, "router", self.stats, latency=latency, check=check_router, chaos=faults
+                ),
                 _Admin(self),
-            ]
+            ],
+            status_details_codec=custom_detail_codec,  # RPCRetryPolicy, as the client reads it
         )
         await self._server.start(opts.host, opts.port)
         listener: Any = self._server._server
         self.port = int(listener.sockets[0].getsockname()[1])
         control.router_url = self.url
 
+    async def end_sandbox(self, sandbox_id: str, how: str) -> None:
+        """End a sandbox from outside (see :data:`~.sandboxes.OUTSIDE_ENDINGS`)."""
+        assert self.sandboxes is not None, "start() first"
+        try:
+            await self.sandboxes.end(self.sandboxes.get(sandbox_id), how)
+        except RpcError as err:
+            raise GRPCError(Status[err.status], err.message) from None
+
     def stats_snapshot(self) -> dict[str, Any]:
         snap: dict[str, Any] = {
             "rpcs": self.stats.snapshot(),
             "seconds": self.stats.seconds(),
             "inflight": self.stats.inflight,
+            "chaos": self.chaos.snapshot(),
         }
         if self.sandboxes is not None:
             all_sbs = self.sandboxes.all()
@@ -293,6 +348,12 @@ class RunningEmulator:
 
     def reset_stats(self) -> None:
         self.emulator.stats.reset()
+        self.emulator.chaos.reset()
+
+    def end_sandbox(self, sandbox_id: str, how: str = "terminated") -> None:
+        """As :meth:`EmulatorProcess.end_sandbox`."""
+        coro = self.emulator.end_sandbox(sandbox_id, how)
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(60)
 
     def stop(self) -> None:
         try:
