@@ -16,7 +16,7 @@ from typing import Any
 from google.protobuf import empty_pb2  # type: ignore[import-untyped]
 from modal_proto import api_grpc, api_pb2
 
-from . import ids, images
+from . import ids, images, logs
 from .mounts import MountStore
 from .records import EmuSandbox
 from .registry import Registry
@@ -206,13 +206,52 @@ class ControlPlane(api_grpc.ModalClientBase):
     SandboxTerminate = SandboxTerminateV2
 
     async def SandboxGetTaskIdV2(self, stream: Stream) -> None:
-        """A finished sandbox has no task any more: its result instead (client: ConflictError)."""
+        """The task id, also of a finished sandbox (with its result), as Modal answers: a fresh
+        handle reads a finished sandbox's output and logs through it; an exec there is refused
+        by the router (NOT_FOUND), readiness with FAILED_PRECONDITION."""
         req = await stream.recv_message()
         sb = self.sandboxes.get(req.sandbox_id)
+        resp = api_pb2.SandboxGetTaskIdResponse(task_id=sb.task_id)
         if sb.result is not None:
-            await stream.send_message(api_pb2.SandboxGetTaskIdResponse(task_result=sb.result))
+            resp.task_result.CopyFrom(sb.result)
+        await stream.send_message(resp)
+
+    # -- logs (sb.logs.tail / fetch) -----------------------------------------------------------
+    def _logged(self, req: Any) -> list[tuple[str, str, list[logs.LogLine]]]:
+        """``(task id, sandbox id, lines)`` of the sandboxes a logs request is about."""
+        if req.sandbox_id:
+            targets = [self.sandboxes.get(req.sandbox_id)]
+        elif req.task_id:
+            targets = [self.sandboxes.by_task(req.task_id)]
         else:
-            await stream.send_message(api_pb2.SandboxGetTaskIdResponse(task_id=sb.task_id))
+            targets = [sb for sb in self.sandboxes.all() if sb.app_id == req.app_id]
+        since = _seconds(req.since) if req.HasField("since") else None
+        until = _seconds(req.until) if req.HasField("until") else None
+        return [
+            (
+                sb.task_id,
+                sb.id,
+                sb.log.select(since=since, until=until, fd=req.source, search=req.search_text),
+            )
+            for sb in targets
+            if not req.app_id or sb.app_id == req.app_id
+        ]
+
+    async def AppFetchLogs(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        found = self._logged(req)
+        await stream.send_message(
+            api_pb2.AppFetchLogsResponse(batches=logs.batches(found, req.limit))
+        )
+
+    async def AppCountLogs(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        lines = [line for _, _, found in self._logged(req) for line in found]
+        await stream.send_message(
+            api_pb2.AppCountLogsResponse(
+                app_id=req.app_id, buckets=logs.buckets(lines, req.bucket_secs)
+            )
+        )
 
     # -- the V1 sandbox path (pty=True, gpu=, MODAL_SANDBOX_V2=0) ------------------------------
     async def SandboxCreate(self, stream: Stream) -> None:
@@ -393,6 +432,10 @@ class ControlPlane(api_grpc.ModalClientBase):
             raise RpcError("ALREADY_EXISTS", f"Sandbox with name {req.name!r} already exists")
         sb.name = req.name
         await stream.send_message(api_pb2.SandboxSetNameResponse())
+
+
+def _seconds(ts: Any) -> float:
+    return float(ts.seconds) + float(ts.nanos) / 1e9
 
 
 def _file_size(path: Any) -> int:

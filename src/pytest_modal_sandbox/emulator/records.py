@@ -12,6 +12,7 @@ from modal_proto import api_pb2
 from ..runtime import ExitStatus, LocalSandbox
 from .early_tunnels import EarlyTunnel
 from .execs import ExecProcess
+from .logs import STDERR, STDOUT, EntrypointLog
 from .rpc_error import RpcError
 
 IdleStatus = Literal["timeout", "terminated", "idle_timeout"]
@@ -97,6 +98,7 @@ class EmuSandbox:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    log: EntrypointLog = field(default_factory=EntrypointLog)
 
     @property
     def running(self) -> bool:
@@ -108,6 +110,12 @@ class EmuSandbox:
         if self.container is None:
             raise RpcError("UNAVAILABLE", f"the container of sandbox {self.id} has not started")
         return self.container
+
+    def collect_log(self, *, final: bool = False) -> None:
+        """Stamp the entrypoint's new output lines (blocking file reads: a thread, or the end)."""
+        if self.container is not None:
+            paths = {STDOUT: self.container.stdout_path, STDERR: self.container.stderr_path}
+            self.log.collect(paths, final=final)
 
     def metadata(self) -> api_pb2.SandboxHandleMetadata:
         return api_pb2.SandboxHandleMetadata(app_id=self.app_id, result=self.result)

@@ -137,10 +137,10 @@ class Router(task_command_router_grpc.TaskCommandRouterBase):
         deadline = time.monotonic() + max(timeout, 0.0)
         probe = sb.probe
         if probe is None:
-            raise RpcError(
+            raise RpcError(  # Modal's words (its client's tests), then the fix
                 "FAILED_PRECONDITION",
-                "Sandbox has no readiness_probe: pass readiness_probe=modal.Probe.with_tcp(port) "
-                "or modal.Probe.with_exec(...) to Sandbox.create to use wait_until_ready()",
+                "Sandbox does not have a readiness probe configured: pass readiness_probe="
+                "modal.Probe.with_tcp(port) or modal.Probe.with_exec(...) to Sandbox.create",
             )
         interval = (probe.interval_ms if probe.HasField("interval_ms") else 100) / 1000
         try:

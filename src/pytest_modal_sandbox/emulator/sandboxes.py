@@ -94,7 +94,12 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 
 
 def _poll_all(sandboxes: list[EmuSandbox]) -> list[ExitStatus | None]:
-    return [sb.local.poll() for sb in sandboxes]
+    """How each sandbox ended (None: running); their new output lines are stamped too."""
+    out = []
+    for sb in sandboxes:
+        out.append(sb.local.poll())
+        sb.collect_log()
+    return out
 
 
 def _start_failure(why: str) -> api_pb2.GenericResult:
@@ -542,6 +547,7 @@ class SandboxManager:
         sb.result = result
         sb.finished_at = finished_at
         sb.stdin_closed = True
+        sb.collect_log(final=True)
         for early in sb.early_tunnels:
             early.close()
         for proc in sb.execs.values():

@@ -80,7 +80,7 @@ async def follow_file(
     offset = max(0, offset)
     while True:
         done = finished()  # sample before reading, so the final read sees everything
-        chunk = _read_at(path, offset)  # a local regular file: fast enough inline
+        chunk = read_at(path, offset)  # a local regular file: fast enough inline
         if chunk:
             offset += len(chunk)
             yield chunk
@@ -90,12 +90,13 @@ async def follow_file(
         await asyncio.sleep(poll_interval)
 
 
-def _read_at(path: Path, offset: int) -> bytes:
+def read_at(path: Path, offset: int, size: int = CHUNK) -> bytes:
+    """Up to ``size`` bytes of ``path`` from ``offset`` (a missing file is empty)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return b""
     try:
-        return os.pread(fd, CHUNK, offset)
+        return os.pread(fd, size, offset)
     finally:
         os.close(fd)
