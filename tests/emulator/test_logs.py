@@ -20,9 +20,7 @@ def test_logs_of_a_finished_sandbox_from_a_fresh_handle(make_sandbox: Any, clien
         ("stdout", "three\n"),
         ("stdout", "tail"),  # the last line, without a newline, is complete at the end
     ]
-    assert [(e.source, e.message) for e in entries if e.source == "stderr"] == [
-        ("stderr", "two\n")
-    ]
+    assert [(e.source, e.message) for e in entries if e.source == "stderr"] == [("stderr", "two\n")]
     times = [e.timestamp for e in entries]
     assert times == sorted(times)
     assert all(e.timestamp > datetime.now(timezone.utc) - timedelta(minutes=5) for e in entries)

@@ -14,18 +14,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from modal_proto import api_pb2
-
-from .stdio import read_at
 
 MAX_LINES = 20_000
 READ = 1 << 20  # bytes read from one file per collection
 STDOUT: int = api_pb2.FILE_DESCRIPTOR_STDOUT
 STDERR: int = api_pb2.FILE_DESCRIPTOR_STDERR
+Reader = Callable[[int, int], bytes]  # (offset, size) -> the bytes there now
 
 
 @dataclass(frozen=True)
@@ -44,13 +42,13 @@ class EntrypointLog:
         self._partial: dict[int, bytes] = {STDOUT: b"", STDERR: b""}
         self._lock = threading.Lock()
 
-    def collect(self, paths: Mapping[int, Path], *, final: bool = False) -> None:
-        """Read what was appended to the output files (``{fd: path}``); with ``final`` (the
-        sandbox ended) a last line without a newline is complete too."""
+    def collect(self, readers: Mapping[int, Reader], *, final: bool = False) -> None:
+        """Read what was appended to the output (``{fd: read(offset, size)}``); with ``final``
+        (the sandbox ended) a last line without a newline is complete too."""
         with self._lock:
             now = time.time()
-            for fd, path in paths.items():
-                data = self._partial[fd] + read_at(path, self._offsets[fd], READ)
+            for fd, read in readers.items():
+                data = self._partial[fd] + read(self._offsets[fd], READ)
                 self._offsets[fd] += len(data) - len(self._partial[fd])
                 *complete, rest = data.split(b"\n")
                 for line in complete:

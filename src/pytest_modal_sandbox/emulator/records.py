@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -14,6 +15,7 @@ from .early_tunnels import EarlyTunnel
 from .execs import ExecProcess
 from .logs import STDERR, STDOUT, EntrypointLog
 from .rpc_error import RpcError
+from .stdio import read_at
 
 IdleStatus = Literal["timeout", "terminated", "idle_timeout"]
 _R = api_pb2.GenericResult
@@ -99,6 +101,9 @@ class EmuSandbox:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     log: EntrypointLog = field(default_factory=EntrypointLog)
+    pty_entry: list[str] | None = None  # create(pty=True) with a command: run on a terminal
+    pty_info: api_pb2.PTYInfo | None = None
+    entrypoint: ExecProcess | None = None  # that command, once started
 
     @property
     def running(self) -> bool:
@@ -113,9 +118,16 @@ class EmuSandbox:
 
     def collect_log(self, *, final: bool = False) -> None:
         """Stamp the entrypoint's new output lines (blocking file reads: a thread, or the end)."""
-        if self.container is not None:
-            paths = {STDOUT: self.container.stdout_path, STDERR: self.container.stderr_path}
-            self.log.collect(paths, final=final)
+        if self.entrypoint is not None:  # on a terminal: its output is ours
+            out, err = self.entrypoint.stdout, self.entrypoint.stderr
+            self.log.collect({STDOUT: out.read, STDERR: err.read}, final=final)
+        elif self.container is not None:
+            local = self.container
+            readers = {
+                STDOUT: functools.partial(read_at, local.stdout_path),
+                STDERR: functools.partial(read_at, local.stderr_path),
+            }
+            self.log.collect(readers, final=final)
 
     def metadata(self) -> api_pb2.SandboxHandleMetadata:
         return api_pb2.SandboxHandleMetadata(app_id=self.app_id, result=self.result)

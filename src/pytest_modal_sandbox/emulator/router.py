@@ -104,11 +104,17 @@ class Router(task_command_router_grpc.TaskCommandRouterBase):
         local = await self.sandboxes.started(sb)
         if local is None:
             return  # it ended before its container started: no output
-        if req.file_descriptor == tcr.SANDBOX_STDIO_FILE_DESCRIPTOR_STDERR:
-            path = local.stderr_path
-        else:
-            path = local.stdout_path
+        stderr = req.file_descriptor == tcr.SANDBOX_STDIO_FILE_DESCRIPTOR_STDERR
         offset = max(0, req.offset)
+        if sb.entrypoint is not None:  # create(pty=True): its terminal's output
+            buffer = sb.entrypoint.stderr if stderr else sb.entrypoint.stdout
+            async for chunk in buffer.read_from(offset):
+                await stream.send_message(
+                    tcr.SandboxStdioReadV2Response(data=chunk, starting_offset=offset)
+                )
+                offset += len(chunk)
+            return
+        path = local.stderr_path if stderr else local.stdout_path
         async for chunk in follow_file(path, offset, lambda: not sb.running):
             await stream.send_message(
                 tcr.SandboxStdioReadV2Response(data=chunk, starting_offset=offset)

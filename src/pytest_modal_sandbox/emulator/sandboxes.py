@@ -32,7 +32,7 @@ from ..runtime import (
     LocalSandbox,
     SandboxConfig,
 )
-from . import ids, images
+from . import ids, images, ptys
 from .build_cache import ImageState
 from .chaos import Chaos, ChaosOptions
 from .early_tunnels import EarlyTunnel
@@ -100,6 +100,16 @@ def _poll_all(sandboxes: list[EmuSandbox]) -> list[ExitStatus | None]:
         out.append(sb.local.poll())
         sb.collect_log()
     return out
+
+
+def _terminal_env(info: api_pb2.PTYInfo) -> dict[str, str]:
+    """The client's terminal settings (``TERM``, ...) for a process on a pty; others' win."""
+    env = {"TERM": info.env_term or "xterm"}
+    if info.env_colorterm:
+        env["COLORTERM"] = info.env_colorterm
+    if info.env_term_program:
+        env["TERM_PROGRAM"] = info.env_term_program
+    return env
 
 
 def _start_failure(why: str) -> api_pb2.GenericResult:
@@ -367,6 +377,11 @@ class SandboxManager:
             config, name, ports = self._config(req, app_id, image)
         except errors.SpecError as exc:
             raise RpcError("INVALID_ARGUMENT", str(exc)) from exc
+        pty_entry = None
+        if req.definition.HasField("pty_info") and config.command:
+            # the container sleeps; its command runs on a terminal and ends it on exit
+            pty_entry = list(config.command)
+            config = dataclasses.replace(config, command=None)
         name_key = (app_id, name) if name else None
         if name_key is not None:
             if name_key in self._pending_names or self.name_holder(*name_key) is not None:
@@ -391,6 +406,8 @@ class SandboxManager:
                     else None
                 ),
                 hold=hold,
+                pty_entry=pty_entry,
+                pty_info=req.definition.pty_info if pty_entry else None,
             )
             if self._start_latency > 0:
                 sb = await self._create_pending(record, config, ports)
@@ -423,6 +440,7 @@ class SandboxManager:
             sb.started_at = sb.created_at
             sb.started.set()
             sb.tunnels = sb.create_tunnels = await self._open_tunnels(local, ports)
+            await self._start_terminal_entrypoint(sb, local)
         except BaseException:
             await self.blocking(local.terminate)
             raise
@@ -481,9 +499,10 @@ class SandboxManager:
                 await self.blocking(local.terminate)
                 return
             opened = await self._open_tunnels(local, ports)
+            await self._start_terminal_entrypoint(sb, local)
         except BaseException as exc:
             await self.blocking(local.terminate)
-            self._end(sb, _start_failure(f"its tunnels could not be opened: {exc}"), time.time())
+            self._end(sb, _start_failure(f"it could not be set up: {exc}"), time.time())
             raise
         for early, data in zip(sb.early_tunnels, opened, strict=True):
             early.connect_to(data.host, data.port)
@@ -491,6 +510,36 @@ class SandboxManager:
         sb.started_at = time.time()
         sb.started.set()
         self._ensure_poller()
+
+    async def _start_terminal_entrypoint(self, sb: EmuSandbox, local: LocalSandbox) -> None:
+        """``Sandbox.create(cmd, pty=True)``: the command runs on a terminal of the sandbox
+        (the container itself sleeps); its stdio is the sandbox's and its exit ends the
+        sandbox with its exit code, as the entrypoint's would."""
+        if sb.pty_entry is None or sb.pty_info is None:
+            return
+        env = _terminal_env(sb.pty_info)
+        host_argv, host_env = await self.blocking(local.exec_command, sb.pty_entry, env=env)
+        proc = ExecProcess("entrypoint")
+        await proc.start(
+            host_argv,
+            host_env,
+            stdout=True,
+            stderr=True,
+            timeout=None,
+            activity=contextlib.nullcontext(),  # the entrypoint does not count as activity
+            on_stdin=local.touch,
+            pty=await self._open_pty(local, sb.pty_info),
+        )
+        sb.entrypoint = proc
+        self._detached(self._end_with_entrypoint(sb, proc))
+
+    async def _end_with_entrypoint(self, sb: EmuSandbox, proc: ExecProcess) -> None:
+        await proc.exited.wait()
+        if not sb.running or proc.returncode is None:
+            return
+        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        self._finish(sb, ExitStatus("success" if code == 0 else "failure", code, time.time()))
+        await self.blocking(sb.local.terminate)
 
     async def started(self, sb: EmuSandbox) -> LocalSandbox | None:
         """``sb``'s container once it runs (waiting out a start latency); None if ``sb`` ended
@@ -550,7 +599,7 @@ class SandboxManager:
         sb.collect_log(final=True)
         for early in sb.early_tunnels:
             early.close()
-        for proc in sb.execs.values():
+        for proc in [*sb.execs.values(), *([sb.entrypoint] if sb.entrypoint else [])]:
             proc.kill()  # the pid namespace is gone; make sure nsenter is too
         sb.hold.close()
         sb.finished.set()
@@ -643,7 +692,7 @@ class SandboxManager:
         """After :meth:`terminate_all`: reap execs, stop the poller, close tunnels and threads."""
         await self.terminate_all()  # idempotent; covers callers that skipped it
         for sb in self._by_id.values():
-            for proc in sb.execs.values():
+            for proc in [*sb.execs.values(), *([sb.entrypoint] if sb.entrypoint else [])]:
                 await proc.aclose()
         for task in list(self._background):
             task.cancel()
@@ -696,21 +745,25 @@ class SandboxManager:
     ) -> None:
         """Start the exec (in its own task: a cancelled RPC must not leave it half-started)."""
         fds: dict[str, int] = {}
+        pty_info = req.pty_info if req.HasField("pty_info") else None
         try:
+            if pty_info is not None:
+                env = {**_terminal_env(pty_info), **env}
             host_argv, host_env, fds = await self.blocking(
                 _exec_command, sb.local, argv, env, workdir
             )
+            pty = None if pty_info is None else await self._open_pty(sb.local, pty_info)
             pipe = 1  # TASK_EXEC_STDOUT_CONFIG_PIPE == TASK_EXEC_STDERR_CONFIG_PIPE
             await proc.start(
                 host_argv,
                 host_env,
                 stdout=req.stdout_config == pipe,
                 stderr=req.stderr_config == pipe,
-                merge_stderr=req.HasField("pty_info"),
                 timeout=float(req.timeout_secs) if req.HasField("timeout_secs") else None,
                 activity=sb.local.activity(),
                 on_stdin=sb.local.touch,
                 pass_fds=tuple(fds.values()),
+                pty=pty,
             )
         except errors.SandboxGone as exc:
             self._abandon(sb, proc)
@@ -724,6 +777,9 @@ class SandboxManager:
         finally:
             for fd in fds.values():
                 os.close(fd)  # the helper has its own copies now
+
+    async def _open_pty(self, local: LocalSandbox, info: api_pb2.PTYInfo) -> ptys.Pty:
+        return await self.blocking(ptys.open_pty, local.init_pid, info.winsz_rows, info.winsz_cols)
 
     @staticmethod
     def _abandon(sb: EmuSandbox, proc: ExecProcess) -> None:
@@ -744,6 +800,12 @@ class SandboxManager:
         """``SandboxStdinWriteV2``: bytes at ``offset`` of the entrypoint's stdin, deduplicated."""
         if await self.started(sb) is None:
             raise RpcError("FAILED_PRECONDITION", "Sandbox has already terminated")
+        if sb.entrypoint is not None:  # on a terminal
+            if not sb.running:
+                raise RpcError("FAILED_PRECONDITION", "Sandbox has already terminated")
+            await sb.entrypoint.write_stdin(offset, data, eof)
+            sb.local.touch()
+            return
         async with sb.stdin_lock:
             if not sb.running:
                 raise RpcError("FAILED_PRECONDITION", "Sandbox has already terminated")

@@ -49,6 +49,10 @@ class OutputBuffer:
     def getvalue(self) -> bytes:
         return bytes(self._data)
 
+    def read(self, offset: int, size: int = CHUNK) -> bytes:
+        """Up to ``size`` bytes from ``offset`` (what is there now)."""
+        return bytes(self._data[offset : offset + size])
+
     async def read_from(self, offset: int) -> AsyncIterator[bytes]:
         """Yield non-empty chunks from ``offset`` until EOF has been reached and served."""
         offset = max(0, offset)
