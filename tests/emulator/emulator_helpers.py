@@ -77,10 +77,11 @@ class Emu:
 
 def own_emulator(tmp_path_factory: pytest.TempPathFactory, **options: Any) -> Iterator[Emu]:
     """For a module-scoped fixture: ``yield from own_emulator(tmp_path_factory, **options)``
-    (``EmulatorProcess`` options; images run on the host root).  It must stop cleanly."""
+    (``EmulatorProcess`` options; images run on the host root; ``state_dir`` defaults to a
+    new directory).  It must stop cleanly."""
     from pytest_modal_sandbox.emulator import EmulatorProcess
 
-    state = tmp_path_factory.mktemp("own-emulator")
+    state = Path(options.pop("state_dir", None) or tmp_path_factory.mktemp("own-emulator"))
     proc = EmulatorProcess(state_dir=state, images="host", **options).start()
     try:
         emu = Emu(proc, state)

@@ -499,3 +499,22 @@ def test_host_image_patterns_map_matching_references_to_the_host(
     assert on_host.exec("test", "-d", "/usr/bin").wait() == 0
     pulled = emu.sandbox("sleep", "100", image=modal.Image.from_registry(bare_image.reference))
     assert pulled.exec("test", "-d", "/usr/bin").wait() == 127  # no `test` in there: pulled
+
+
+def test_volumes_mount_anywhere_in_an_image_root(
+    make_emulator: Callable[..., Emu], app_image: PushedImage
+) -> None:
+    """An image root is the sandbox's own and writable: a volume mounts at any path, and the
+    entrypoint (started once it is mounted) sees it."""
+    emu = make_emulator()
+    vol = modal.Volume.from_name("img-vol", create_if_missing=True, client=emu.client)
+    image = modal.Image.from_registry(app_image.reference)
+    first = emu.sandbox(
+        "sh", "-c", "echo hi > /data/x/hi.txt", image=image, volumes={"/data/x": vol}
+    )
+    first.wait()
+    assert first.returncode == 0
+    second = emu.sandbox("cat", "/data/x/hi.txt", image=image, volumes={"/data/x": vol})
+    assert second.stdout.read() == "hi\n"
+    second.wait()
+    assert second.returncode == 0

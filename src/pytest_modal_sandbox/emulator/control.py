@@ -9,23 +9,27 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from google.protobuf import empty_pb2  # type: ignore[import-untyped]
 from modal_proto import api_grpc, api_pb2
 
-from . import ids, images, logs
+from . import ids, images, logs, volumes
+from .blobs import BlobStore
 from .mounts import MountStore
 from .records import EmuSandbox
 from .registry import Registry
 from .rpc_error import RpcError
 from .sandboxes import SandboxManager
 from .servicer import fill_unimplemented
-from .stdio import follow_file
+from .stdio import follow_buffer, follow_file
 
 Stream = Any  # grpclib.server.Stream[Request, Response]
+T = TypeVar("T")
 
 IMAGE_BUILDER_VERSION = "2025.06"
 MAX_LONG_POLL = 55.0  # never hold a long-poll longer than the client's attempt deadline
@@ -47,13 +51,16 @@ class ControlPlane(api_grpc.ModalClientBase):
         sandboxes: SandboxManager,
         signer: ids.TokenSigner,
         *,
+        blobs: BlobStore,
         list_page_size: int = 100,
         mounts: MountStore | None = None,
     ) -> None:
         self.registry = registry
         self.images = image_store
-        self.mounts = mounts or MountStore()
+        self.blobs = blobs
+        self.mounts = mounts or MountStore(blobs)
         self.sandboxes = sandboxes
+        self.volumes = sandboxes.volumes
         self.signer = signer
         self.router_url = ""  # set once the server knows its port
         self.list_page_size = list_page_size
@@ -145,6 +152,162 @@ class ControlPlane(api_grpc.ModalClientBase):
             environment=req.environment_name,
         )
         await stream.send_message(api_pb2.MountGetOrCreateResponse(mount_id=mount_id))
+
+    # -- blobs (large payloads over HTTP) ------------------------------------------------------
+    async def BlobCreate(self, stream: Stream) -> None:
+        await stream.recv_message()
+        blob_id, url = self.blobs.create()
+        await stream.send_message(
+            api_pb2.BlobCreateResponse(
+                blob_id=blob_id,
+                upload_url=url,
+                blob_ids=[blob_id],
+                upload_urls=api_pb2.UploadUrlList(items=[url]),
+            )
+        )
+
+    async def BlobGet(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        await stream.send_message(
+            api_pb2.BlobGetResponse(download_url=self.blobs.download_url(req.blob_id))
+        )
+
+    # -- volumes -------------------------------------------------------------------------------
+    async def VolumeGetOrCreate(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        vol, _ = await self._volume_io(
+            self.volumes.get_or_create,
+            req.deployment_name,
+            req.environment_name,
+            req.object_creation_type,
+            req.version,
+        )
+        await stream.send_message(
+            api_pb2.VolumeGetOrCreateResponse(
+                volume_id=vol.id, version=volumes.V1, metadata=vol.metadata()
+            )
+        )
+
+    async def VolumeGetById(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        vol = self.volumes.get(req.volume_id)
+        await stream.send_message(
+            api_pb2.VolumeGetByIdResponse(volume_id=vol.id, metadata=vol.metadata())
+        )
+
+    async def VolumeList(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        found = self.volumes.named(
+            req.environment_name,
+            req.pagination.created_before,
+            req.pagination.max_objects,
+        )
+        items = [
+            api_pb2.VolumeListItem(
+                label=v.name or "", volume_id=v.id, created_at=v.created_at, metadata=v.metadata()
+            )
+            for v in found
+        ]
+        await stream.send_message(
+            api_pb2.VolumeListResponse(items=items, environment_name=req.environment_name)
+        )
+
+    async def VolumeDelete(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        await self._volume_io(self.volumes.delete, req.volume_id)
+        await stream.send_message(empty_pb2.Empty())
+
+    async def VolumeRename(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        await self._volume_io(self.volumes.rename, req.volume_id, req.name)
+        await stream.send_message(empty_pb2.Empty())
+
+    async def VolumeHeartbeat(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        self.volumes.beat(req.volume_id)
+        await stream.send_message(empty_pb2.Empty())
+
+    async def VolumeCommit(self, stream: Stream) -> None:
+        """From outside a container there is nothing to commit (as Modal's ``commit()`` says,
+        it runs in a container that mounts the volume)."""
+        req = await stream.recv_message()
+        self.volumes.get(req.volume_id)
+        raise RpcError(
+            "FAILED_PRECONDITION",
+            "Volume.commit() commits the changes of the container it runs in, and this call "
+            "comes from outside any: in a sandbox, run `sync <mount path>` there (its changes "
+            "are also committed in the background and when it ends)",
+        )
+
+    async def VolumeReload(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        self.volumes.get(req.volume_id)
+        raise RpcError(
+            "FAILED_PRECONDITION",
+            "Volume.reload() reloads the container it runs in, and this call comes from outside "
+            "any: use sandbox.reload_volumes()",
+        )
+
+    async def VolumeListFiles(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        vol = self.volumes.get(req.volume_id)
+        await self.sandboxes.settled(vol.id)
+        entries = await self._volume_io(self.volumes.list_files, vol, req.path, req.recursive)
+        if req.max_entries:
+            entries = entries[: req.max_entries]
+        for start in range(0, len(entries), 100):
+            await stream.send_message(
+                api_pb2.VolumeListFilesResponse(entries=entries[start : start + 100])
+            )
+
+    async def VolumeGetFile2(self, stream: Stream) -> None:
+        """The file's size and one download URL per 8 MiB block of the requested range."""
+        req = await stream.recv_message()
+        vol = self.volumes.get(req.volume_id)
+        await self.sandboxes.settled(vol.id)
+        path = await self._volume_io(self.volumes.file, vol, req.path)
+        size = path.stat().st_size
+        start = min(req.start, size)
+        length = min(req.len, size - start) if req.len else size - start
+        await stream.send_message(
+            api_pb2.VolumeGetFile2Response(
+                get_urls=self.blobs.block_urls(path, start, length),
+                size=size,
+                start=start,
+                len=length,
+            )
+        )
+
+    async def VolumePutFiles(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        vol = self.volumes.get(req.volume_id)
+        await self.sandboxes.settled(vol.id)
+        files = [
+            (f.filename, f.mode, functools.partial(self.mounts.content, f.sha256_hex))
+            for f in req.files
+        ]
+        await self._volume_io(
+            self.volumes.put_files, vol, files, overwrite=not req.disallow_overwrite_existing_files
+        )
+        await stream.send_message(empty_pb2.Empty())
+
+    async def VolumeRemoveFile(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        vol = self.volumes.get(req.volume_id)
+        await self.sandboxes.settled(vol.id)
+        await self._volume_io(self.volumes.remove, vol, req.path, req.recursive)
+        await stream.send_message(empty_pb2.Empty())
+
+    async def VolumeCopyFiles(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        vol = self.volumes.get(req.volume_id)
+        await self.sandboxes.settled(vol.id)
+        await self._volume_io(self.volumes.copy, vol, list(req.src_paths), req.dst_path)
+        await stream.send_message(empty_pb2.Empty())
+
+    async def _volume_io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A volume store call (file I/O) on the emulator's thread pool."""
+        return await self.sandboxes.blocking(fn, *args, **kwargs)
 
     # -- secrets -----------------------------------------------------------------------------
     async def SecretGetOrCreate(self, stream: Stream) -> None:
@@ -285,6 +448,7 @@ class ControlPlane(api_grpc.ModalClientBase):
             return
         stderr = req.file_descriptor == api_pb2.FILE_DESCRIPTOR_STDERR
         path = local.stderr_path if stderr else local.stdout_path
+        late = sb.entrypoint  # a command started after setup: its output is buffered here
         try:
             offset = int(req.last_entry_id or 0)
         except ValueError:
@@ -295,7 +459,12 @@ class ControlPlane(api_grpc.ModalClientBase):
         deadline = time.monotonic() + hold
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         read_to = offset
-        async for chunk in follow_file(path, offset, lambda: not sb.running, deadline=deadline):
+        if late is not None:
+            buffer = late.stderr if stderr else late.stdout
+            chunks = follow_buffer(buffer, offset, deadline=deadline)
+        else:
+            chunks = follow_file(path, offset, lambda: not sb.running, deadline=deadline)
+        async for chunk in chunks:
             read_to += len(chunk)
             text = decoder.decode(chunk)
             consumed = read_to - len(decoder.getstate()[0])  # keep split characters for later
@@ -307,7 +476,8 @@ class ControlPlane(api_grpc.ModalClientBase):
                         sandbox_id=sb.id,
                     )
                 )
-        if not sb.running and read_to >= _file_size(path):  # else: the client re-polls
+        size = (late.stderr if stderr else late.stdout).size if late else _file_size(path)
+        if not sb.running and read_to >= size:  # else: the client re-polls
             tail = decoder.decode(b"", final=True)
             items = [api_pb2.TaskLogs(data=tail, file_descriptor=fd)] if tail else []
             await stream.send_message(

@@ -16,6 +16,7 @@ from .execs import ExecProcess
 from .logs import STDERR, STDOUT, EntrypointLog
 from .rpc_error import RpcError
 from .stdio import read_at
+from .volumes import WorkingCopy
 
 IdleStatus = Literal["timeout", "terminated", "idle_timeout"]
 _R = api_pb2.GenericResult
@@ -101,9 +102,13 @@ class EmuSandbox:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     log: EntrypointLog = field(default_factory=EntrypointLog)
-    pty_entry: list[str] | None = None  # create(pty=True) with a command: run on a terminal
-    pty_info: api_pb2.PTYInfo | None = None
-    entrypoint: ExecProcess | None = None  # that command, once started
+    # The command when it starts after the container's setup (volumes mounted, a terminal):
+    # the container sleeps and this runs in it; ``entrypoint`` once it was started.
+    late_entrypoint: list[str] | None = None
+    pty_info: api_pb2.PTYInfo | None = None  # create(pty=True): the entrypoint's terminal
+    entrypoint: ExecProcess | None = None
+    volume_mounts: list[api_pb2.VolumeMount] = field(default_factory=list)
+    volumes: list[WorkingCopy] = field(default_factory=list)  # mounted, once the container runs
 
     @property
     def running(self) -> bool:
@@ -118,7 +123,7 @@ class EmuSandbox:
 
     def collect_log(self, *, final: bool = False) -> None:
         """Stamp the entrypoint's new output lines (blocking file reads: a thread, or the end)."""
-        if self.entrypoint is not None:  # on a terminal: its output is ours
+        if self.entrypoint is not None:  # started late: its output is ours
             out, err = self.entrypoint.stdout, self.entrypoint.stderr
             self.log.collect({STDOUT: out.read, STDERR: err.read}, final=final)
         elif self.container is not None:
@@ -141,7 +146,10 @@ class EmuSandbox:
             _R.GENERIC_STATUS_TERMINATED: "terminated",
             _R.GENERIC_STATUS_TIMEOUT: "timed out",
             _R.GENERIC_STATUS_IDLE_TIMEOUT: "idle timed out",
+            _R.GENERIC_STATUS_KERNEL_OOM_KILL: "OOM-killed",
         }
+        if self.result.status == _R.GENERIC_STATUS_INTERNAL_FAILURE:
+            return self.result.exception or "failed"
         return f"{names.get(self.result.status, 'finished')}, exit code {self.result.exitcode}"
 
     def info(self) -> api_pb2.SandboxInfo:

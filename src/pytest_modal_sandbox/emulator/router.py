@@ -127,6 +127,13 @@ class Router(task_command_router_grpc.TaskCommandRouterBase):
         await self.sandboxes.write_stdin(sb, req.offset, req.data, req.eof)
         await stream.send_message(tcr.SandboxStdinWriteV2Response())
 
+    # -- volumes -----------------------------------------------------------------------------
+    async def TaskReloadVolumes(self, stream: Stream) -> None:
+        """``sb.reload_volumes()``: commit each mounted volume, then show its committed state."""
+        req = await stream.recv_message()
+        await self.sandboxes.reload_volumes(self.sandboxes.by_task(req.task_id))
+        await stream.send_message(tcr.TaskReloadVolumesResponse())
+
     # -- readiness ---------------------------------------------------------------------------
     async def SandboxWaitUntilReady(self, stream: Stream) -> None:
         """Poll the readiness probe every ``interval_ms`` until it passes or ``timeout``."""

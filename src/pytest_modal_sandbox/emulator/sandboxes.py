@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ from ..runtime import (
     LocalSandbox,
     SandboxConfig,
 )
-from . import ids, images, ptys
+from . import ids, images, ptys, volume_mounts
 from .build_cache import ImageState
 from .chaos import Chaos, ChaosOptions
 from .early_tunnels import EarlyTunnel
@@ -41,6 +42,7 @@ from .records import EmuSandbox, IdleStatus, result_for
 from .registry import DEFAULT_ENVIRONMENT, Registry
 from .rpc_error import RpcError
 from .secret_env import merge_env
+from .volumes import BACKGROUND_COMMIT, VolumeStore
 
 T = TypeVar("T")
 
@@ -93,12 +95,24 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-def _poll_all(sandboxes: list[EmuSandbox]) -> list[ExitStatus | None]:
-    """How each sandbox ended (None: running); their new output lines are stamped too."""
+def _poll_all(sandboxes: list[EmuSandbox], store: VolumeStore) -> list[ExitStatus | None]:
+    """How each sandbox ended (None: running); their new output lines are stamped, and their
+    volumes committed every ``BACKGROUND_COMMIT`` seconds (Modal's background commits)."""
     out = []
+    now = time.monotonic()
     for sb in sandboxes:
         out.append(sb.local.poll())
         sb.collect_log()
+        for wc in list(sb.volumes):
+            if now - wc.committed_at >= BACKGROUND_COMMIT:
+                try:
+                    store.commit(wc)
+                except (OSError, RpcError) as exc:
+                    print(
+                        f"modal emulator: background commit of {wc.mount_path}: {exc}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     return out
 
 
@@ -145,6 +159,7 @@ class SandboxManager:
         executor: ThreadPoolExecutor | None = None,
         start_latency: float = 0.0,
         chaos: Chaos | None = None,
+        volumes: VolumeStore | None = None,
     ) -> None:
         self.runtime = runtime
         self.registry = registry
@@ -153,6 +168,7 @@ class SandboxManager:
         self._idle_status: IdleStatus = idle_status
         self._start_latency = start_latency  # seconds from create until the container runs
         self.chaos = chaos or Chaos(ChaosOptions())  # throttling, quota, dedupe counts
+        self.volumes = volumes or VolumeStore(runtime.root / "volumes")
         self._executor = executor or ThreadPoolExecutor(64, thread_name_prefix="emulator-rt")
         self._by_id: dict[str, EmuSandbox] = {}
         self._by_task: dict[str, EmuSandbox] = {}
@@ -161,6 +177,7 @@ class SandboxManager:
             collections.OrderedDict()
         )
         self._background: set[asyncio.Task[Any]] = set()
+        self._releases: dict[asyncio.Task[Any], str] = {}  # last commits, by volume id
         self._last_created_at = 0.0
         self._poller: asyncio.Task[None] | None = None
         self._closing = False
@@ -300,6 +317,21 @@ class SandboxManager:
         task.add_done_callback(_retrieve)  # the RPC that awaited it may be gone
         return task
 
+    def _volume_mounts(self, d: api_pb2.Sandbox) -> list[api_pb2.VolumeMount]:
+        """The sandbox's volume mounts, checked: known volumes, distinct absolute paths."""
+        mounts = list(d.volume_mounts)
+        paths = [m.mount_path for m in mounts]
+        for mount in mounts:
+            self.volumes.get(mount.volume_id)  # NOT_FOUND for an unknown (or deleted) volume
+            path = mount.mount_path
+            if not path.startswith("/") or path.rstrip("/") == "" or ".." in path.split("/"):
+                raise RpcError(
+                    "INVALID_ARGUMENT", f"volume mount path {path!r} must be absolute, not /"
+                )
+        if len(set(paths)) != len(paths):
+            raise RpcError("INVALID_ARGUMENT", f"a volume mount path is used twice: {paths}")
+        return mounts
+
     def _config(
         self, req: api_pb2.SandboxCreateV2Request, app_id: str, image: ImageState
     ) -> tuple[SandboxConfig, str | None, list[api_pb2.PortSpec]]:
@@ -377,10 +409,13 @@ class SandboxManager:
             config, name, ports = self._config(req, app_id, image)
         except errors.SpecError as exc:
             raise RpcError("INVALID_ARGUMENT", str(exc)) from exc
-        pty_entry = None
-        if req.definition.HasField("pty_info") and config.command:
-            # the container sleeps; its command runs on a terminal and ends it on exit
-            pty_entry = list(config.command)
+        volume_mounts = self._volume_mounts(req.definition)
+        pty = req.definition.HasField("pty_info")
+        late = None
+        if (pty or volume_mounts) and config.command:
+            # the container sleeps; its command starts once volumes and terminal are in place,
+            # and its exit ends the sandbox
+            late = list(config.command)
             config = dataclasses.replace(config, command=None)
         name_key = (app_id, name) if name else None
         if name_key is not None:
@@ -406,8 +441,9 @@ class SandboxManager:
                     else None
                 ),
                 hold=hold,
-                pty_entry=pty_entry,
-                pty_info=req.definition.pty_info if pty_entry else None,
+                late_entrypoint=late,
+                pty_info=req.definition.pty_info if pty else None,
+                volume_mounts=volume_mounts,
             )
             if self._start_latency > 0:
                 sb = await self._create_pending(record, config, ports)
@@ -433,15 +469,14 @@ class SandboxManager:
     ) -> EmuSandbox:
         """No start latency: the container runs before create answers (tunnels all known)."""
         local = await self._create_local(config)
+        sb: EmuSandbox = record(id=local.id, created_at=self._unique_created_at(), container=local)
+        sb.started_at = sb.created_at
+        sb.started.set()
         try:
-            sb: EmuSandbox = record(
-                id=local.id, created_at=self._unique_created_at(), container=local
-            )
-            sb.started_at = sb.created_at
-            sb.started.set()
             sb.tunnels = sb.create_tunnels = await self._open_tunnels(local, ports)
-            await self._start_terminal_entrypoint(sb, local)
+            await self._set_up(sb, local)
         except BaseException:
+            self._release_volumes(sb)
             await self.blocking(local.terminate)
             raise
         return sb
@@ -499,7 +534,11 @@ class SandboxManager:
                 await self.blocking(local.terminate)
                 return
             opened = await self._open_tunnels(local, ports)
-            await self._start_terminal_entrypoint(sb, local)
+            await self._set_up(sb, local)
+        except RpcError as exc:
+            await self.blocking(local.terminate)
+            self._end(sb, _start_failure(exc.message), time.time())
+            return
         except BaseException as exc:
             await self.blocking(local.terminate)
             self._end(sb, _start_failure(f"it could not be set up: {exc}"), time.time())
@@ -511,14 +550,34 @@ class SandboxManager:
         sb.started.set()
         self._ensure_poller()
 
-    async def _start_terminal_entrypoint(self, sb: EmuSandbox, local: LocalSandbox) -> None:
-        """``Sandbox.create(cmd, pty=True)``: the command runs on a terminal of the sandbox
-        (the container itself sleeps); its stdio is the sandbox's and its exit ends the
-        sandbox with its exit code, as the entrypoint's would."""
-        if sb.pty_entry is None or sb.pty_info is None:
-            return
-        env = _terminal_env(sb.pty_info)
-        host_argv, host_env = await self.blocking(local.exec_command, sb.pty_entry, env=env)
+    async def _set_up(self, sb: EmuSandbox, local: LocalSandbox) -> None:
+        """What a container needs before its command runs: volumes, then the command itself
+        if it starts late (``Sandbox.create(cmd, pty=True)``, or with volumes)."""
+        for index, mount in enumerate(sb.volume_mounts):
+            volume = self.volumes.get(mount.volume_id)
+            await self.settled(volume.id)
+            wc = await self.blocking(
+                self.volumes.checkout,
+                volume,
+                f"{sb.id}-{index}",
+                mount.mount_path,
+                mount.sub_path,
+                mount.read_only,
+            )
+            sb.volumes.append(wc)
+            await self.blocking(volume_mounts.attach, local, wc)
+        if sb.late_entrypoint is not None:
+            await self._start_late_entrypoint(sb, local, sb.late_entrypoint)
+
+    async def _start_late_entrypoint(
+        self, sb: EmuSandbox, local: LocalSandbox, argv: list[str]
+    ) -> None:
+        """The command runs in the sleeping container (on a terminal with ``pty_info``); its
+        stdio is the sandbox's and its exit ends the sandbox with its exit code, as the
+        entrypoint's would."""
+        env = {} if sb.pty_info is None else _terminal_env(sb.pty_info)
+        host_argv, host_env = await self.blocking(local.exec_command, argv, env=env)
+        pty = None if sb.pty_info is None else await self._open_pty(local, sb.pty_info)
         proc = ExecProcess("entrypoint")
         await proc.start(
             host_argv,
@@ -528,7 +587,7 @@ class SandboxManager:
             timeout=None,
             activity=contextlib.nullcontext(),  # the entrypoint does not count as activity
             on_stdin=local.touch,
-            pty=await self._open_pty(local, sb.pty_info),
+            pty=pty,
         )
         sb.entrypoint = proc
         self._detached(self._end_with_entrypoint(sb, proc))
@@ -597,12 +656,44 @@ class SandboxManager:
         sb.finished_at = finished_at
         sb.stdin_closed = True
         sb.collect_log(final=True)
+        self._release_volumes(sb)
         for early in sb.early_tunnels:
             early.close()
         for proc in [*sb.execs.values(), *([sb.entrypoint] if sb.entrypoint else [])]:
             proc.kill()  # the pid namespace is gone; make sure nsenter is too
         sb.hold.close()
         sb.finished.set()
+
+    def _release_volumes(self, sb: EmuSandbox) -> None:
+        """A last (background) commit of each mounted volume; its working copy goes."""
+        mounted, sb.volumes = sb.volumes, []
+        for wc in mounted:
+            task = self._detached(self.blocking(self.volumes.release, wc))
+            self._releases[task] = wc.volume.id
+            task.add_done_callback(lambda t: self._releases.pop(t, None))
+
+    async def settled(self, volume_id: str) -> None:
+        """Once the last commits of sandboxes that ended with ``volume_id`` mounted are in:
+        what reads a volume's committed state waits for them (Modal commits before a
+        container's end is reported)."""
+        pending = [t for t, vid in self._releases.items() if vid == volume_id]
+        if pending:
+            await asyncio.wait(pending)
+
+    async def commit_volumes(self, sb: EmuSandbox, paths: Iterable[str] = ()) -> None:
+        """Commit the volumes mounted at (or above) ``paths``, all without paths (``sync``)."""
+        wanted = [os.path.normpath(p) for p in paths]
+        for wc in list(sb.volumes):
+            root = wc.mount_path.rstrip("/")
+            if not wanted or any(p == root or p.startswith(root + "/") for p in wanted):
+                await self.blocking(self.volumes.commit, wc)
+
+    async def reload_volumes(self, sb: EmuSandbox) -> None:
+        """``sb.reload_volumes()``: commit, then show each volume's committed state."""
+        if await self.started(sb) is None or not sb.running:
+            raise RpcError("NOT_FOUND", f"Sandbox {sb.id} has already finished")
+        for wc in list(sb.volumes):
+            await self.blocking(self.volumes.reload, wc)
 
     def _prune_execs(self) -> None:
         """Forget execs that exited over EXEC_RETENTION ago, so long runs stay small."""
@@ -625,7 +716,7 @@ class SandboxManager:
             running = [sb for sb in self._by_id.values() if sb.running and sb.container]
             if not running:
                 return
-            statuses = await self.blocking(_poll_all, running)
+            statuses = await self.blocking(_poll_all, running, self.volumes)
             for sb, status in zip(running, statuses, strict=True):
                 if status is not None:
                     self._finish(sb, status)
@@ -687,6 +778,8 @@ class SandboxManager:
         )
         for sb in targets:
             self._finish(sb, ExitStatus("terminated", None, time.time()))
+        if self._releases:  # the last commits of mounted volumes
+            await asyncio.wait(list(self._releases), timeout=60)
 
     async def close(self) -> None:
         """After :meth:`terminate_all`: reap execs, stop the poller, close tunnels and threads."""
@@ -721,6 +814,10 @@ class SandboxManager:
         argv = list(req.command_args)
         if not argv:
             raise RpcError("INVALID_ARGUMENT", "TaskExecStart needs a command")
+        if sb.volumes and os.path.basename(argv[0]) == "sync":  # Modal's commit in a sandbox
+            await self.commit_volumes(sb, [a for a in argv[1:] if a.startswith("/")])
+            if req.exec_id in sb.execs:  # a retry arrived meanwhile
+                return
         workdir = req.workdir if req.HasField("workdir") else None
         if workdir is not None and not workdir.startswith("/"):
             raise RpcError("INVALID_ARGUMENT", f"workdir must be absolute, got {workdir!r}")

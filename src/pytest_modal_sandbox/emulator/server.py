@@ -29,6 +29,7 @@ from modal._utils.grpc_utils import custom_detail_codec
 from .._paths import state_root
 from ..runtime import LocalRuntime
 from . import ids, images
+from .blobs import BlobStore
 from .build_cache import BuildCache
 from .builder import Builder
 from .chaos import Chaos, ChaosOptions
@@ -41,6 +42,7 @@ from .rpc_error import RpcError
 from .sandboxes import SandboxManager
 from .servicer import Instrumented, Stats
 from .tls import TlsMaterial, make_tls_material
+from .volumes import VolumeStore
 
 ADMIN_SERVICE = "/pytest_modal_sandbox.emulator.Admin"
 DRAIN_SECONDS = 2.0  # at stop, how long pending RPCs get to send their final answers
@@ -161,6 +163,7 @@ class Emulator:
         self._tmp: str | None = None
         self.sandboxes: SandboxManager | None = None
         self.images: images.ImageService | None = None
+        self.blobs: BlobStore | None = None
 
     @property
     def url(self) -> str:
@@ -171,19 +174,33 @@ class Emulator:
         assert self.tls is not None, "start() first"
         return self.tls.ca_file
 
-    def _dirs(self) -> tuple[Path, Path, Path]:
-        """Runtime state of sandboxes, of image build sandboxes, and the TLS directory."""
+    def _dirs(self) -> tuple[Path, Path, Path, Path, Path]:
+        """Runtime state of sandboxes and of image build sandboxes, the TLS directory, the
+        volumes (they persist: the state dir, else a fixed place in the user's state root)
+        and the blobs (uploads live as long as this emulator, unless a state dir keeps them)."""
         if self.options.state_dir:
             base = Path(self.options.state_dir)
-            return base / "sandboxes", base / "builds", base / "tls"
+            return (
+                base / "sandboxes",
+                base / "builds",
+                base / "tls",
+                base / "volumes",
+                base / "blobs",
+            )
         self._tmp = tempfile.mkdtemp(prefix="modal-emulator-")
-        root = state_root()
-        return root / "emulator", root / "emulator-builds", Path(self._tmp) / "tls"
+        root, tmp = state_root(), Path(self._tmp)
+        return (
+            root / "emulator",
+            root / "emulator-builds",
+            tmp / "tls",
+            root / "emulator-volumes",
+            tmp / "blobs",
+        )
 
     async def start(self) -> None:
         """Make the certificates, check the runtime, and start listening."""
         opts = self.options
-        sandbox_dir, builds_dir, tls_dir = self._dirs()
+        sandbox_dir, builds_dir, tls_dir, volumes_dir, blobs_dir = self._dirs()
         await asyncio.to_thread(LocalRuntime.check)
         self.tls = await asyncio.to_thread(make_tls_material, tls_dir)
         registry = Registry(environments=opts.environments, secrets=opts.secrets)
@@ -196,7 +213,9 @@ class Emulator:
         cache = await asyncio.to_thread(BuildCache, opts.build_cache_dir)
         await asyncio.to_thread(cache.sweep)  # leftovers of builds an earlier emulator lost
         builder = Builder(cache, LocalRuntime(builds_dir), blocking=blocking)
-        mounts = MountStore()
+        self.blobs = BlobStore(blobs_dir)
+        await self.blobs.start(opts.host)
+        mounts = MountStore(self.blobs)
         image_service = images.ImageService(
             builder,
             mounts=mounts,
@@ -218,6 +237,7 @@ class Emulator:
             executor=executor,
             start_latency=opts.start_latency_ms / 1000.0,
             chaos=self.chaos,
+            volumes=await asyncio.to_thread(VolumeStore, volumes_dir),
         )
         # fill_unimplemented made them concrete; mypy only sees the generated ABCs.
         control = ControlPlane(  # type: ignore[abstract]
@@ -225,6 +245,7 @@ class Emulator:
             image_service,
             self.sandboxes,
             signer,
+            blobs=self.blobs,
             list_page_size=opts.list_page_size,
             mounts=mounts,
         )
@@ -313,6 +334,9 @@ class Emulator:
             self._server.close()
         if self.sandboxes is not None:
             await self.sandboxes.close()
+            await asyncio.to_thread(self.sandboxes.volumes.close)
+        if self.blobs is not None:
+            await self.blobs.close()
         if self._server is not None:
             # wait_closed() can hang on streams a client keeps open; bounded.
             with contextlib.suppress(asyncio.TimeoutError):

@@ -94,6 +94,23 @@ async def follow_file(
         await asyncio.sleep(poll_interval)
 
 
+async def follow_buffer(
+    buffer: OutputBuffer, offset: int, *, deadline: float, poll_interval: float = 0.02
+) -> AsyncIterator[bytes]:
+    """Like :func:`follow_file`, for a buffer: chunks from ``offset`` until its EOF has been
+    served or ``deadline`` (``time.monotonic()``) passes with nothing new."""
+    offset = max(0, offset)
+    while True:
+        chunk = buffer.read(offset)
+        if chunk:
+            offset += len(chunk)
+            yield chunk
+            continue
+        if buffer.eof or time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(poll_interval)
+
+
 def read_at(path: Path, offset: int, size: int = CHUNK) -> bytes:
     """Up to ``size`` bytes of ``path`` from ``offset`` (a missing file is empty)."""
     try:
