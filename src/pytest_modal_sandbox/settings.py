@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from .errors import SpecError
 from .matrix import IMAGE_ENV, IMAGE_HELP, ImageOverride, parse_image_override
+
+N = TypeVar("N", int, float)
 
 ENABLE_HELP = (
     "run tests that need a sandbox, on BACKEND: auto (Modal when credentials are configured, "
@@ -228,18 +230,38 @@ def _pick(
     return config.getini(ini), f"ini option {ini}"
 
 
-def _seconds(config: pytest.Config, key: str, environ: Mapping[str, str]) -> int:
-    """A whole number of seconds (Modal takes ints), 1 to 24 hours."""
+def _number(
+    config: pytest.Config,
+    key: str,
+    environ: Mapping[str, str],
+    *,
+    parse: Callable[[str], N],
+    low: N,
+    high: N,
+    unit: str,
+) -> N:
+    """A number from ``low`` to ``high``; else a usage error saying it is not ``unit``."""
     value, where = _pick(config, key, None, key, environ)
     try:
-        seconds = int(str(value).strip())
-        if not 1 <= seconds <= 86400:
+        number = parse(str(value).strip())
+        if not low <= number <= high:
             raise ValueError
     except ValueError:
-        raise pytest.UsageError(
-            f"{where}: {value!r} is not a whole number of seconds between 1 and 86400"
-        ) from None
-    return seconds
+        raise pytest.UsageError(f"{where}: {value!r} is not {unit}") from None
+    return number
+
+
+def _seconds(config: pytest.Config, key: str, environ: Mapping[str, str]) -> int:
+    """A whole number of seconds (Modal takes ints), 1 to 24 hours."""
+    return _number(
+        config,
+        key,
+        environ,
+        parse=int,
+        low=1,
+        high=86400,
+        unit="a whole number of seconds between 1 and 86400",
+    )
 
 
 def _keep_minutes(config: pytest.Config, environ: Mapping[str, str]) -> float:
@@ -281,16 +303,16 @@ def _switch(config: pytest.Config, key: str, environ: Mapping[str, str]) -> bool
 
 
 def _milliseconds(config: pytest.Config, key: str, environ: Mapping[str, str]) -> float:
-    value, where = _pick(config, key, None, key, environ)
-    try:
-        ms = float(str(value).strip())
-        if not 0 <= ms <= 3_600_000:
-            raise ValueError
-    except ValueError:
-        raise pytest.UsageError(
-            f"{where}: {value!r} is not a number of milliseconds between 0 and 3600000"
-        ) from None
-    return ms
+    """Up to an hour, in milliseconds (the emulator's added latencies)."""
+    return _number(
+        config,
+        key,
+        environ,
+        parse=float,
+        low=0.0,
+        high=3_600_000.0,
+        unit="a number of milliseconds between 0 and 3600000",
+    )
 
 
 def _local_images(config: pytest.Config, environ: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,6 +12,16 @@ import pytest
 from proctable import processes_mentioning
 
 T = TypeVar("T")
+
+
+def eventually(check: Callable[[], object], limit: float = 30.0) -> bool:
+    """Whether ``check()`` becomes true within ``limit`` seconds (a liveness bound, no timing)."""
+    deadline = time.monotonic() + limit
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def reset_modal_globals() -> None:

@@ -8,6 +8,7 @@ import warnings
 from typing import Any
 
 import pytest
+from emulator_helpers import eventually
 
 modal = pytest.importorskip("modal")
 from modal.exception import (  # noqa: E402
@@ -17,16 +18,6 @@ from modal.exception import (  # noqa: E402
     SandboxTerminatedError,
     SandboxTimeoutError,
 )
-
-
-def eventually(check: Any, limit: float = 15.0) -> bool:
-    """Whether ``check()`` becomes true within ``limit`` seconds (a liveness bound, no timing)."""
-    deadline = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def test_exec_stdout_stderr_and_returncode(make_sandbox: Any) -> None:

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import io
 import os
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from emulator_helpers import own_emulator
+from emulator_helpers import eventually, own_emulator
 
 modal = pytest.importorskip("modal")
 from modal.exception import ConflictError, InvalidError, NotFoundError  # noqa: E402
@@ -24,15 +22,6 @@ from modal.types import FileEntryType  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("runtime_available")
 BIG = 9 * 1024 * 1024  # two 8 MiB blocks to read; over 4 MiB: uploaded as a blob
-
-
-def eventually(check: Callable[[], bool], limit: float = 30.0) -> bool:
-    deadline = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import functools
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -53,7 +52,6 @@ DEFAULT_TIMEOUT_SECS = 300
 POLL_INTERVAL = 0.05
 EXEC_RETENTION = 600.0  # seconds an exited exec's output stays readable
 
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # Modal's object-name rule
 _R = api_pb2.GenericResult
 
 # How a sandbox can be ended from outside, and what Modal then reports (EmulatorProcess.
@@ -353,7 +351,7 @@ class SandboxManager:
                 "copy=True to build the files into the image instead",
             )
         name = d.name if d.HasField("name") else None
-        if name is not None and not _NAME.match(name):
+        if name is not None and not ids.OBJECT_NAME.match(name):
             raise RpcError(
                 "INVALID_ARGUMENT",
                 f"invalid Sandbox name {name!r}: 1-64 letters, digits, '.', '-' or '_'",

@@ -47,7 +47,6 @@ from .rpc_error import RpcError
 BACKGROUND_COMMIT = 5.0  # seconds between a mounted volume's background commits
 EPHEMERAL_TTL = 300.0  # an ephemeral volume without heartbeats is deleted after this long
 V1 = api_pb2.VOLUME_FS_VERSION_V1
-_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
 class Entry(NamedTuple):
@@ -145,7 +144,7 @@ class VolumeStore:
         self._expire_ephemeral()
         if creation_type == api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL:
             return self._create(None, env, ephemeral=True), True
-        if not name or len(name) > 64 or not set(name) <= _NAME_CHARS:
+        if not ids.OBJECT_NAME.match(name):
             raise RpcError(
                 "INVALID_ARGUMENT",
                 f"invalid Volume name {name!r}: 1-64 letters, digits, '.', '-' or '_'",
