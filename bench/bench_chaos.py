@@ -192,6 +192,7 @@ def suite(args: argparse.Namespace) -> None:
                     **os.environ,
                     **emu.client_env(),
                     "PYTEST_MODAL_SANDBOX_STATE_DIR": str(tmp_path / "state"),
+                    "COLUMNS": "400",  # whole failure lines in the short summary
                 }
                 t0 = time.monotonic()
                 out = subprocess.run(
@@ -213,7 +214,7 @@ def suite(args: argparse.Namespace) -> None:
         for line in out.splitlines():
             if line.startswith(("FAILED ", "ERROR ")):
                 test, _, why = line.partition(" - ")
-                failures[f"{test.split('::')[-1]}: {why[:110]}"] += 1
+                failures[f"{test.split('::')[-1]}: {why[:160]}"] += 1
         chaos = stats["chaos"]
         faults = sum(chaos.get("faults", {}).values())
         rpcs = sum(sum(v.values()) for v in stats["rpcs"].values())

@@ -97,6 +97,19 @@ def test_encrypted_tunnels_come_with_create_unencrypted_ones_later(slow: Emu) ->
         assert conn.recv(12).startswith(b"HTTP/1.0 200")
 
 
+def test_a_held_connection_to_a_port_nobody_serves_is_closed(slow: Emu) -> None:
+    """Made before the container runs, relayed once it does, and ended as the direct path
+    ends it (a reset) - never left waiting for bytes that do not come."""
+    sb = slow.create(encrypted_ports=[8000])  # nothing listens on 8000
+    host, port = sb.tunnels()[8000].tls_socket
+    with socket.create_connection((host, port), timeout=30) as conn:
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        try:
+            assert conn.recv(1) == b""
+        except ConnectionResetError:
+            pass  # as a direct connection would be
+
+
 def test_a_pending_sandbox_is_listed_and_has_no_container_yet(pending: Emu) -> None:
     sb = pending.create(tags={"case": "listed"})
     listed = modal.Sandbox.list(

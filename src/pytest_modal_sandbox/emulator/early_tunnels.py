@@ -70,21 +70,28 @@ class EarlyTunnel:
         if target is None:
             return
         up_reader, up_writer = await asyncio.open_connection(*target, limit=BUFFER)
+        pumps = [
+            asyncio.create_task(_pump(reader, up_writer)),
+            asyncio.create_task(_pump(up_reader, writer)),
+        ]
         try:
-            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+            # Both directions end with EOF (half-closes pass through); a reset of either
+            # side ends both, or the other would wait for bytes that never come.
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_EXCEPTION)
         finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
             up_writer.close()
             with contextlib.suppress(Exception):
                 await up_writer.wait_closed()
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until EOF, then half-close (a client's shutdown(SHUT_WR) passes through)."""
-    try:
-        while chunk := await reader.read(BUFFER):
-            writer.write(chunk)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (OSError, RuntimeError):
-        pass
+    """Copy until EOF, then half-close (a client's shutdown(SHUT_WR) passes through); a
+    connection error is raised."""
+    while chunk := await reader.read(BUFFER):
+        writer.write(chunk)
+        await writer.drain()
+    if writer.can_write_eof():
+        writer.write_eof()
