@@ -82,6 +82,7 @@ def calls(args: argparse.Namespace) -> None:
                 client=client,
                 encrypted_ports=[8000],
                 readiness_probe=modal.Probe.with_tcp(8000, interval_ms=50),
+                timeout=3600,  # outlives every case, however slow the retries
             )
         )
         vol = modal.Volume.from_name("bench", create_if_missing=True, client=client)
