@@ -22,7 +22,7 @@ from modal.exception import (  # noqa: E402
     SandboxTimeoutError,
 )
 
-pytestmark = pytest.mark.usefixtures("runtime_available")
+pytestmark = [pytest.mark.usefixtures("runtime_available"), pytest.mark.faults]
 
 
 @pytest.fixture
