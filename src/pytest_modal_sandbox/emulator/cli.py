@@ -85,7 +85,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--state-dir",
-        help="sandbox state and certificates (default: the user's "
+        help="sandbox state, volumes, blobs and certificates (default: the user's "
         "state dir + a temporary directory)",
     )
     p.add_argument(
