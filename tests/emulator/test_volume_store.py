@@ -3,7 +3,9 @@ bring others', and paths never leave a volume.  Plain directories, no sandbox.""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -99,13 +101,36 @@ def test_volumes_persist_and_names_are_per_environment(tmp_path: Path) -> None:
     vol = new_volume(store, "kept")
     put(store, vol, "f", b"data")
     eph, _ = store.get_or_create("", "", api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL, V0)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    meta = json.loads((eph.root / "meta.json").read_text())
+    (eph.root / "meta.json").write_text(json.dumps({**meta, "owner": dead.pid}))
     again = VolumeStore(tmp_path)  # a later emulator on the same state dir
     found, created = again.get_or_create("kept", "main", CREATE, V0)
     assert not created and found.id == vol.id
     assert (found.data / "f").read_bytes() == b"data"
     with pytest.raises(RpcError, match="not found"):
-        again.get(eph.id)  # ephemeral volumes do not outlive their emulator
+        again.get(eph.id)  # an ephemeral volume does not outlive its emulator
     other, created = again.get_or_create("kept", "dev", CREATE, V0)
     assert created and other.id != vol.id
     with pytest.raises(RpcError, match="implements v1 volumes"):
         again.get_or_create("new", "", CREATE, api_pb2.VOLUME_FS_VERSION_V2)
+
+
+def test_two_emulators_share_a_volume_directory(tmp_path: Path) -> None:
+    """The default directory is per user: concurrent emulators see one registry, and one
+    starting never clears another's working copies or ephemeral volumes."""
+    one = VolumeStore(tmp_path)
+    vol = new_volume(one, "shared")
+    wc = mount(one, vol, "sb-1-0")
+    eph, _ = one.get_or_create("", "", api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL, V0)
+    two = VolumeStore(tmp_path)  # a second emulator while the first runs (same pid here)
+    assert wc.path.is_dir() and two.get(eph.id).id == eph.id
+    found, created = two.get_or_create("shared", "", CREATE, V0)
+    assert not created and found.id == vol.id
+    later = new_volume(two, "later")
+    assert one.get(later.id).name == "later"  # made by the other: found on disk
+    assert "later" in [v.name for v in one.named("", 0, 0)]
+    two.delete(vol.id)
+    with pytest.raises(RpcError, match="not found"):
+        one.get(vol.id)

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from filelock import FileLock
 from modal_proto import api_pb2
 
 from . import ids
@@ -70,6 +71,7 @@ class Volume:
     created_at: float
     ephemeral: bool
     root: Path
+    owner: int = 0  # an ephemeral volume's emulator (pid)
     lock: threading.RLock = field(default_factory=threading.RLock)
     heartbeat: float = field(default_factory=time.monotonic)
 
@@ -111,23 +113,43 @@ class VolumeStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._by_id: dict[str, Volume] = {}
         self._lock = threading.Lock()
+        # Several emulators may share the directory (the default one is per user): the disk
+        # is the registry, creations and renames take a file lock, and each emulator only
+        # clears what an emulator that is gone left (working copies, ephemeral volumes).
+        self._file_lock = FileLock(str(self.root / ".lock"))
+        with self._file_lock:
+            self._refresh()
+            for vol in list(self._by_id.values()):
+                if vol.ephemeral and not _alive(vol.owner):
+                    self._remove(vol)
+                    continue
+                for wc in (vol.root / "mounts").glob("*"):
+                    pid, _, _ = wc.name.partition("-")
+                    if not (pid.isdigit() and _alive(int(pid))):
+                        shutil.rmtree(wc, ignore_errors=True)
+
+    def _refresh(self) -> None:
+        """The volumes on disk now (others' creations appear, their deletions disappear)."""
+        found: dict[str, Volume] = {}
         for meta in sorted(self.root.glob("*/meta.json")):
-            with contextlib.suppress(OSError, ValueError, KeyError):
+            known = self._by_id.get(meta.parent.name)
+            try:
                 data = json.loads(meta.read_text())
-                vol = Volume(
+                vol = known or Volume(
                     id=meta.parent.name,
                     name=data["name"],
                     environment=data["environment"],
                     created_at=float(data["created_at"]),
                     ephemeral=bool(data.get("ephemeral")),
                     root=meta.parent,
+                    owner=int(data.get("owner", 0)),
                 )
-                if vol.ephemeral:  # an earlier emulator's: nobody holds it any more
-                    shutil.rmtree(vol.root, ignore_errors=True)
-                    continue
-                # working copies of an earlier emulator's sandboxes (committed when they ended)
-                shutil.rmtree(vol.root / "mounts", ignore_errors=True)
-                self._by_id[vol.id] = vol
+                vol.name = data["name"]  # renamed by another emulator
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            found[vol.id] = vol
+        with self._lock:
+            self._by_id = found
 
     # -- the registry ------------------------------------------------------------------------
     def get_or_create(
@@ -143,13 +165,15 @@ class VolumeStore:
         env = environment or DEFAULT_ENVIRONMENT
         self._expire_ephemeral()
         if creation_type == api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL:
-            return self._create(None, env, ephemeral=True), True
+            with self._file_lock:
+                return self._create(None, env, ephemeral=True), True
         if not ids.OBJECT_NAME.match(name):
             raise RpcError(
                 "INVALID_ARGUMENT",
                 f"invalid Volume name {name!r}: 1-64 letters, digits, '.', '-' or '_'",
             )
-        with self._lock:
+        with self._file_lock:
+            self._refresh()
             found = self._by_name(name, env)
             if found is not None:
                 if creation_type == api_pb2.OBJECT_CREATION_TYPE_CREATE_FAIL_IF_EXISTS:
@@ -167,7 +191,9 @@ class VolumeStore:
             return self._create(name, env, ephemeral=False), True
 
     def _by_name(self, name: str, environment: str) -> Volume | None:
-        for vol in self._by_id.values():
+        with self._lock:
+            volumes = list(self._by_id.values())
+        for vol in volumes:
             if vol.name == name and vol.environment == environment:
                 return vol
         return None
@@ -180,11 +206,13 @@ class VolumeStore:
             created_at=time.time(),
             ephemeral=ephemeral,
             root=self.root / "pending",
+            owner=os.getpid() if ephemeral else 0,
         )
         vol.root = self.root / vol.id
         vol.data.mkdir(parents=True)
         self._write_meta(vol)
-        self._by_id[vol.id] = vol
+        with self._lock:
+            self._by_id[vol.id] = vol
         return vol
 
     def _write_meta(self, vol: Volume) -> None:
@@ -193,6 +221,7 @@ class VolumeStore:
             "environment": vol.environment,
             "created_at": vol.created_at,
             "ephemeral": vol.ephemeral,
+            "owner": vol.owner,
         }
         tmp = vol.root / "meta.json.tmp"
         tmp.write_text(json.dumps(meta))
@@ -201,6 +230,10 @@ class VolumeStore:
     def get(self, volume_id: str) -> Volume:
         with self._lock:
             vol = self._by_id.get(volume_id)
+        if vol is None or not (vol.root / "meta.json").exists():
+            self._refresh()  # made, or deleted, by another emulator on this directory
+            with self._lock:
+                vol = self._by_id.get(volume_id)
         if vol is None:
             raise RpcError("NOT_FOUND", f"Volume {volume_id} not found")
         return vol
@@ -208,6 +241,7 @@ class VolumeStore:
     def named(self, environment: str, created_before: float, limit: int) -> list[Volume]:
         """Named volumes, newest first, created strictly before ``created_before`` (if set)."""
         env = environment or DEFAULT_ENVIRONMENT
+        self._refresh()
         with self._lock:
             found = [
                 v
@@ -220,15 +254,20 @@ class VolumeStore:
         return found[:limit] if limit > 0 else found
 
     def delete(self, volume_id: str) -> None:
-        vol = self.get(volume_id)
+        self._remove(self.get(volume_id))
+
+    def _remove(self, vol: Volume) -> None:
         with self._lock:
-            self._by_id.pop(volume_id, None)
+            self._by_id.pop(vol.id, None)
         with vol.lock:
+            with contextlib.suppress(FileNotFoundError):
+                (vol.root / "meta.json").unlink()  # gone for everyone at once
             shutil.rmtree(vol.root, ignore_errors=True)
 
     def rename(self, volume_id: str, name: str) -> None:
         vol = self.get(volume_id)
-        with self._lock:
+        with self._file_lock:
+            self._refresh()
             holder = self._by_name(name, vol.environment)
             if holder is not None and holder is not vol:
                 raise RpcError("ALREADY_EXISTS", f"Volume {name!r} already exists")
@@ -241,16 +280,20 @@ class VolumeStore:
     def _expire_ephemeral(self) -> None:
         cutoff = time.monotonic() - EPHEMERAL_TTL
         with self._lock:
-            gone = [v for v in self._by_id.values() if v.ephemeral and v.heartbeat < cutoff]
+            gone = [
+                v
+                for v in self._by_id.values()
+                if v.ephemeral and v.owner == os.getpid() and v.heartbeat < cutoff
+            ]
         for vol in gone:
-            self.delete(vol.id)
+            self._remove(vol)
 
     def close(self) -> None:
         """The emulator stops: its ephemeral volumes go with it."""
         with self._lock:
-            ephemeral = [v for v in self._by_id.values() if v.ephemeral]
+            ephemeral = [v for v in self._by_id.values() if v.ephemeral and v.owner == os.getpid()]
         for vol in ephemeral:
-            self.delete(vol.id)
+            self._remove(vol)
 
     # -- the file API (the committed tree) ---------------------------------------------------
     def list_files(self, vol: Volume, path: str, recursive: bool) -> list[api_pb2.FileEntry]:
@@ -351,7 +394,7 @@ class VolumeStore:
     ) -> WorkingCopy:
         """A working copy of the committed tree (or ``sub_path`` of it) for one mount."""
         sub = _relative(sub_path)
-        path = vol.root / "mounts" / key
+        path = vol.root / "mounts" / f"{os.getpid()}-{key}"  # this emulator's (see __init__)
         with vol.lock:
             source = _inside(vol.data, sub)
             source.mkdir(parents=True, exist_ok=True)
@@ -400,6 +443,18 @@ class VolumeStore:
             self.commit(wc)
         finally:
             shutil.rmtree(wc.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def scan(root: Path) -> Manifest:
