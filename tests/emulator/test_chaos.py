@@ -25,9 +25,9 @@ from modal.exception import (  # noqa: E402
 pytestmark = [pytest.mark.usefixtures("runtime_available"), pytest.mark.faults]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emu]:
-    """A fifth of all RPCs fail, reproducibly: each test meets the same faults each run."""
+    """A fifth of all RPCs fail (seeded)."""
     yield from own_emulator(tmp_path_factory, fault_rate=0.2, seed=1234)
 
 

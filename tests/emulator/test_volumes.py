@@ -1,5 +1,6 @@
 """Conformance: ``modal.Volume`` (v1) - by name, mounted with ``volumes=``, committed and
-reloaded as Modal documents, the client's file API, and persistence in the state dir.
+reloaded as Modal documents, and the client's file API (persistence across emulators on one
+state dir: ``test_volume_store.py``).
 
 The session emulator runs sandboxes on the host's root, read-only outside /tmp, /run and
 /var/tmp, so mounts here are under /tmp (an image root takes any path: see
@@ -14,7 +15,7 @@ import uuid
 from typing import Any
 
 import pytest
-from emulator_helpers import eventually, own_emulator
+from emulator_helpers import eventually
 
 modal = pytest.importorskip("modal")
 from modal.exception import ConflictError, InvalidError, NotFoundError  # noqa: E402
@@ -143,21 +144,3 @@ def test_an_unknown_volume_or_a_bad_mount_is_refused(make_sandbox: Any, client: 
         sb.exec("sh", "-c", "echo e > /tmp/eph/e.txt").wait()
         sb.exec("sync", "/tmp/eph/e.txt").wait()
         assert [e.path for e in vol.listdir("/")] == ["e.txt"]
-
-
-def test_volumes_persist_in_the_state_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
-    state = tmp_path_factory.mktemp("kept-volumes")
-    for round_ in range(2):  # two emulators, one after the other, on one state dir
-        gen = own_emulator(tmp_path_factory, state_dir=state)
-        emu = next(gen)
-        try:
-            vol = modal.Volume.from_name("kept", create_if_missing=True, client=emu.client)
-            if round_ == 0:
-                sb = emu.create("sh", "-c", "echo kept > /tmp/v/kept.txt", volumes={"/tmp/v": vol})
-                sb.wait()  # committed as it ends
-                assert paths(vol) == ["kept.txt"]
-            else:
-                assert b"".join(vol.read_file("kept.txt")) == b"kept\n"
-        finally:
-            with pytest.raises(StopIteration):
-                next(gen)
