@@ -1,12 +1,14 @@
 """Benchmark: what a function-scoped sandbox costs on the Modal path, counted on the emulator.
 
-For each added per-RPC latency (0 ms, and 80 ms = a cloud round trip) it runs N lifecycles
+For each added per-RPC latency (0 ms, and 80 ms = a cloud round trip), and each container
+start latency (``--start-latency-ms``, default 0; 1000 is Modal's cold start), it runs N lifecycles
 of ``Sandbox.create -> exec("true").wait() -> terminate()`` with the real ``modal`` client
 against ``python -m pytest_modal_sandbox.emulator`` (App.lookup and the image once, before),
 and reports the RPCs per lifecycle (control plane and task command router, as counted by the
 emulator) and p50/p90 wall time; then the same lifecycle on ``runtime.LocalRuntime`` directly.
 
     .venv/bin/python bench/bench_emulator.py [--n 20] [--latency-ms 0 80]
+        [--start-latency-ms 0 1000]
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ def flat(stats: dict[str, Any]) -> Counter[str]:
     return out
 
 
-def bench_emulator(n: int, latency_ms: float, read_output: bool) -> dict[str, Any]:
+def bench_emulator(
+    n: int, latency_ms: float, read_output: bool, start_latency_ms: float = 0.0
+) -> dict[str, Any]:
     import modal
     import modal._environments
     from modal_proto import api_pb2
@@ -48,7 +52,9 @@ def bench_emulator(n: int, latency_ms: float, read_output: bool) -> dict[str, An
 
     with (
         tempfile.TemporaryDirectory() as state,
-        EmulatorProcess(state_dir=state, latency_ms=latency_ms) as emu,
+        EmulatorProcess(
+            state_dir=state, latency_ms=latency_ms, start_latency_ms=start_latency_ms
+        ) as emu,
     ):
         modal.Client._set_env_client(None)
         modal._environments.ENVIRONMENT_CACHE.clear()
@@ -108,20 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=20, help="lifecycles per row (default 20)")
     p.add_argument("--latency-ms", type=float, nargs="+", default=[0.0, 80.0])
+    p.add_argument("--start-latency-ms", type=float, nargs="+", default=[0.0])
     args = p.parse_args(argv)
 
     rows = []
     counts: dict[str, dict[str, float]] = {}
     server: dict[str, dict[str, float]] = {}
     setup: Counter[str] = Counter()
-    for latency in args.latency_ms:
-        for read in (False, True):
-            label = f"emulator {latency:g} ms/RPC" + (", + stdout.read()" if read else "")
-            r = bench_emulator(args.n, latency, read)
-            rows.append((label, r["times"], sum(r["per_lifecycle"].values())))
-            counts[label] = r["per_lifecycle"]
-            server[label] = r["server_ms"]
-            setup = r["setup_rpcs"]
+    for start in args.start_latency_ms:
+        for latency in args.latency_ms:
+            for read in (False, True):
+                label = f"emulator {latency:g} ms/RPC" + (", + stdout.read()" if read else "")
+                if start:
+                    label += f", start {start:g} ms"
+                r = bench_emulator(args.n, latency, read, start)
+                rows.append((label, r["times"], sum(r["per_lifecycle"].values())))
+                counts[label] = r["per_lifecycle"]
+                server[label] = r["server_ms"]
+                setup = r["setup_rpcs"]
     rt_times = bench_runtime(args.n)
     rows.append(("runtime directly (no RPC)", rt_times, 0.0))
 

@@ -150,6 +150,8 @@ class Session:
                 # images as on the local backend: pull (default), host, or auto
                 images=self.settings.local_images,
                 host_images=self.settings.host_images,
+                latency_ms=self.settings.emulator_latency_ms,  # Modal's costs, when asked
+                start_latency_ms=self.settings.emulator_start_latency_ms,
             ).start()
         except SandboxError as exc:  # e.g. no bubblewrap: one clear line, not a traceback
             raise pytest.UsageError(f"--modal-sandbox=emulator: {exc}") from None

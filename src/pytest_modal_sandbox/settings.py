@@ -114,6 +114,17 @@ def _minutes(text: str) -> float:
     return minutes
 
 
+def _milliseconds(text: str) -> float:
+    """Up to an hour, in milliseconds (the emulator's added latencies)."""
+    try:
+        ms = float(text.strip())
+    except ValueError:
+        ms = -1.0
+    if not 0 <= ms <= 3_600_000:
+        raise ValueError("is not a number of milliseconds between 0 and 3600000")
+    return ms
+
+
 def _switch(text: str) -> bool:
     value = text.strip().lower()
     if value in ("on", "yes", "true", "1"):
@@ -174,6 +185,12 @@ SETTINGS = (
             "pulled and cached; the default), host (map every image to the host filesystem, "
             "read-only) or auto (pull, else the host)",
             _choice(_local_image_modes, "a local image mode"), "pull", "MODE", LOCAL_IMAGES_ENV),
+    Setting("emulator_latency_ms", "emulator-latency-ms", "emulator backend: milliseconds "
+            "added to every RPC, e.g. 80 for a cloud round trip (default: 0)", _milliseconds,
+            "0", "MS"),
+    Setting("emulator_start_latency_ms", "emulator-start-latency-ms", "emulator backend: "
+            "milliseconds from a sandbox's create until its container runs, e.g. 1000 as on "
+            "Modal (default: 0)", _milliseconds, "0", "MS"),
 )  # fmt: skip
 
 
@@ -241,6 +258,8 @@ class Settings:
     prestart: bool = True
     local_images: str = "pull"  # local backend: pull, host or auto
     host_images: tuple[str, ...] = ()  # local backend: patterns mapped to the host
+    emulator_latency_ms: float = 0.0  # emulator backend: added to every RPC
+    emulator_start_latency_ms: float = 0.0  # emulator backend: create until the container runs
 
     def backend_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {

@@ -133,6 +133,11 @@ def test_environments_must_be_declared(tmp_path: Path) -> None:
         (["--host", "0.0.0.0"], "invalid choice"),
         (["--latency-ms", "-5"], "--latency-ms must be >= 0"),
         (["--port", "70000"], "--port must be 0-65535"),
+        (["--start-latency-ms", "-1"], "--start-latency-ms must be >= 0"),
+        (["--fault-rate", "1.5"], "--fault-rate must be between 0 and 1"),
+        (["--create-rate", "-2"], "--create-rate must be >= 0"),
+        (["--max-sandboxes", "-1"], "--max-sandboxes must be >= 0"),
+        (["--seed", "x"], "--seed: invalid int value"),
         (["--secrets-file", "/nonexistent/secrets.json"], "--secrets-file"),
     ],
 )

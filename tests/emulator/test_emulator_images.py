@@ -9,6 +9,7 @@ Images are built from busybox-static and pushed to a real registry on 127.0.0.1
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import socket
@@ -209,6 +210,22 @@ def test_copy_from_the_build_context_and_build_secrets(
     assert text(sb.exec("cat", "/opt/pkg/sub/data.txt")) == "nested\n"
     assert text(sb.exec("cat", "/token")) == "t0k\n"
     assert "TOKEN" not in text(sb.exec("env"))  # build secrets are not the sandbox's env
+
+
+def test_large_context_files_travel_as_blobs(
+    make_emulator: Callable[..., Emu], app_image: PushedImage, tmp_path: Path
+) -> None:
+    """Files of 4 MiB and more go through the blob store (BlobCreate + an HTTP PUT)."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(5 * 1024 * 1024))
+    emu = make_emulator()
+    image = modal.Image.from_registry(app_image.reference).add_local_file(
+        big, "/big.bin", copy=True
+    )
+    sb = emu.sandbox(image=image)
+    assert (
+        text(sb.exec("md5sum", "/big.bin")).split()[0] == hashlib.md5(big.read_bytes()).hexdigest()
+    )
 
 
 def test_files_mounted_at_start_are_refused_with_the_fix(
@@ -499,3 +516,22 @@ def test_host_image_patterns_map_matching_references_to_the_host(
     assert on_host.exec("test", "-d", "/usr/bin").wait() == 0
     pulled = emu.sandbox("sleep", "100", image=modal.Image.from_registry(bare_image.reference))
     assert pulled.exec("test", "-d", "/usr/bin").wait() == 127  # no `test` in there: pulled
+
+
+def test_volumes_mount_anywhere_in_an_image_root(
+    make_emulator: Callable[..., Emu], app_image: PushedImage
+) -> None:
+    """An image root is the sandbox's own and writable: a volume mounts at any path, and the
+    entrypoint (started once it is mounted) sees it."""
+    emu = make_emulator()
+    vol = modal.Volume.from_name("img-vol", create_if_missing=True, client=emu.client)
+    image = modal.Image.from_registry(app_image.reference)
+    first = emu.sandbox(
+        "sh", "-c", "echo hi > /data/x/hi.txt", image=image, volumes={"/data/x": vol}
+    )
+    first.wait()
+    assert first.returncode == 0
+    second = emu.sandbox("cat", "/data/x/hi.txt", image=image, volumes={"/data/x": vol})
+    assert second.stdout.read() == "hi\n"
+    second.wait()
+    assert second.returncode == 0

@@ -8,6 +8,7 @@ import warnings
 from typing import Any
 
 import pytest
+from emulator_helpers import eventually
 
 modal = pytest.importorskip("modal")
 from modal.exception import (  # noqa: E402
@@ -17,16 +18,6 @@ from modal.exception import (  # noqa: E402
     SandboxTerminatedError,
     SandboxTimeoutError,
 )
-
-
-def eventually(check: Any, limit: float = 15.0) -> bool:
-    """Whether ``check()`` becomes true within ``limit`` seconds (a liveness bound, no timing)."""
-    deadline = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def test_exec_stdout_stderr_and_returncode(make_sandbox: Any) -> None:
@@ -159,12 +150,24 @@ def test_terminate_kills_background_daemons(make_sandbox: Any) -> None:
 def test_exec_on_finished_sandbox(make_sandbox: Any, client: Any) -> None:
     sb = make_sandbox()
     sb.terminate(wait=True)
-    with pytest.raises((NotFoundError, ConflictError)):
+    with pytest.raises(NotFoundError, match="already finished"):
         sb.exec("true").wait()
-    # A fresh handle (no cached task id) gets Modal's "already finished" conflict.
+    # A fresh handle learns the task id too (Modal answers it for a finished sandbox), and
+    # the router refuses the exec the same way.
     fresh = modal.Sandbox.from_id(sb.object_id, client=client)
-    with pytest.raises(ConflictError):
+    with pytest.raises(NotFoundError, match="already finished"):
         fresh.exec("true")
+
+
+def test_finished_sandbox_output_from_a_fresh_handle(make_sandbox: Any, client: Any) -> None:
+    sb = make_sandbox("sh", "-c", "echo out; echo err >&2; exit 3")
+    sb.wait()
+    fresh = modal.Sandbox.from_id(sb.object_id, client=client)
+    assert fresh.returncode == 3
+    assert fresh.stdout.read() == "out\n"  # used to hang: no task id for a finished sandbox
+    assert fresh.stderr.read() == "err\n"
+    with pytest.raises(ConflictError):
+        fresh.wait_until_ready(timeout=5)
 
 
 def test_timeout_ends_with_timeout_status(make_sandbox: Any) -> None:
@@ -247,7 +250,7 @@ def test_from_name_unknown_app_or_name_is_not_found(client: Any) -> None:
         modal.Sandbox.from_name("no-such-app-xyz", "x", client=client)
 
 
-def test_app_lookup_without_create_is_not_found(client: Any) -> None:
+def test_app_lookup_without_create_is_not_found(client: Any, app: Any) -> None:
     with pytest.raises(NotFoundError):
         modal.App.lookup(f"missing-{uuid.uuid4().hex[:6]}", client=client)
     app = modal.App.lookup("conformance", client=client)

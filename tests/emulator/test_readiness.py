@@ -42,7 +42,8 @@ def test_tcp_probe_that_never_passes_times_out(make_sandbox: Any) -> None:
 
 def test_wait_until_ready_needs_a_probe_and_a_running_sandbox(make_sandbox: Any) -> None:
     sb = make_sandbox()
-    with pytest.raises(ConflictError, match="readiness_probe"):
+    # Modal's words (its client's own tests match "readiness probe")
+    with pytest.raises(ConflictError, match="does not have a readiness probe configured"):
         sb.wait_until_ready(timeout=5)
     dead = make_sandbox("true", readiness_probe=modal.Probe.with_tcp(8000))
     dead.wait()

@@ -184,7 +184,6 @@ def test_an_exec_is_killed_members_first_so_its_leader_sees_its_child_die() -> N
             dict(os.environ),
             stdout=True,
             stderr=True,
-            merge_stderr=False,
             timeout=0.01,  # killed KILL_GRACE later
             activity=contextlib.nullcontext(),
             on_stdin=lambda: None,

@@ -60,3 +60,18 @@ def test_v1_output_split_inside_characters_is_reassembled(make_sandbox: Any) -> 
     sb = make_sandbox("python3", "-c", script, gpu="any")
     sb.wait()
     assert sb.stdout.read() == "\u2603" * 50000
+
+
+@pytest.mark.usefixtures("v1_calls")
+def test_v1_pty_info_runs_the_entrypoint_on_a_terminal(make_sandbox: Any) -> None:
+    """The deprecated ``pty_info=`` selects V1; its output comes through ``SandboxGetLogs``."""
+    import warnings
+
+    from modal_proto import api_pb2
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pty_info= is deprecated
+        sb = make_sandbox("sh", "-c", "tty; exit 4", pty_info=api_pb2.PTYInfo(enabled=True))
+    assert sb.stdout.read().startswith("/dev/pts/")
+    sb.wait()
+    assert sb.returncode == 4

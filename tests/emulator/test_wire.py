@@ -75,12 +75,19 @@ async def read_all(router: Any, md: dict[str, str], req: Any, method: str) -> li
         return [msg async for msg in stream]
 
 
+def deduplicated(emulator: Any, what: str) -> int:
+    """Retries the emulator recognised and did not run again (its stats)."""
+    return int(emulator.stats()["chaos"].get("deduplicated", {}).get(what, 0))
+
+
 def test_create_is_idempotent_and_ids_have_modal_shapes(emulator: Any) -> None:
     async def body(control: Any, router: Any) -> None:
         app_id = await new_app(control)
         key = {"x-idempotency-key": str(uuid.uuid4())}
+        before = deduplicated(emulator, "create")
         first = await control.SandboxCreateV2(create_request(app_id), metadata=key)
         retry = await control.SandboxCreateV2(create_request(app_id), metadata=key)
+        assert deduplicated(emulator, "create") == before + 1  # counted in the stats
         other = await control.SandboxCreateV2(
             create_request(app_id), metadata={"x-idempotency-key": str(uuid.uuid4())}
         )
@@ -113,8 +120,10 @@ def test_exec_start_is_idempotent_by_exec_id(emulator: Any) -> None:
                 stdout_config=1,
                 stderr_config=1,
             )
+            before = deduplicated(emulator, "exec")
             await router.TaskExecStart(start, metadata=md)
             await router.TaskExecStart(start, metadata=md)  # a retry
+            assert deduplicated(emulator, "exec") == before + 1
             wait = tcr.TaskExecWaitRequest(task_id=sb.task_id, exec_id=exec_id)
             assert (await router.TaskExecWait(wait, metadata=md)).code == 0
             check_id = str(uuid.uuid4())
@@ -224,7 +233,9 @@ def test_wait_long_poll_answers_empty_when_still_running(emulator: Any) -> None:
             task = await control.SandboxGetTaskIdV2(
                 api_pb2.SandboxGetTaskIdRequest(sandbox_id=sb.sandbox_id)
             )
-            assert not task.HasField("task_id") and task.HasField("task_result")
+            # Modal answers a finished sandbox's task id too, with its result
+            assert task.task_id == sb.task_id
+            assert task.task_result.status == api_pb2.GenericResult.GENERIC_STATUS_TERMINATED
         finally:
             await terminate(control, sb.sandbox_id)
 

@@ -64,6 +64,13 @@ def test_skipped_under_xdist_too(sbtester):
             "",
             "--modal-sandbox-log-lines: 'lots' is not a number of lines*",
         ),
+        (
+            ["--modal-sandbox=emulator"],
+            {},
+            "modal_sandbox_emulator_start_latency_ms = -5",
+            "ini option modal_sandbox_emulator_start_latency_ms: '-5' is not a number of "
+            "milliseconds*",
+        ),
     ],
 )
 def test_invalid_settings_say_where_they_came_from(sbtester, monkeypatch, args, env, ini, message):
@@ -237,3 +244,37 @@ def test_emulator_without_bubblewrap_is_a_usage_error(sbtester, no_bubblewrap):
     result = sbtester.runpytest_subprocess("--modal-sandbox=emulator")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--modal-sandbox=emulator: *bubblewrap*"])
+
+
+EMULATOR_COSTS = """
+import os
+from pathlib import Path
+
+def test_costs(sandbox):
+    # the run's emulator is a child of this pytest process; its command line has the costs
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = int(status.read_text().split("PPid:")[1].split()[0])
+            argv = (status.parent / "cmdline").read_bytes().split(b"\\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and b"pytest_modal_sandbox.emulator" in argv:
+            assert argv[argv.index(b"--latency-ms") + 1] == b"5.0"
+            assert argv[argv.index(b"--start-latency-ms") + 1] == b"300.0"
+            break
+    else:
+        raise AssertionError("no emulator child process")
+    assert sandbox.exec("echo", "up").stdout == "up\\n"  # waits out the start latency
+"""
+
+
+def test_emulator_costs_reach_the_emulator(sbtester):
+    sbtester.makeini(
+        "[pytest]\naddopts = -p no:cacheprovider\nmodal_sandbox_local_images = host\n"
+        "modal_sandbox_emulator_start_latency_ms = 300\n"
+    )
+    sbtester.makepyfile(EMULATOR_COSTS)
+    result = sbtester.runpytest_subprocess(
+        "--modal-sandbox=emulator", "--modal-sandbox-emulator-latency-ms=5"
+    )
+    result.assert_outcomes(passed=1)

@@ -77,8 +77,15 @@ def parser() -> argparse.ArgumentParser:
         help="added to every RPC, e.g. 80 for a cloud round trip",
     )
     p.add_argument(
+        "--start-latency-ms",
+        type=float,
+        default=0.0,
+        help="a sandbox's container runs this long after its create, which answers at once; "
+        "exec, stdio, tunnels and readiness wait for it (e.g. 1000, as on Modal)",
+    )
+    p.add_argument(
         "--state-dir",
-        help="sandbox state and certificates (default: the user's "
+        help="sandbox state, volumes, blobs and certificates (default: the user's "
         "state dir + a temporary directory)",
     )
     p.add_argument(
@@ -132,6 +139,37 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="limit for building one image layer (default 3600)",
     )
+    p.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="fail this fraction of RPCs (0-1; both services, unary and streaming) with a "
+        "status the client retries, before the work, after it (the answer lost) or midway "
+        "through a stream (default 0)",
+    )
+    p.add_argument(
+        "--create-rate",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="at most N sandbox creates per second; the excess is throttled as Modal "
+        "throttles (RESOURCE_EXHAUSTED with a retry-after the client honours; default: no limit)",
+    )
+    p.add_argument(
+        "--max-sandboxes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="at most N sandboxes running at once; a create over it is RESOURCE_EXHAUSTED "
+        "(default: no limit)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        metavar="S",
+        help="seed of the injected faults, to reproduce them (default: random)",
+    )
     p.add_argument("--list-page-size", type=int, default=100, help="SandboxListV2 page size")
     p.add_argument("--stats-file", help="write the RPC counts (JSON) here on exit")
     return p
@@ -150,6 +188,7 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         token_id=args.token_id,
         token_secret=args.token_secret,
         latency_ms=args.latency_ms,
+        start_latency_ms=args.start_latency_ms,
         state_dir=args.state_dir,
         secrets=secrets,
         environments=args.environment,
@@ -158,6 +197,10 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         images=args.images,
         host_images=args.host_image,
         build_timeout=args.build_timeout,
+        fault_rate=args.fault_rate,
+        create_rate=args.create_rate,
+        max_sandboxes=args.max_sandboxes,
+        seed=args.seed,
     )
 
 
@@ -176,6 +219,8 @@ async def _run(options: EmulatorOptions, stats_file: str | None) -> int:
     print(f"MODAL_SERVER_URL={emulator.url}", flush=True)
     print(f"MODAL_EMULATOR_CA_FILE={emulator.ca_file}", flush=True)
     _log(f"serving Modal's sandbox API at {emulator.url}; stop with Ctrl-C or SIGTERM")
+    if options.fault_rate:
+        _log(f"injecting faults into {options.fault_rate:g} of RPCs, seed {emulator.chaos.seed}")
     try:
         await stop.wait()
     finally:
@@ -198,10 +243,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--token-id and --token-secret must be given together")
     if args.latency_ms < 0:
         p.error(f"--latency-ms must be >= 0, got {args.latency_ms}")
+    if args.start_latency_ms < 0:
+        p.error(f"--start-latency-ms must be >= 0, got {args.start_latency_ms}")
     if args.list_page_size < 1:
         p.error(f"--list-page-size must be >= 1, got {args.list_page_size}")
     if not args.build_timeout > 0:
         p.error(f"--build-timeout must be > 0, got {args.build_timeout}")
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be 0-65535, got {args.port}")
+    if not 0 <= args.fault_rate <= 1:
+        p.error(f"--fault-rate must be between 0 and 1, got {args.fault_rate}")
+    if args.create_rate < 0:
+        p.error(f"--create-rate must be >= 0, got {args.create_rate}")
+    if args.max_sandboxes < 0:
+        p.error(f"--max-sandboxes must be >= 0, got {args.max_sandboxes}")
     return asyncio.run(_run(options_from_args(args), args.stats_file))

@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
+import functools
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from google.protobuf import empty_pb2  # type: ignore[import-untyped]
 from modal_proto import api_grpc, api_pb2
 
-from . import ids, images
+from . import ids, images, logs, volumes
+from .blobs import BlobStore
 from .mounts import MountStore
 from .records import EmuSandbox
 from .registry import Registry
 from .rpc_error import RpcError
 from .sandboxes import SandboxManager
 from .servicer import fill_unimplemented
-from .stdio import follow_file
+from .stdio import follow_buffer, follow_file
 
 Stream = Any  # grpclib.server.Stream[Request, Response]
+T = TypeVar("T")
 
 IMAGE_BUILDER_VERSION = "2025.06"
 MAX_LONG_POLL = 55.0  # never hold a long-poll longer than the client's attempt deadline
@@ -46,13 +51,16 @@ class ControlPlane(api_grpc.ModalClientBase):
         sandboxes: SandboxManager,
         signer: ids.TokenSigner,
         *,
+        blobs: BlobStore,
         list_page_size: int = 100,
         mounts: MountStore | None = None,
     ) -> None:
         self.registry = registry
         self.images = image_store
-        self.mounts = mounts or MountStore()
+        self.blobs = blobs
+        self.mounts = mounts or MountStore(blobs)
         self.sandboxes = sandboxes
+        self.volumes = sandboxes.volumes
         self.signer = signer
         self.router_url = ""  # set once the server knows its port
         self.list_page_size = list_page_size
@@ -145,6 +153,162 @@ class ControlPlane(api_grpc.ModalClientBase):
         )
         await stream.send_message(api_pb2.MountGetOrCreateResponse(mount_id=mount_id))
 
+    # -- blobs (large payloads over HTTP) ------------------------------------------------------
+    async def BlobCreate(self, stream: Stream) -> None:
+        await stream.recv_message()
+        blob_id, url = self.blobs.create()
+        await stream.send_message(
+            api_pb2.BlobCreateResponse(
+                blob_id=blob_id,
+                upload_url=url,
+                blob_ids=[blob_id],
+                upload_urls=api_pb2.UploadUrlList(items=[url]),
+            )
+        )
+
+    async def BlobGet(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        await stream.send_message(
+            api_pb2.BlobGetResponse(download_url=self.blobs.download_url(req.blob_id))
+        )
+
+    # -- volumes -------------------------------------------------------------------------------
+    async def VolumeGetOrCreate(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        vol, _ = await self._volume_io(
+            self.volumes.get_or_create,
+            req.deployment_name,
+            req.environment_name,
+            req.object_creation_type,
+            req.version,
+        )
+        await stream.send_message(
+            api_pb2.VolumeGetOrCreateResponse(
+                volume_id=vol.id, version=volumes.V1, metadata=vol.metadata()
+            )
+        )
+
+    async def VolumeGetById(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        vol = self.volumes.get(req.volume_id)
+        await stream.send_message(
+            api_pb2.VolumeGetByIdResponse(volume_id=vol.id, metadata=vol.metadata())
+        )
+
+    async def VolumeList(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        found = self.volumes.named(
+            req.environment_name,
+            req.pagination.created_before,
+            req.pagination.max_objects,
+        )
+        items = [
+            api_pb2.VolumeListItem(
+                label=v.name or "", volume_id=v.id, created_at=v.created_at, metadata=v.metadata()
+            )
+            for v in found
+        ]
+        await stream.send_message(
+            api_pb2.VolumeListResponse(items=items, environment_name=req.environment_name)
+        )
+
+    async def VolumeDelete(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        await self._volume_io(self.volumes.delete, req.volume_id)
+        await stream.send_message(empty_pb2.Empty())
+
+    async def VolumeRename(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        await self._volume_io(self.volumes.rename, req.volume_id, req.name)
+        await stream.send_message(empty_pb2.Empty())
+
+    async def VolumeHeartbeat(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        self.volumes.beat(req.volume_id)
+        await stream.send_message(empty_pb2.Empty())
+
+    async def VolumeCommit(self, stream: Stream) -> None:
+        """From outside a container there is nothing to commit (as Modal's ``commit()`` says,
+        it runs in a container that mounts the volume)."""
+        req = await stream.recv_message()
+        self.volumes.get(req.volume_id)
+        raise RpcError(
+            "FAILED_PRECONDITION",
+            "Volume.commit() commits the changes of the container it runs in, and this call "
+            "comes from outside any: in a sandbox, run `sync <mount path>` there (its changes "
+            "are also committed in the background and when it ends)",
+        )
+
+    async def VolumeReload(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        self.volumes.get(req.volume_id)
+        raise RpcError(
+            "FAILED_PRECONDITION",
+            "Volume.reload() reloads the container it runs in, and this call comes from outside "
+            "any: use sandbox.reload_volumes()",
+        )
+
+    async def VolumeListFiles(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        vol = self.volumes.get(req.volume_id)
+        await self.sandboxes.settled(vol.id)
+        entries = await self._volume_io(self.volumes.list_files, vol, req.path, req.recursive)
+        if req.max_entries:
+            entries = entries[: req.max_entries]
+        for start in range(0, len(entries), 100):
+            await stream.send_message(
+                api_pb2.VolumeListFilesResponse(entries=entries[start : start + 100])
+            )
+
+    async def VolumeGetFile2(self, stream: Stream) -> None:
+        """The file's size and one download URL per 8 MiB block of the requested range."""
+        req = await stream.recv_message()
+        vol = self.volumes.get(req.volume_id)
+        await self.sandboxes.settled(vol.id)
+        path = await self._volume_io(self.volumes.file, vol, req.path)
+        size = path.stat().st_size
+        start = min(req.start, size)
+        length = min(req.len, size - start) if req.len else size - start
+        await stream.send_message(
+            api_pb2.VolumeGetFile2Response(
+                get_urls=self.blobs.block_urls(path, start, length),
+                size=size,
+                start=start,
+                len=length,
+            )
+        )
+
+    async def VolumePutFiles(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        vol = self.volumes.get(req.volume_id)
+        await self.sandboxes.settled(vol.id)
+        files = [
+            (f.filename, f.mode, functools.partial(self.mounts.content, f.sha256_hex))
+            for f in req.files
+        ]
+        await self._volume_io(
+            self.volumes.put_files, vol, files, overwrite=not req.disallow_overwrite_existing_files
+        )
+        await stream.send_message(empty_pb2.Empty())
+
+    async def VolumeRemoveFile(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        vol = self.volumes.get(req.volume_id)
+        await self.sandboxes.settled(vol.id)
+        await self._volume_io(self.volumes.remove, vol, req.path, req.recursive)
+        await stream.send_message(empty_pb2.Empty())
+
+    async def VolumeCopyFiles(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        vol = self.volumes.get(req.volume_id)
+        await self.sandboxes.settled(vol.id)
+        await self._volume_io(self.volumes.copy, vol, list(req.src_paths), req.dst_path)
+        await stream.send_message(empty_pb2.Empty())
+
+    async def _volume_io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A volume store call (file I/O) on the emulator's thread pool."""
+        return await self.sandboxes.blocking(fn, *args, **kwargs)
+
     # -- secrets -----------------------------------------------------------------------------
     async def SecretGetOrCreate(self, stream: Stream) -> None:
         req = await stream.recv_message()
@@ -179,7 +343,7 @@ class ControlPlane(api_grpc.ModalClientBase):
             api_pb2.SandboxCreateV2Response(
                 sandbox_id=sb.id,
                 task_id=sb.task_id,
-                tunnels=sb.tunnels,
+                tunnels=sb.create_tunnels,
                 metadata=sb.metadata(),
                 command_router_access=self._access(sb),
             )
@@ -205,13 +369,52 @@ class ControlPlane(api_grpc.ModalClientBase):
     SandboxTerminate = SandboxTerminateV2
 
     async def SandboxGetTaskIdV2(self, stream: Stream) -> None:
-        """A finished sandbox has no task any more: its result instead (client: ConflictError)."""
+        """The task id, also of a finished sandbox (with its result), as Modal answers: a fresh
+        handle reads a finished sandbox's output and logs through it; an exec there is refused
+        by the router (NOT_FOUND), readiness with FAILED_PRECONDITION."""
         req = await stream.recv_message()
         sb = self.sandboxes.get(req.sandbox_id)
+        resp = api_pb2.SandboxGetTaskIdResponse(task_id=sb.task_id)
         if sb.result is not None:
-            await stream.send_message(api_pb2.SandboxGetTaskIdResponse(task_result=sb.result))
+            resp.task_result.CopyFrom(sb.result)
+        await stream.send_message(resp)
+
+    # -- logs (sb.logs.tail / fetch) -----------------------------------------------------------
+    def _logged(self, req: Any) -> list[tuple[str, str, list[logs.LogLine]]]:
+        """``(task id, sandbox id, lines)`` of the sandboxes a logs request is about."""
+        if req.sandbox_id:
+            targets = [self.sandboxes.get(req.sandbox_id)]
+        elif req.task_id:
+            targets = [self.sandboxes.by_task(req.task_id)]
         else:
-            await stream.send_message(api_pb2.SandboxGetTaskIdResponse(task_id=sb.task_id))
+            targets = [sb for sb in self.sandboxes.all() if sb.app_id == req.app_id]
+        since = _seconds(req.since) if req.HasField("since") else None
+        until = _seconds(req.until) if req.HasField("until") else None
+        return [
+            (
+                sb.task_id,
+                sb.id,
+                sb.log.select(since=since, until=until, fd=req.source, search=req.search_text),
+            )
+            for sb in targets
+            if not req.app_id or sb.app_id == req.app_id
+        ]
+
+    async def AppFetchLogs(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        found = self._logged(req)
+        await stream.send_message(
+            api_pb2.AppFetchLogsResponse(batches=logs.batches(found, req.limit))
+        )
+
+    async def AppCountLogs(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        lines = [line for _, _, found in self._logged(req) for line in found]
+        await stream.send_message(
+            api_pb2.AppCountLogsResponse(
+                app_id=req.app_id, buckets=logs.buckets(lines, req.bucket_secs)
+            )
+        )
 
     # -- the V1 sandbox path (pty=True, gpu=, MODAL_SANDBOX_V2=0) ------------------------------
     async def SandboxCreate(self, stream: Stream) -> None:
@@ -236,8 +439,16 @@ class ControlPlane(api_grpc.ModalClientBase):
         """V1 entrypoint output: text batches, ``entry_id`` = bytes consumed, ``eof`` at the end."""
         req = await stream.recv_message()
         sb = self.sandboxes.get(req.sandbox_id)
+        fd = req.file_descriptor or api_pb2.FILE_DESCRIPTOR_STDOUT
+        local = await self.sandboxes.started(sb)
+        if local is None:  # it ended before its container started: no output
+            await stream.send_message(
+                api_pb2.TaskLogsBatch(entry_id=req.last_entry_id or "0", eof=True, sandbox_id=sb.id)
+            )
+            return
         stderr = req.file_descriptor == api_pb2.FILE_DESCRIPTOR_STDERR
-        path = sb.local.stderr_path if stderr else sb.local.stdout_path
+        path = local.stderr_path if stderr else local.stdout_path
+        late = sb.entrypoint  # a command started after setup: its output is buffered here
         try:
             offset = int(req.last_entry_id or 0)
         except ValueError:
@@ -247,9 +458,13 @@ class ControlPlane(api_grpc.ModalClientBase):
         hold = min(req.timeout or MAX_LONG_POLL, MAX_LONG_POLL)
         deadline = time.monotonic() + hold
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        fd = req.file_descriptor or api_pb2.FILE_DESCRIPTOR_STDOUT
         read_to = offset
-        async for chunk in follow_file(path, offset, lambda: not sb.running, deadline=deadline):
+        if late is not None:
+            buffer = late.stderr if stderr else late.stdout
+            chunks = follow_buffer(buffer, offset, deadline=deadline)
+        else:
+            chunks = follow_file(path, offset, lambda: not sb.running, deadline=deadline)
+        async for chunk in chunks:
             read_to += len(chunk)
             text = decoder.decode(chunk)
             consumed = read_to - len(decoder.getstate()[0])  # keep split characters for later
@@ -261,7 +476,8 @@ class ControlPlane(api_grpc.ModalClientBase):
                         sandbox_id=sb.id,
                     )
                 )
-        if not sb.running and read_to >= _file_size(path):  # else: the client re-polls
+        size = (late.stderr if stderr else late.stdout).size if late else _file_size(path)
+        if not sb.running and read_to >= size:  # else: the client re-polls
             tail = decoder.decode(b"", final=True)
             items = [api_pb2.TaskLogs(data=tail, file_descriptor=fd)] if tail else []
             await stream.send_message(
@@ -300,9 +516,19 @@ class ControlPlane(api_grpc.ModalClientBase):
         )
 
     async def SandboxGetTunnelsV2(self, stream: Stream) -> None:
-        """Tunnels open at create, so this answers at once; a finished sandbox has none."""
+        """All tunnels once the container runs (under a start latency: a long-poll for it,
+        TIMEOUT if it is not up within the request's timeout); a finished sandbox has none."""
         req = await stream.recv_message()
         sb = self.sandboxes.get(req.sandbox_id)
+        if sb.container is None and sb.running:
+            hold = min(req.timeout or MAX_LONG_POLL, MAX_LONG_POLL)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.sandboxes.started(sb), hold)
+        if sb.container is None and sb.running:
+            await stream.send_message(
+                api_pb2.SandboxGetTunnelsResponse(result=_R(status=_R.GENERIC_STATUS_TIMEOUT))
+            )
+            return
         if sb.result is not None:
             await stream.send_message(api_pb2.SandboxGetTunnelsResponse(result=sb.result))
             return
@@ -347,7 +573,7 @@ class ControlPlane(api_grpc.ModalClientBase):
         sb = self.sandboxes.get(req.sandbox_id)
         tags = {t.tag_name: t.tag_value for t in req.tags}
         sb.tags = tags
-        if sb.running:
+        if sb.running and sb.container is not None:  # else: given to the container at start
             try:
                 await self.sandboxes.blocking(sb.local.set_tags, tags)
             except Exception:  # the runtime's copy is informational; ours is authoritative
@@ -376,6 +602,10 @@ class ControlPlane(api_grpc.ModalClientBase):
             raise RpcError("ALREADY_EXISTS", f"Sandbox with name {req.name!r} already exists")
         sb.name = req.name
         await stream.send_message(api_pb2.SandboxSetNameResponse())
+
+
+def _seconds(ts: Any) -> float:
+    return float(ts.seconds) + float(ts.nanos) / 1e9
 
 
 def _file_size(path: Any) -> int:

@@ -6,19 +6,22 @@ offset (retried writes are dropped), holds the sandbox's activity while the proc
 ``idle_timeout`` does not fire under a running exec), and kills it on timeout with the
 runtime's ``kill_exec`` (the members of its process group first, the nsenter leader last: a
 plain ``killpg`` would orphan nsenter's child inside the sandbox to the host's init).  A missing
-binary is an exit code (127, from nsenter), never an RPC error.
+binary is an exit code (127, from nsenter), never an RPC error.  With a :class:`~.ptys.Pty`
+the process runs on a terminal instead of pipes (stdout and stderr are then one stream).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 
 from ..runtime import kill_exec
+from . import ptys
 from .rpc_error import RpcError
 from .stdio import OutputBuffer, unwritten
 
@@ -45,6 +48,7 @@ class ExecProcess:
         self._tasks: list[asyncio.Task[None]] = []
         self._on_stdin: Callable[[], None] = lambda: None
         self._killer: threading.Thread | None = None
+        self._master: int | None = None  # the pty master, when on a terminal
 
     async def start(
         self,
@@ -53,36 +57,52 @@ class ExecProcess:
         *,
         stdout: bool,
         stderr: bool,
-        merge_stderr: bool,
         timeout: float | None,
         activity: AbstractContextManager[None],
         on_stdin: Callable[[], None],
         pass_fds: Sequence[int] = (),
+        pty: ptys.Pty | None = None,
     ) -> None:
-        """Spawn the process; output and exit are collected in the background."""
+        """Spawn the process; output and exit are collected in the background.  With ``pty``
+        it runs on that terminal (whose terminal end is closed here once it is spawned)."""
         self._on_stdin = on_stdin
         activity.__enter__()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                env=dict(env),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
-                stderr=(
-                    asyncio.subprocess.STDOUT
-                    if merge_stderr and stdout
-                    else asyncio.subprocess.PIPE
-                    if stderr
-                    else asyncio.subprocess.DEVNULL
-                ),
-                start_new_session=True,  # its group holds the child inside the namespaces
-                pass_fds=tuple(pass_fds),
-            )
+            if pty is None:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    env=dict(env),
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE if stderr else asyncio.subprocess.DEVNULL,
+                    start_new_session=True,  # its group holds the child inside the namespaces
+                    pass_fds=tuple(pass_fds),
+                )
+            else:
+                try:
+                    proc = await asyncio.create_subprocess_exec(
+                        *argv,
+                        env=dict(env),
+                        stdin=pty.terminal,
+                        stdout=pty.terminal,
+                        stderr=pty.terminal,
+                        start_new_session=True,
+                        pass_fds=tuple(pass_fds),
+                        preexec_fn=ptys.make_controlling,
+                    )
+                finally:
+                    os.close(pty.terminal)
         except BaseException:
             activity.__exit__(None, None, None)
+            if pty is not None:
+                ptys.close(pty.master)
             raise
         self._proc = proc
-        if proc.stdout is not None:
+        if pty is not None:
+            self._master = pty.master
+            self._tasks.append(asyncio.create_task(self._pump_terminal(pty.master)))
+            self.stderr.close()
+        elif proc.stdout is not None:
             self._tasks.append(asyncio.create_task(_pump(proc.stdout, self.stdout)))
         else:
             self.stdout.close()
@@ -91,6 +111,13 @@ class ExecProcess:
         else:
             self.stderr.close()
         self._tasks.append(asyncio.create_task(self._reap(activity, timeout)))
+
+    async def _pump_terminal(self, master: int) -> None:
+        try:
+            await ptys.pump(master, self.stdout)
+        finally:
+            self._master = None
+            ptys.close(master)
 
     async def _reap(self, activity: AbstractContextManager[None], timeout: float | None) -> None:
         assert self._proc is not None
@@ -151,6 +178,12 @@ class ExecProcess:
 
     async def _send(self, data: bytes) -> None:
         proc = self._proc
+        if proc is not None and proc.returncode is None and self._master is not None:
+            try:
+                await ptys.write(self._master, data)
+            except OSError as exc:
+                raise RpcError("FAILED_PRECONDITION", f"the terminal is gone: {exc}") from exc
+            return
         if proc is None or proc.stdin is None or proc.returncode is not None:
             raise RpcError("FAILED_PRECONDITION", "the process has exited; stdin is closed")
         try:
@@ -164,6 +197,10 @@ class ExecProcess:
 
     async def _close_stdin(self) -> None:
         proc = self._proc
+        if self._master is not None:  # a terminal's input ends with its EOF character
+            with contextlib.suppress(OSError):
+                await ptys.write(self._master, ptys.EOF_CHAR)
+            return
         if proc is not None and proc.stdin is not None:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 proc.stdin.close()

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import string
 import time
@@ -20,6 +21,7 @@ from typing import Any
 from ..runtime.ids import ulid
 
 _BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+OBJECT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # Modal's rule for sandbox, volume... names
 
 
 def _base62(length: int) -> str:

@@ -4,7 +4,8 @@ The client uploads a build context - ``Image.dockerfile_commands(["COPY ..."])``
 ``add_local_file``/``add_local_dir``/``add_local_python_source`` with ``copy=True`` - as a
 mount: ``MountBatchedCheckExistence`` (which contents are missing), ``MountPutFile`` (inline
 data, by SHA-256), ``MountGetOrCreate`` (the file list).  Contents are kept in memory, once
-per digest.  Files of 4 MiB and more go through Modal's blob store, which is not emulated.
+per digest.  Files of 4 MiB and more go through Modal's blob store (``blobs.py``): uploaded
+over HTTP, then named here by blob id.  ``Volume.batch_upload`` uploads the same way.
 
 Mounts attached to a sandbox at start (``copy=False``) are not supported: the sandbox create
 is refused with a message saying so (see ``sandboxes.py``).
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from . import ids
+from .blobs import BlobStore
 from .rpc_error import RpcError
 
 __all__ = ["ContextFile", "MountStore"]
@@ -34,7 +36,8 @@ class ContextFile:
 class MountStore:
     """File contents by SHA-256 and mounts by id (one emulator's lifetime)."""
 
-    def __init__(self) -> None:
+    def __init__(self, blob_store: BlobStore | None = None) -> None:
+        self._blob_store = blob_store
         self._blobs: dict[str, bytes] = {}
         self._mounts: dict[str, dict[str, tuple[str, int]]] = {}
         self._named: dict[tuple[str, str], str] = {}
@@ -45,13 +48,12 @@ class MountStore:
             return [h for h in dict.fromkeys(hashes) if h not in self._blobs]
 
     def put(self, sha256_hex: str, data: bytes | None, blob_id: str = "") -> bool:
-        """Store ``data`` under its digest; without data, whether it is stored already."""
+        """Store ``data`` (or the uploaded blob ``blob_id``) under its digest; without either,
+        whether it is stored already."""
         if blob_id:
-            raise RpcError(
-                "UNIMPLEMENTED",
-                "files of 4 MiB and more go through Modal's blob store, which the emulator "
-                "does not implement",
-            )
+            if self._blob_store is None:
+                raise RpcError("UNIMPLEMENTED", "this mount store has no blob store")
+            data = self._blob_store.read(blob_id)
         if not data:
             with self._lock:
                 return sha256_hex in self._blobs or sha256_hex == hashlib.sha256(b"").hexdigest()
@@ -89,6 +91,16 @@ class MountStore:
             if name:
                 self._named[(environment, name)] = mount_id
         return mount_id
+
+    def content(self, sha256_hex: str) -> bytes:
+        """An uploaded file's content by digest (FAILED_PRECONDITION if never uploaded)."""
+        with self._lock:
+            data = self._blobs.get(sha256_hex)
+        if data is None:
+            if sha256_hex == hashlib.sha256(b"").hexdigest():
+                return b""
+            raise RpcError("FAILED_PRECONDITION", f"content {sha256_hex} was not uploaded")
+        return data
 
     def files(self, mount_id: str) -> Mapping[str, ContextFile]:
         """The mount's files by path (relative to the mount's root)."""

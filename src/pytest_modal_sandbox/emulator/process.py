@@ -39,11 +39,16 @@ class EmulatorProcess:
         token_id: str | None = None,
         token_secret: str | None = None,
         latency_ms: float = 0.0,
+        start_latency_ms: float = 0.0,
         state_dir: str | os.PathLike[str] | None = None,
         secrets: Mapping[str, Mapping[str, str]] | None = None,
         environments: Sequence[str] = (),
         images: str | None = None,
         host_images: Sequence[str] = (),
+        fault_rate: float = 0.0,
+        create_rate: float = 0.0,
+        max_sandboxes: int = 0,
+        seed: int | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 60.0,
@@ -53,6 +58,8 @@ class EmulatorProcess:
             args += ["--token-id", str(token_id), "--token-secret", str(token_secret)]
         if latency_ms:
             args += ["--latency-ms", str(latency_ms)]
+        if start_latency_ms:
+            args += ["--start-latency-ms", str(start_latency_ms)]
         if state_dir is not None:
             args += ["--state-dir", os.fspath(state_dir)]
         # Secret values go through a private file, never the command line (ps shows argv).
@@ -63,6 +70,14 @@ class EmulatorProcess:
             args += ["--images", images]
         for pattern in host_images:
             args += ["--host-image", pattern]
+        if fault_rate:
+            args += ["--fault-rate", str(fault_rate)]
+        if create_rate:
+            args += ["--create-rate", str(create_rate)]
+        if max_sandboxes:
+            args += ["--max-sandboxes", str(max_sandboxes)]
+        if seed is not None:
+            args += ["--seed", str(seed)]
         self.args = [*args, *extra_args]
         self.token_id = token_id
         self.token_secret = token_secret
@@ -189,6 +204,11 @@ class EmulatorProcess:
     def reset_stats(self) -> None:
         self._admin("ResetStats")
 
+    def end_sandbox(self, sandbox_id: str, how: str = "terminated") -> None:
+        """End a sandbox from outside, as Modal can: ``terminated`` (the dashboard, another
+        client), ``timeout`` (its timeout) or ``oom`` (the kernel's OOM killer)."""
+        call_admin(self.url, "EndSandbox", json.dumps({"sandbox_id": sandbox_id, "how": how}))
+
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, wait (the emulator terminates its sandboxes first), return the exit code."""
         proc = self._proc
@@ -225,8 +245,9 @@ class EmulatorProcess:
         self.stop()
 
 
-def call_admin(url: str, method: str) -> Any:
-    """Call the emulator's admin service (``Stats``/``ResetStats``) at ``url``, synchronously.
+def call_admin(url: str, method: str, argument: str | None = None) -> Any:
+    """Call the emulator's admin service (``Stats``, ``ResetStats``, ``EndSandbox`` with a JSON
+    ``argument``) at ``url``, synchronously.
 
     Runs on a private event loop in a helper thread, so it works from sync code and from code
     that is itself inside a running loop.
@@ -243,7 +264,7 @@ def call_admin(url: str, method: str) -> Any:
 
     def run() -> None:
         try:
-            result.append(asyncio.run(_unary_call(parsed, method, reply_type)))
+            result.append(asyncio.run(_unary_call(parsed, method, reply_type, argument)))
         except BaseException as exc:  # re-raised in the caller's thread
             errors.append(exc)
 
@@ -256,21 +277,22 @@ def call_admin(url: str, method: str) -> Any:
     return json.loads(reply.value) if method == "Stats" else None
 
 
-async def _unary_call(parsed: Any, method: str, reply_type: Any) -> Any:
+async def _unary_call(parsed: Any, method: str, reply_type: Any, argument: str | None) -> Any:
     import grpclib.const
-    from google.protobuf import empty_pb2
+    from google.protobuf import empty_pb2, wrappers_pb2
     from grpclib.client import Channel
 
+    request = empty_pb2.Empty() if argument is None else wrappers_pb2.StringValue(value=argument)
     channel = Channel(parsed.hostname or "127.0.0.1", parsed.port or 80)
     try:
         async with channel.request(
             f"/pytest_modal_sandbox.emulator.Admin/{method}",
             grpclib.const.Cardinality.UNARY_UNARY,
-            empty_pb2.Empty,
+            type(request),
             reply_type,
             timeout=10,
         ) as stream:
-            await stream.send_message(empty_pb2.Empty(), end=True)
+            await stream.send_message(request, end=True)
             return await stream.recv_message()
     finally:
         channel.close()

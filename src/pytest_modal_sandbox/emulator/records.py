@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
 from modal_proto import api_pb2
 
 from ..runtime import ExitStatus, LocalSandbox
+from .early_tunnels import EarlyTunnel
 from .execs import ExecProcess
+from .logs import STDERR, STDOUT, EntrypointLog
+from .rpc_error import RpcError
+from .stdio import read_at
+from .volumes import WorkingCopy
 
 IdleStatus = Literal["timeout", "terminated", "idle_timeout"]
 _R = api_pb2.GenericResult
@@ -60,7 +66,13 @@ def result_for(status: ExitStatus, idle_status: IdleStatus = "timeout") -> api_p
 
 @dataclass(eq=False)
 class EmuSandbox:
-    """Modal's view of one sandbox."""
+    """Modal's view of one sandbox.
+
+    ``container`` is the runtime sandbox, set once it runs: at create, or under a start
+    latency ``--start-latency-ms`` later (``started`` is set then).  ``tunnels`` are all the
+    tunnel endpoints; ``create_tunnels`` those the create response carries (Modal does not
+    know a not-yet-running container's unencrypted endpoints at create).
+    """
 
     id: str
     task_id: str
@@ -73,8 +85,11 @@ class EmuSandbox:
     timeout_secs: int
     idle_timeout_secs: int | None
     probe: api_pb2.Probe | None
-    local: LocalSandbox
+    container: LocalSandbox | None = None
+    started_at: float | None = None
     tunnels: list[api_pb2.TunnelData] = field(default_factory=list)
+    create_tunnels: list[api_pb2.TunnelData] = field(default_factory=list)
+    early_tunnels: list[EarlyTunnel] = field(default_factory=list)
     result: api_pb2.GenericResult | None = None
     finished_at: float | None = None
     ready_at: float | None = None
@@ -84,11 +99,40 @@ class EmuSandbox:
     v1_stdin_index: int = 0  # last SandboxStdinWrite index applied (V1 writes by index)
     hold: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # image in use
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
     stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    log: EntrypointLog = field(default_factory=EntrypointLog)
+    # The command when it starts after the container's setup (volumes mounted, a terminal):
+    # the container sleeps and this runs in it; ``entrypoint`` once it was started.
+    late_entrypoint: list[str] | None = None
+    pty_info: api_pb2.PTYInfo | None = None  # create(pty=True): the entrypoint's terminal
+    entrypoint: ExecProcess | None = None
+    volume_mounts: list[api_pb2.VolumeMount] = field(default_factory=list)
+    volumes: list[WorkingCopy] = field(default_factory=list)  # mounted, once the container runs
 
     @property
     def running(self) -> bool:
         return self.result is None
+
+    @property
+    def local(self) -> LocalSandbox:
+        """The running container; callers wait for it first (``SandboxManager.started``)."""
+        if self.container is None:
+            raise RpcError("UNAVAILABLE", f"the container of sandbox {self.id} has not started")
+        return self.container
+
+    def collect_log(self, *, final: bool = False) -> None:
+        """Stamp the entrypoint's new output lines (blocking file reads: a thread, or the end)."""
+        if self.entrypoint is not None:  # started late: its output is ours
+            out, err = self.entrypoint.stdout, self.entrypoint.stderr
+            self.log.collect({STDOUT: out.read, STDERR: err.read}, final=final)
+        elif self.container is not None:
+            local = self.container
+            readers = {
+                STDOUT: functools.partial(read_at, local.stdout_path),
+                STDERR: functools.partial(read_at, local.stderr_path),
+            }
+            self.log.collect(readers, final=final)
 
     def metadata(self) -> api_pb2.SandboxHandleMetadata:
         return api_pb2.SandboxHandleMetadata(app_id=self.app_id, result=self.result)
@@ -102,7 +146,10 @@ class EmuSandbox:
             _R.GENERIC_STATUS_TERMINATED: "terminated",
             _R.GENERIC_STATUS_TIMEOUT: "timed out",
             _R.GENERIC_STATUS_IDLE_TIMEOUT: "idle timed out",
+            _R.GENERIC_STATUS_KERNEL_OOM_KILL: "OOM-killed",
         }
+        if self.result.status == _R.GENERIC_STATUS_INTERNAL_FAILURE:
+            return self.result.exception or "failed"
         return f"{names.get(self.result.status, 'finished')}, exit code {self.result.exitcode}"
 
     def info(self) -> api_pb2.SandboxInfo:
@@ -115,13 +162,13 @@ class EmuSandbox:
             name=self.name or "",
             image_id=self.image_id,
             timeout_secs=self.timeout_secs,
-            tunnels=self.tunnels,
+            tunnels=self.tunnels if self.container is not None else self.create_tunnels,
             metadata=self.metadata(),
             task_info=api_pb2.TaskInfo(
                 id=self.task_id,
                 sandbox_id=self.id,
                 enqueued_at=self.created_at,
-                started_at=self.created_at,
+                started_at=self.started_at or 0.0,
                 finished_at=self.finished_at or 0.0,
                 result=self.result,
             ),

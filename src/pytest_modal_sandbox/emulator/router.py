@@ -101,11 +101,20 @@ class Router(task_command_router_grpc.TaskCommandRouterBase):
         """The entrypoint's output from ``offset``; ends at EOF, also after the sandbox ended."""
         req = await stream.recv_message()
         sb = self.sandboxes.by_task(req.task_id)
-        if req.file_descriptor == tcr.SANDBOX_STDIO_FILE_DESCRIPTOR_STDERR:
-            path = sb.local.stderr_path
-        else:
-            path = sb.local.stdout_path
+        local = await self.sandboxes.started(sb)
+        if local is None:
+            return  # it ended before its container started: no output
+        stderr = req.file_descriptor == tcr.SANDBOX_STDIO_FILE_DESCRIPTOR_STDERR
         offset = max(0, req.offset)
+        if sb.entrypoint is not None:  # create(pty=True): its terminal's output
+            buffer = sb.entrypoint.stderr if stderr else sb.entrypoint.stdout
+            async for chunk in buffer.read_from(offset):
+                await stream.send_message(
+                    tcr.SandboxStdioReadV2Response(data=chunk, starting_offset=offset)
+                )
+                offset += len(chunk)
+            return
+        path = local.stderr_path if stderr else local.stdout_path
         async for chunk in follow_file(path, offset, lambda: not sb.running):
             await stream.send_message(
                 tcr.SandboxStdioReadV2Response(data=chunk, starting_offset=offset)
@@ -118,6 +127,13 @@ class Router(task_command_router_grpc.TaskCommandRouterBase):
         await self.sandboxes.write_stdin(sb, req.offset, req.data, req.eof)
         await stream.send_message(tcr.SandboxStdinWriteV2Response())
 
+    # -- volumes -----------------------------------------------------------------------------
+    async def TaskReloadVolumes(self, stream: Stream) -> None:
+        """``sb.reload_volumes()``: commit each mounted volume, then show its committed state."""
+        req = await stream.recv_message()
+        await self.sandboxes.reload_volumes(self.sandboxes.by_task(req.task_id))
+        await stream.send_message(tcr.TaskReloadVolumesResponse())
+
     # -- readiness ---------------------------------------------------------------------------
     async def SandboxWaitUntilReady(self, stream: Stream) -> None:
         """Poll the readiness probe every ``interval_ms`` until it passes or ``timeout``."""
@@ -129,15 +145,21 @@ class Router(task_command_router_grpc.TaskCommandRouterBase):
         await stream.send_message(tcr.SandboxWaitUntilReadyTcrResponse(ready_at=ready_at))
 
     async def _wait_ready(self, sb: EmuSandbox, timeout: float) -> float:
+        """The probe's verdict within ``timeout``, which includes waiting for the container
+        to start (``--start-latency-ms``), as on Modal."""
+        deadline = time.monotonic() + max(timeout, 0.0)
         probe = sb.probe
         if probe is None:
-            raise RpcError(
+            raise RpcError(  # Modal's words (its client's tests), then the fix
                 "FAILED_PRECONDITION",
-                "Sandbox has no readiness_probe: pass readiness_probe=modal.Probe.with_tcp(port) "
-                "or modal.Probe.with_exec(...) to Sandbox.create to use wait_until_ready()",
+                "Sandbox does not have a readiness probe configured: pass readiness_probe="
+                "modal.Probe.with_tcp(port) or modal.Probe.with_exec(...) to Sandbox.create",
             )
         interval = (probe.interval_ms if probe.HasField("interval_ms") else 100) / 1000
-        deadline = time.monotonic() + max(timeout, 0.0)
+        try:
+            await asyncio.wait_for(self.sandboxes.started(sb), max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            raise RpcError("DEADLINE_EXCEEDED", "Sandbox did not become ready in time") from None
         while True:
             if not sb.running:
                 raise RpcError(

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import functools
 import os
-import re
+import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -30,14 +32,17 @@ from ..runtime import (
     LocalSandbox,
     SandboxConfig,
 )
-from . import ids, images
+from . import ids, images, ptys, volume_mounts
 from .build_cache import ImageState
+from .chaos import Chaos, ChaosOptions
+from .early_tunnels import EarlyTunnel
 from .execs import ExecProcess
 from .records import EmuSandbox, IdleStatus, result_for
 from .registry import DEFAULT_ENVIRONMENT, Registry
 from .rpc_error import RpcError
 from .secret_env import merge_env
 from .stdio import unwritten
+from .volumes import BACKGROUND_COMMIT, VolumeStore
 
 T = TypeVar("T")
 
@@ -48,7 +53,24 @@ DEFAULT_TIMEOUT_SECS = 300
 POLL_INTERVAL = 0.05
 EXEC_RETENTION = 600.0  # seconds an exited exec's output stays readable
 
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # Modal's object-name rule
+_R = api_pb2.GenericResult
+
+# How a sandbox can be ended from outside, and what Modal then reports (EmulatorProcess.
+# end_sandbox): a terminate from the dashboard or another process, its timeout, and the kernel
+# OOM-killing its container (status 10: the client's wait() returns, returncode 137).
+OUTSIDE_ENDINGS: Mapping[str, api_pb2.GenericResult] = {
+    "terminated": _R(
+        status=_R.GENERIC_STATUS_TERMINATED, exitcode=137, exception="Sandbox was terminated"
+    ),
+    "timeout": _R(
+        status=_R.GENERIC_STATUS_TIMEOUT, exitcode=124, exception="Sandbox exceeded its timeout"
+    ),
+    "oom": _R(
+        status=_R.GENERIC_STATUS_KERNEL_OOM_KILL,
+        exitcode=137,
+        exception="Sandbox was OOM-killed: a process in its container exceeded its memory limit",
+    ),
+}
 
 
 def _exec_command(
@@ -72,8 +94,54 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-def _poll_all(sandboxes: list[EmuSandbox]) -> list[ExitStatus | None]:
-    return [sb.local.poll() for sb in sandboxes]
+def _poll_all(sandboxes: list[EmuSandbox], store: VolumeStore) -> list[ExitStatus | None]:
+    """How each sandbox ended (None: running); their new output lines are stamped, and their
+    volumes committed every ``BACKGROUND_COMMIT`` seconds (Modal's background commits)."""
+    out = []
+    now = time.monotonic()
+    for sb in sandboxes:
+        out.append(sb.local.poll())
+        sb.collect_log()
+        for wc in list(sb.volumes):
+            if now - wc.committed_at >= BACKGROUND_COMMIT:
+                try:
+                    store.commit(wc)
+                except (OSError, RpcError) as exc:
+                    print(
+                        f"modal emulator: background commit of {wc.mount_path}: {exc}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    return out
+
+
+def _terminal_env(info: api_pb2.PTYInfo) -> dict[str, str]:
+    """The client's terminal settings (``TERM``, ...) for a process on a pty; others' win."""
+    env = {"TERM": info.env_term or "xterm"}
+    if info.env_colorterm:
+        env["COLORTERM"] = info.env_colorterm
+    if info.env_term_program:
+        env["TERM_PROGRAM"] = info.env_term_program
+    return env
+
+
+def _start_failure(why: str) -> api_pb2.GenericResult:
+    """The result of a sandbox whose container could not be started."""
+    return api_pb2.GenericResult(
+        status=api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE,
+        exitcode=1,
+        exception=f"the sandbox's container failed to start: {why}",
+    )
+
+
+async def _first(*aws: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of ``aws`` completes; cancel the others."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 class SandboxManager:
@@ -88,12 +156,18 @@ class SandboxManager:
         tls_contexts: tuple[Any, Any],
         idle_status: IdleStatus = "timeout",
         executor: ThreadPoolExecutor | None = None,
+        start_latency: float = 0.0,
+        chaos: Chaos | None = None,
+        volumes: VolumeStore | None = None,
     ) -> None:
         self.runtime = runtime
         self.registry = registry
         self.images = image_store
         self._tls, self._tls_h2 = tls_contexts  # (http/1.1 ports, h2_ports)
         self._idle_status: IdleStatus = idle_status
+        self._start_latency = start_latency  # seconds from create until the container runs
+        self.chaos = chaos or Chaos(ChaosOptions())  # throttling, quota, dedupe counts
+        self.volumes = volumes or VolumeStore(runtime.root / "volumes")
         self._executor = executor or ThreadPoolExecutor(64, thread_name_prefix="emulator-rt")
         self._by_id: dict[str, EmuSandbox] = {}
         self._by_task: dict[str, EmuSandbox] = {}
@@ -102,6 +176,7 @@ class SandboxManager:
             collections.OrderedDict()
         )
         self._background: set[asyncio.Task[Any]] = set()
+        self._releases: dict[asyncio.Task[Any], str] = {}  # last commits, by volume id
         self._last_created_at = 0.0
         self._poller: asyncio.Task[None] | None = None
         self._closing = False
@@ -214,7 +289,11 @@ class SandboxManager:
         if idempotency_key:
             existing = self._creates.get(idempotency_key)
             if existing is not None:
+                self.chaos.deduplicated("create")
                 return await asyncio.shield(existing)
+        if self._closing:
+            raise RpcError("UNAVAILABLE", "the emulator is shutting down")
+        self.chaos.admit_create(running=sum(1 for sb in self._by_id.values() if sb.running))
         task = self._detached(self._create(req))
         if idempotency_key:
             self._creates[idempotency_key] = task
@@ -237,6 +316,21 @@ class SandboxManager:
         task.add_done_callback(_retrieve)  # the RPC that awaited it may be gone
         return task
 
+    def _volume_mounts(self, d: api_pb2.Sandbox) -> list[api_pb2.VolumeMount]:
+        """The sandbox's volume mounts, checked: known volumes, distinct absolute paths."""
+        mounts = list(d.volume_mounts)
+        paths = [m.mount_path for m in mounts]
+        for mount in mounts:
+            self.volumes.get(mount.volume_id)  # NOT_FOUND for an unknown (or deleted) volume
+            path = mount.mount_path
+            if not path.startswith("/") or path.rstrip("/") == "" or ".." in path.split("/"):
+                raise RpcError(
+                    "INVALID_ARGUMENT", f"volume mount path {path!r} must be absolute, not /"
+                )
+        if len(set(paths)) != len(paths):
+            raise RpcError("INVALID_ARGUMENT", f"a volume mount path is used twice: {paths}")
+        return mounts
+
     def _config(
         self, req: api_pb2.SandboxCreateV2Request, app_id: str, image: ImageState
     ) -> tuple[SandboxConfig, str | None, list[api_pb2.PortSpec]]:
@@ -258,7 +352,7 @@ class SandboxManager:
                 "copy=True to build the files into the image instead",
             )
         name = d.name if d.HasField("name") else None
-        if name is not None and not _NAME.match(name):
+        if name is not None and not ids.OBJECT_NAME.match(name):
             raise RpcError(
                 "INVALID_ARGUMENT",
                 f"invalid Sandbox name {name!r}: 1-64 letters, digits, '.', '-' or '_'",
@@ -304,8 +398,6 @@ class SandboxManager:
         return config, name, ports
 
     async def _create(self, req: api_pb2.SandboxCreateV2Request) -> EmuSandbox:
-        if self._closing:
-            raise RpcError("UNAVAILABLE", "the emulator is shutting down")
         app_id = req.app_id
         if not app_id:
             raise RpcError("INVALID_ARGUMENT", "SandboxCreateV2 needs an app_id")
@@ -316,6 +408,14 @@ class SandboxManager:
             config, name, ports = self._config(req, app_id, image)
         except errors.SpecError as exc:
             raise RpcError("INVALID_ARGUMENT", str(exc)) from exc
+        volume_mounts = self._volume_mounts(req.definition)
+        pty = req.definition.HasField("pty_info")
+        late = None
+        if (pty or volume_mounts) and config.command:
+            # the container sleeps; its command starts once volumes and terminal are in place,
+            # and its exit ends the sandbox
+            late = list(config.command)
+            config = dataclasses.replace(config, command=None)
         name_key = (app_id, name) if name else None
         if name_key is not None:
             if name_key in self._pending_names or self.name_holder(*name_key) is not None:
@@ -324,33 +424,30 @@ class SandboxManager:
         hold = contextlib.ExitStack()  # the image root stays in use while the sandbox lives
         try:
             hold.enter_context(image.use())
-            local = await self._create_local(config)
-            try:
-                sb = EmuSandbox(
-                    id=local.id,
-                    task_id=ids.task_id(),
-                    app_id=app_id,
-                    environment=environment,
-                    name=name,
-                    tags=dict(config.tags),
-                    created_at=self._unique_created_at(),
-                    image_id=req.definition.image_id,
-                    timeout_secs=int(config.timeout),
-                    idle_timeout_secs=(
-                        None if config.idle_timeout is None else int(config.idle_timeout)
-                    ),
-                    probe=(
-                        req.definition.readiness_probe
-                        if req.definition.HasField("readiness_probe")
-                        else None
-                    ),
-                    local=local,
-                    hold=hold,
-                )
-                sb.tunnels = await self._open_tunnels(local, ports)
-            except BaseException:
-                await self.blocking(local.terminate)
-                raise
+            record = functools.partial(
+                EmuSandbox,
+                task_id=ids.task_id(),
+                app_id=app_id,
+                environment=environment,
+                name=name,
+                tags=dict(config.tags),
+                image_id=req.definition.image_id,
+                timeout_secs=int(config.timeout),
+                idle_timeout_secs=None if config.idle_timeout is None else int(config.idle_timeout),
+                probe=(
+                    req.definition.readiness_probe
+                    if req.definition.HasField("readiness_probe")
+                    else None
+                ),
+                hold=hold,
+                late_entrypoint=late,
+                pty_info=req.definition.pty_info if pty else None,
+                volume_mounts=volume_mounts,
+            )
+            if self._start_latency > 0:
+                sb = await self._create_pending(record, config, ports)
+            else:
+                sb = await self._create_running(record, config, ports)
         except BaseException:
             hold.close()
             raise
@@ -362,6 +459,162 @@ class SandboxManager:
         self._ensure_poller()
         self._prune_execs()
         return sb
+
+    async def _create_running(
+        self,
+        record: Callable[..., EmuSandbox],
+        config: SandboxConfig,
+        ports: list[api_pb2.PortSpec],
+    ) -> EmuSandbox:
+        """No start latency: the container runs before create answers (tunnels all known)."""
+        local = await self._create_local(config)
+        sb: EmuSandbox = record(id=local.id, created_at=self._unique_created_at(), container=local)
+        sb.started_at = sb.created_at
+        sb.started.set()
+        try:
+            sb.tunnels = sb.create_tunnels = await self._open_tunnels(local, ports)
+            await self._set_up(sb, local)
+        except BaseException:
+            self._release_volumes(sb)
+            await self.blocking(local.terminate)
+            raise
+        return sb
+
+    async def _create_pending(
+        self,
+        record: Callable[..., EmuSandbox],
+        config: SandboxConfig,
+        ports: list[api_pb2.PortSpec],
+    ) -> EmuSandbox:
+        """Under ``--start-latency-ms``: answer at once, start the container that much later.
+
+        As on Modal, the create response carries the task id, the router access and the
+        encrypted tunnel endpoints (listeners that relay once the container runs); calls that
+        need the container wait for it (exec, stdio, readiness); unencrypted endpoints are
+        withheld until ``SandboxGetTunnelsV2``, which waits for the start.
+        """
+        sb: EmuSandbox = record(id=ids.sandbox_id(), created_at=self._unique_created_at())
+        try:
+            for spec in ports:
+                early = await EarlyTunnel.open()
+                sb.early_tunnels.append(early)
+                host, port = early.address
+                data = api_pb2.TunnelData(host=host, port=port, container_port=spec.port)
+                if spec.unencrypted:
+                    data.unencrypted_host, data.unencrypted_port = host, port
+                sb.tunnels.append(data)
+        except BaseException:
+            for early in sb.early_tunnels:
+                early.close()
+            raise
+        pairs = zip(sb.tunnels, ports, strict=True)
+        sb.create_tunnels = [t for t, spec in pairs if not spec.unencrypted]
+        due = asyncio.get_running_loop().time() + self._start_latency
+        self._detached(self._start_later(sb, config, ports, due))
+        return sb
+
+    async def _start_later(
+        self, sb: EmuSandbox, config: SandboxConfig, ports: list[api_pb2.PortSpec], due: float
+    ) -> None:
+        """Start ``sb``'s container at ``due`` (loop time) unless it was ended before."""
+        delay = due - asyncio.get_running_loop().time()
+        if delay > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(sb.finished.wait(), delay)
+        if not sb.running:
+            return  # terminated (or the emulator stopped) before its start
+        try:
+            local = await self._create_local(dataclasses.replace(config, tags=dict(sb.tags)))
+        except RpcError as exc:
+            self._end(sb, _start_failure(exc.message), time.time())
+            return
+        try:
+            if not sb.running:  # ended while the runtime was starting it
+                await self.blocking(local.terminate)
+                return
+            opened = await self._open_tunnels(local, ports)
+            await self._set_up(sb, local)
+        except RpcError as exc:
+            await self.blocking(local.terminate)
+            self._end(sb, _start_failure(exc.message), time.time())
+            return
+        except BaseException as exc:
+            await self.blocking(local.terminate)
+            self._end(sb, _start_failure(f"it could not be set up: {exc}"), time.time())
+            raise
+        for early, data in zip(sb.early_tunnels, opened, strict=True):
+            early.connect_to(data.host, data.port)
+        sb.container = local
+        sb.started_at = time.time()
+        sb.started.set()
+        self._ensure_poller()
+
+    async def _set_up(self, sb: EmuSandbox, local: LocalSandbox) -> None:
+        """What a container needs before its command runs: volumes, then the command itself
+        if it starts late (``Sandbox.create(cmd, pty=True)``, or with volumes)."""
+        for index, mount in enumerate(sb.volume_mounts):
+            volume = self.volumes.get(mount.volume_id)
+            await self.settled(volume.id)
+            wc = await self.blocking(
+                self.volumes.checkout,
+                volume,
+                f"{sb.id}-{index}",
+                mount.mount_path,
+                mount.sub_path,
+                mount.read_only,
+            )
+            sb.volumes.append(wc)
+            await self.blocking(volume_mounts.attach, local, wc)
+        if sb.late_entrypoint is not None:
+            await self._start_late_entrypoint(sb, local, sb.late_entrypoint)
+
+    async def _start_late_entrypoint(
+        self, sb: EmuSandbox, local: LocalSandbox, argv: list[str]
+    ) -> None:
+        """The command runs in the sleeping container (on a terminal with ``pty_info``); its
+        stdio is the sandbox's and its exit ends the sandbox with its exit code, as the
+        entrypoint's would."""
+        env = {} if sb.pty_info is None else _terminal_env(sb.pty_info)
+        host_argv, host_env = await self.blocking(local.exec_command, argv, env=env)
+        pty = None if sb.pty_info is None else await self._open_pty(local, sb.pty_info)
+        proc = ExecProcess("entrypoint")
+        await proc.start(
+            host_argv,
+            host_env,
+            stdout=True,
+            stderr=True,
+            timeout=None,
+            activity=contextlib.nullcontext(),  # the entrypoint does not count as activity
+            on_stdin=local.touch,
+            pty=pty,
+        )
+        sb.entrypoint = proc
+        self._detached(self._end_with_entrypoint(sb, proc))
+
+    async def _end_with_entrypoint(self, sb: EmuSandbox, proc: ExecProcess) -> None:
+        await proc.exited.wait()
+        if not sb.running or proc.returncode is None:
+            return
+        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        self._finish(sb, ExitStatus("success" if code == 0 else "failure", code, time.time()))
+        await self.blocking(sb.local.terminate)
+
+    async def started(self, sb: EmuSandbox) -> LocalSandbox | None:
+        """``sb``'s container once it runs (waiting out a start latency); None if ``sb`` ended
+        before its container ever started."""
+        if sb.container is None and sb.running:
+            await _first(sb.started.wait(), sb.finished.wait())
+        return sb.container
+
+    async def container(self, sb: EmuSandbox) -> LocalSandbox:
+        """Like :meth:`started`, but a sandbox that never started is NOT_FOUND."""
+        local = await self.started(sb)
+        if local is None:
+            raise RpcError(
+                "NOT_FOUND",
+                f"Sandbox {sb.id} ended before its container started ({sb.describe_end()})",
+            )
+        return local
 
     async def _create_local(self, config: SandboxConfig) -> LocalSandbox:
         try:
@@ -393,15 +646,53 @@ class SandboxManager:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _finish(self, sb: EmuSandbox, status: ExitStatus) -> None:
+        self._end(sb, result_for(status, self._idle_status), status.finished_at)
+
+    def _end(self, sb: EmuSandbox, result: api_pb2.GenericResult, finished_at: float) -> None:
         if sb.result is not None:
             return
-        sb.result = result_for(status, self._idle_status)
-        sb.finished_at = status.finished_at
+        sb.result = result
+        sb.finished_at = finished_at
         sb.stdin_closed = True
-        for proc in sb.execs.values():
+        sb.collect_log(final=True)
+        self._release_volumes(sb)
+        for early in sb.early_tunnels:
+            early.close()
+        for proc in [*sb.execs.values(), *([sb.entrypoint] if sb.entrypoint else [])]:
             proc.kill()  # the pid namespace is gone; make sure nsenter is too
         sb.hold.close()
         sb.finished.set()
+
+    def _release_volumes(self, sb: EmuSandbox) -> None:
+        """A last (background) commit of each mounted volume; its working copy goes."""
+        mounted, sb.volumes = sb.volumes, []
+        for wc in mounted:
+            task = self._detached(self.blocking(self.volumes.release, wc))
+            self._releases[task] = wc.volume.id
+            task.add_done_callback(lambda t: self._releases.pop(t, None))
+
+    async def settled(self, volume_id: str) -> None:
+        """Once the last commits of sandboxes that ended with ``volume_id`` mounted are in:
+        what reads a volume's committed state waits for them (Modal commits before a
+        container's end is reported)."""
+        pending = [t for t, vid in self._releases.items() if vid == volume_id]
+        if pending:
+            await asyncio.wait(pending)
+
+    async def commit_volumes(self, sb: EmuSandbox, paths: Iterable[str] = ()) -> None:
+        """Commit the volumes mounted at (or above) ``paths``, all without paths (``sync``)."""
+        wanted = [os.path.normpath(p) for p in paths]
+        for wc in list(sb.volumes):
+            root = wc.mount_path.rstrip("/")
+            if not wanted or any(p == root or p.startswith(root + "/") for p in wanted):
+                await self.blocking(self.volumes.commit, wc)
+
+    async def reload_volumes(self, sb: EmuSandbox) -> None:
+        """``sb.reload_volumes()``: commit, then show each volume's committed state."""
+        if await self.started(sb) is None or not sb.running:
+            raise RpcError("NOT_FOUND", f"Sandbox {sb.id} has already finished")
+        for wc in list(sb.volumes):
+            await self.blocking(self.volumes.reload, wc)
 
     def _prune_execs(self) -> None:
         """Forget execs that exited over EXEC_RETENTION ago, so long runs stay small."""
@@ -418,12 +709,13 @@ class SandboxManager:
             self._poller = asyncio.create_task(self._poll_loop())
 
     async def _poll_loop(self) -> None:
-        """Notice sandboxes that ended on their own, every POLL_INTERVAL seconds."""
+        """Notice sandboxes that ended on their own, every POLL_INTERVAL seconds (a container
+        that starts later restarts this loop)."""
         while True:
-            running = [sb for sb in self._by_id.values() if sb.running]
+            running = [sb for sb in self._by_id.values() if sb.running and sb.container]
             if not running:
                 return
-            statuses = await self.blocking(_poll_all, running)
+            statuses = await self.blocking(_poll_all, running, self.volumes)
             for sb, status in zip(running, statuses, strict=True):
                 if status is not None:
                     self._finish(sb, status)
@@ -433,6 +725,9 @@ class SandboxManager:
         """End ``sb`` (idempotent); returns the result it already had, if it had finished."""
         if sb.result is not None:
             return sb.result
+        if sb.container is None:  # not started yet: it never will
+            self._finish(sb, ExitStatus("terminated", None, time.time()))
+            return None
         status = await self.blocking(sb.local.poll)
         if status is not None:
             self._finish(sb, status)
@@ -440,6 +735,20 @@ class SandboxManager:
         await self.blocking(sb.local.terminate)  # no wait: the client does not wait either
         self._finish(sb, ExitStatus("terminated", None, time.time()))
         return None
+
+    async def end(self, sb: EmuSandbox, how: str) -> None:
+        """End ``sb`` as something outside the client would (``OUTSIDE_ENDINGS``)."""
+        result = OUTSIDE_ENDINGS.get(how)
+        if result is None:
+            raise RpcError(
+                "INVALID_ARGUMENT",
+                f"cannot end a sandbox by {how!r}: choose one of {', '.join(OUTSIDE_ENDINGS)}",
+            )
+        if sb.result is not None:
+            return
+        if sb.container is not None:
+            await self.blocking(sb.container.terminate)
+        self._end(sb, result, time.time())
 
     async def wait(self, sb: EmuSandbox, timeout: float) -> None:
         """Long-poll: return once ``sb`` finished or ``timeout`` seconds passed."""
@@ -454,23 +763,28 @@ class SandboxManager:
         answers (terminated, 137, EOF) before the server goes away.
         """
         self._closing = True
+        for sb in list(self._by_id.values()):
+            if sb.container is None:  # pending starts: they end here, never start
+                self._finish(sb, ExitStatus("terminated", None, time.time()))
         if self._background:
             await asyncio.wait(list(self._background), timeout=30)
         # Every sandbox, also those that ended on their own or were terminated without
         # waiting: wait() returns once its keeper has cleaned up, so nothing outlives us.
         targets = list(self._by_id.values())
         await asyncio.gather(
-            *(self.blocking(sb.local.terminate, wait=True) for sb in targets),
+            *(self.blocking(sb.local.terminate, wait=True) for sb in targets if sb.container),
             return_exceptions=True,
         )
         for sb in targets:
             self._finish(sb, ExitStatus("terminated", None, time.time()))
+        if self._releases:  # the last commits of mounted volumes
+            await asyncio.wait(list(self._releases), timeout=60)
 
     async def close(self) -> None:
         """After :meth:`terminate_all`: reap execs, stop the poller, close tunnels and threads."""
         await self.terminate_all()  # idempotent; covers callers that skipped it
         for sb in self._by_id.values():
-            for proc in sb.execs.values():
+            for proc in [*sb.execs.values(), *([sb.entrypoint] if sb.entrypoint else [])]:
                 await proc.aclose()
         for task in list(self._background):
             task.cancel()
@@ -488,11 +802,21 @@ class SandboxManager:
         sb = self.running_task(req.task_id)
         if not req.exec_id:
             raise RpcError("INVALID_ARGUMENT", "TaskExecStart needs an exec_id")
+        await self.container(sb)  # under a start latency: once it runs
+        if not sb.running:
+            raise RpcError(
+                "NOT_FOUND", f"Sandbox {sb.id} has already finished ({sb.describe_end()})"
+            )
         if req.exec_id in sb.execs:
+            self.chaos.deduplicated("exec")
             return
         argv = list(req.command_args)
         if not argv:
             raise RpcError("INVALID_ARGUMENT", "TaskExecStart needs a command")
+        if sb.volumes and os.path.basename(argv[0]) == "sync":  # Modal's commit in a sandbox
+            await self.commit_volumes(sb, [a for a in argv[1:] if a.startswith("/")])
+            if req.exec_id in sb.execs:  # a retry arrived meanwhile
+                return
         workdir = req.workdir if req.HasField("workdir") else None
         if workdir is not None and not workdir.startswith("/"):
             raise RpcError("INVALID_ARGUMENT", f"workdir must be absolute, got {workdir!r}")
@@ -517,21 +841,25 @@ class SandboxManager:
     ) -> None:
         """Start the exec (in its own task: a cancelled RPC must not leave it half-started)."""
         fds: dict[str, int] = {}
+        pty_info = req.pty_info if req.HasField("pty_info") else None
         try:
+            if pty_info is not None:
+                env = {**_terminal_env(pty_info), **env}
             host_argv, host_env, fds = await self.blocking(
                 _exec_command, sb.local, argv, env, workdir
             )
+            pty = None if pty_info is None else await self._open_pty(sb.local, pty_info)
             pipe = 1  # TASK_EXEC_STDOUT_CONFIG_PIPE == TASK_EXEC_STDERR_CONFIG_PIPE
             await proc.start(
                 host_argv,
                 host_env,
                 stdout=req.stdout_config == pipe,
                 stderr=req.stderr_config == pipe,
-                merge_stderr=req.HasField("pty_info"),
                 timeout=float(req.timeout_secs) if req.HasField("timeout_secs") else None,
                 activity=sb.local.activity(),
                 on_stdin=sb.local.touch,
                 pass_fds=tuple(fds.values()),
+                pty=pty,
             )
         except errors.SandboxGone as exc:
             self._abandon(sb, proc)
@@ -545,6 +873,9 @@ class SandboxManager:
         finally:
             for fd in fds.values():
                 os.close(fd)  # the helper has its own copies now
+
+    async def _open_pty(self, local: LocalSandbox, info: api_pb2.PTYInfo) -> ptys.Pty:
+        return await self.blocking(ptys.open_pty, local.init_pid, info.winsz_rows, info.winsz_cols)
 
     @staticmethod
     def _abandon(sb: EmuSandbox, proc: ExecProcess) -> None:
@@ -563,6 +894,14 @@ class SandboxManager:
     # -- entrypoint stdin --------------------------------------------------------------------
     async def write_stdin(self, sb: EmuSandbox, offset: int, data: bytes, eof: bool) -> None:
         """``SandboxStdinWriteV2``: bytes at ``offset`` of the entrypoint's stdin, deduplicated."""
+        if await self.started(sb) is None:
+            raise RpcError("FAILED_PRECONDITION", "Sandbox has already terminated")
+        if sb.entrypoint is not None:  # on a terminal
+            if not sb.running:
+                raise RpcError("FAILED_PRECONDITION", "Sandbox has already terminated")
+            await sb.entrypoint.write_stdin(offset, data, eof)
+            sb.local.touch()
+            return
         async with sb.stdin_lock:
             if not sb.running:
                 raise RpcError("FAILED_PRECONDITION", "Sandbox has already terminated")

@@ -24,20 +24,25 @@ import grpclib.const
 import grpclib.server
 from google.protobuf import empty_pb2, wrappers_pb2  # type: ignore[import-untyped]
 from grpclib import GRPCError, Status
+from modal._utils.grpc_utils import custom_detail_codec
 
 from .._paths import state_root
 from ..runtime import LocalRuntime
 from . import ids, images
+from .blobs import BlobStore
 from .build_cache import BuildCache
 from .builder import Builder
+from .chaos import Chaos, ChaosOptions
 from .control import IMAGE_BUILDER_VERSION, ControlPlane
 from .mounts import MountStore
 from .records import IdleStatus
 from .registry import Registry
 from .router import Router
+from .rpc_error import RpcError
 from .sandboxes import SandboxManager
 from .servicer import Instrumented, Stats
 from .tls import TlsMaterial, make_tls_material
+from .volumes import VolumeStore
 
 ADMIN_SERVICE = "/pytest_modal_sandbox.emulator.Admin"
 DRAIN_SECONDS = 2.0  # at stop, how long pending RPCs get to send their final answers
@@ -52,6 +57,7 @@ class EmulatorOptions:
     token_id: str | None = None
     token_secret: str | None = None
     latency_ms: float = 0.0
+    start_latency_ms: float = 0.0  # from SandboxCreate until the container runs
     state_dir: str | None = None
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     environments: Sequence[str] = ()
@@ -61,12 +67,18 @@ class EmulatorOptions:
     host_images: Sequence[str] = ()  # fnmatch patterns of references run on the host root
     build_timeout: float = 3600.0  # seconds per image layer build
     build_cache_dir: str | None = None  # default: <cache root>/emulator-builds
+    fault_rate: float = 0.0  # fraction of RPCs that fail transiently (see chaos.py)
+    create_rate: float = 0.0  # sandbox creates per second, 0 = unlimited
+    max_sandboxes: int = 0  # running sandboxes at once, 0 = unlimited
+    seed: int | None = None  # for reproducible faults
 
     def __post_init__(self) -> None:
         if (self.token_id is None) != (self.token_secret is None):
             raise ValueError("token_id and token_secret must be given together")
         if self.latency_ms < 0:
             raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
+        if self.start_latency_ms < 0:
+            raise ValueError(f"start_latency_ms must be >= 0, got {self.start_latency_ms}")
         if self.list_page_size < 1:
             raise ValueError(f"list_page_size must be >= 1, got {self.list_page_size}")
         if self.images not in images.IMAGES_MODES:
@@ -77,6 +89,15 @@ class EmulatorOptions:
             raise ValueError(f"build_timeout must be > 0, got {self.build_timeout}")
         if self.idle_timeout_status not in ("timeout", "terminated", "idle_timeout"):
             raise ValueError(f"idle_timeout_status {self.idle_timeout_status!r} is not valid")
+        self.chaos_options()  # validates
+
+    def chaos_options(self) -> ChaosOptions:
+        return ChaosOptions(
+            fault_rate=self.fault_rate,
+            create_rate=self.create_rate,
+            max_sandboxes=self.max_sandboxes,
+            seed=self.seed,
+        )
 
 
 def log_status(message: str) -> None:
@@ -85,7 +106,8 @@ def log_status(message: str) -> None:
 
 
 class _Admin:
-    """``Stats`` (JSON RPC counts) and ``ResetStats``, for benchmarks and tests."""
+    """``Stats`` (JSON RPC counts), ``ResetStats`` and ``EndSandbox`` (JSON ``{"sandbox_id",
+    "how"}``: end a sandbox from outside), for benchmarks and tests."""
 
     def __init__(self, emulator: Emulator) -> None:
         self._emulator = emulator
@@ -99,6 +121,9 @@ class _Admin:
             f"{ADMIN_SERVICE}/ResetStats": grpclib.const.Handler(
                 self._reset, unary, empty_pb2.Empty, empty_pb2.Empty
             ),
+            f"{ADMIN_SERVICE}/EndSandbox": grpclib.const.Handler(
+                self._end_sandbox, unary, wrappers_pb2.StringValue, empty_pb2.Empty
+            ),
         }
 
     async def _stats(self, stream: Any) -> None:
@@ -106,9 +131,22 @@ class _Admin:
         payload = json.dumps(self._emulator.stats_snapshot())
         await stream.send_message(wrappers_pb2.StringValue(value=payload))
 
+    async def _end_sandbox(self, stream: Any) -> None:
+        req = await stream.recv_message()
+        try:
+            args = json.loads(req.value)
+            sandbox_id, how = str(args["sandbox_id"]), str(args.get("how", "terminated"))
+        except (ValueError, KeyError, TypeError):
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, 'expected JSON {"sandbox_id": ..., "how": ...}'
+            ) from None
+        await self._emulator.end_sandbox(sandbox_id, how)
+        await stream.send_message(empty_pb2.Empty())
+
     async def _reset(self, stream: Any) -> None:
         await stream.recv_message()
         self._emulator.stats.reset()
+        self._emulator.chaos.reset()
         await stream.send_message(empty_pb2.Empty())
 
 
@@ -118,12 +156,14 @@ class Emulator:
     def __init__(self, options: EmulatorOptions | None = None) -> None:
         self.options = options or EmulatorOptions()
         self.stats = Stats()
+        self.chaos = Chaos(self.options.chaos_options())
         self.port = 0
         self.tls: TlsMaterial | None = None
         self._server: grpclib.server.Server | None = None
         self._tmp: str | None = None
         self.sandboxes: SandboxManager | None = None
         self.images: images.ImageService | None = None
+        self.blobs: BlobStore | None = None
 
     @property
     def url(self) -> str:
@@ -134,19 +174,33 @@ class Emulator:
         assert self.tls is not None, "start() first"
         return self.tls.ca_file
 
-    def _dirs(self) -> tuple[Path, Path, Path]:
-        """Runtime state of sandboxes, of image build sandboxes, and the TLS directory."""
+    def _dirs(self) -> tuple[Path, Path, Path, Path, Path]:
+        """Runtime state of sandboxes and of image build sandboxes, the TLS directory, the
+        volumes (they persist: the state dir, else a fixed place in the user's state root)
+        and the blobs (uploads live as long as this emulator, unless a state dir keeps them)."""
         if self.options.state_dir:
             base = Path(self.options.state_dir)
-            return base / "sandboxes", base / "builds", base / "tls"
+            return (
+                base / "sandboxes",
+                base / "builds",
+                base / "tls",
+                base / "volumes",
+                base / "blobs",
+            )
         self._tmp = tempfile.mkdtemp(prefix="modal-emulator-")
-        root = state_root()
-        return root / "emulator", root / "emulator-builds", Path(self._tmp) / "tls"
+        root, tmp = state_root(), Path(self._tmp)
+        return (
+            root / "emulator",
+            root / "emulator-builds",
+            tmp / "tls",
+            root / "emulator-volumes",
+            tmp / "blobs",
+        )
 
     async def start(self) -> None:
         """Make the certificates, check the runtime, and start listening."""
         opts = self.options
-        sandbox_dir, builds_dir, tls_dir = self._dirs()
+        sandbox_dir, builds_dir, tls_dir, volumes_dir, blobs_dir = self._dirs()
         await asyncio.to_thread(LocalRuntime.check)
         self.tls = await asyncio.to_thread(make_tls_material, tls_dir)
         registry = Registry(environments=opts.environments, secrets=opts.secrets)
@@ -159,7 +213,9 @@ class Emulator:
         cache = await asyncio.to_thread(BuildCache, opts.build_cache_dir)
         await asyncio.to_thread(cache.sweep)  # leftovers of builds an earlier emulator lost
         builder = Builder(cache, LocalRuntime(builds_dir), blocking=blocking)
-        mounts = MountStore()
+        self.blobs = BlobStore(blobs_dir)
+        await self.blobs.start(opts.host)
+        mounts = MountStore(self.blobs)
         image_service = images.ImageService(
             builder,
             mounts=mounts,
@@ -179,6 +235,9 @@ class Emulator:
             tls_contexts=(self.tls.server_context(), self.tls.server_context(h2=True)),
             idle_status=opts.idle_timeout_status,
             executor=executor,
+            start_latency=opts.start_latency_ms / 1000.0,
+            chaos=self.chaos,
+            volumes=await asyncio.to_thread(VolumeStore, volumes_dir),
         )
         # fill_unimplemented made them concrete; mypy only sees the generated ABCs.
         control = ControlPlane(  # type: ignore[abstract]
@@ -186,6 +245,7 @@ class Emulator:
             image_service,
             self.sandboxes,
             signer,
+            blobs=self.blobs,
             list_page_size=opts.list_page_size,
             mounts=mounts,
         )
@@ -212,23 +272,43 @@ class Emulator:
             if signer.verify(token) is None:
                 raise GRPCError(Status.UNAUTHENTICATED, "invalid or expired command router token")
 
+        faults = self.chaos if opts.fault_rate > 0 else None
         self._server = grpclib.server.Server(
             [
-                Instrumented(control, "control", self.stats, latency=latency, check=check_control),
-                Instrumented(router, "router", self.stats, latency=latency, check=check_router),
+                Instrumented(
+                    control,
+                    "control",
+                    self.stats,
+                    latency=latency,
+                    check=check_control,
+                    chaos=faults,
+                ),
+                Instrumented(
+                    router, "router", self.stats, latency=latency, check=check_router, chaos=faults
+                ),
                 _Admin(self),
-            ]
+            ],
+            status_details_codec=custom_detail_codec,  # RPCRetryPolicy, as the client reads it
         )
         await self._server.start(opts.host, opts.port)
         listener: Any = self._server._server
         self.port = int(listener.sockets[0].getsockname()[1])
         control.router_url = self.url
 
+    async def end_sandbox(self, sandbox_id: str, how: str) -> None:
+        """End a sandbox from outside (see :data:`~.sandboxes.OUTSIDE_ENDINGS`)."""
+        assert self.sandboxes is not None, "start() first"
+        try:
+            await self.sandboxes.end(self.sandboxes.get(sandbox_id), how)
+        except RpcError as err:
+            raise GRPCError(Status[err.status], err.message) from None
+
     def stats_snapshot(self) -> dict[str, Any]:
         snap: dict[str, Any] = {
             "rpcs": self.stats.snapshot(),
             "seconds": self.stats.seconds(),
             "inflight": self.stats.inflight,
+            "chaos": self.chaos.snapshot(),
         }
         if self.sandboxes is not None:
             all_sbs = self.sandboxes.all()
@@ -254,6 +334,9 @@ class Emulator:
             self._server.close()
         if self.sandboxes is not None:
             await self.sandboxes.close()
+            await asyncio.to_thread(self.sandboxes.volumes.close)
+        if self.blobs is not None:
+            await self.blobs.close()
         if self._server is not None:
             # wait_closed() can hang on streams a client keeps open; bounded.
             with contextlib.suppress(asyncio.TimeoutError):
@@ -289,6 +372,12 @@ class RunningEmulator:
 
     def reset_stats(self) -> None:
         self.emulator.stats.reset()
+        self.emulator.chaos.reset()
+
+    def end_sandbox(self, sandbox_id: str, how: str = "terminated") -> None:
+        """As :meth:`EmulatorProcess.end_sandbox`."""
+        coro = self.emulator.end_sandbox(sandbox_id, how)
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(60)
 
     def stop(self) -> None:
         try:

@@ -51,6 +51,10 @@ class OutputBuffer:
     def getvalue(self) -> bytes:
         return bytes(self._data)
 
+    def read(self, offset: int, size: int = CHUNK) -> bytes:
+        """Up to ``size`` bytes from ``offset`` (what is there now)."""
+        return bytes(self._data[offset : offset + size])
+
     async def read_from(self, offset: int) -> AsyncIterator[bytes]:
         """Yield non-empty chunks from ``offset`` until EOF has been reached and served."""
         offset = max(0, offset)
@@ -82,7 +86,7 @@ async def follow_file(
     offset = max(0, offset)
     while True:
         done = finished()  # sample before reading, so the final read sees everything
-        chunk = _read_at(path, offset)  # a local regular file: fast enough inline
+        chunk = read_at(path, offset)  # a local regular file: fast enough inline
         if chunk:
             offset += len(chunk)
             yield chunk
@@ -92,13 +96,31 @@ async def follow_file(
         await asyncio.sleep(poll_interval)
 
 
-def _read_at(path: Path, offset: int) -> bytes:
+async def follow_buffer(
+    buffer: OutputBuffer, offset: int, *, deadline: float, poll_interval: float = 0.02
+) -> AsyncIterator[bytes]:
+    """Like :func:`follow_file`, for a buffer: chunks from ``offset`` until its EOF has been
+    served or ``deadline`` (``time.monotonic()``) passes with nothing new."""
+    offset = max(0, offset)
+    while True:
+        chunk = buffer.read(offset)
+        if chunk:
+            offset += len(chunk)
+            yield chunk
+            continue
+        if buffer.eof or time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(poll_interval)
+
+
+def read_at(path: Path, offset: int, size: int = CHUNK) -> bytes:
+    """Up to ``size`` bytes of ``path`` from ``offset`` (a missing file is empty)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return b""
     try:
-        return os.pread(fd, CHUNK, offset)
+        return os.pread(fd, size, offset)
     finally:
         os.close(fd)
 
