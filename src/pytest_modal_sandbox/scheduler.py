@@ -105,6 +105,7 @@ class Scheduler:
         wide: bool = True,
         images: ImageOverride,
         upcoming: Callable[[pytest.Item, pytest.Item | None], Sequence[pytest.Item]],
+        # -> the tests this process runs after the first, in order (a bounded look ahead)
         on_taken: Callable[[FixtureInstance], None] = lambda instance: None,
     ) -> None:
         self.start = start
@@ -144,7 +145,7 @@ class Scheduler:
         """``item`` begins: plan from it and the tests queued after it."""
         if not self.wide and self.ahead <= 0:
             return
-        window = [item, *self.upcoming(item, nextitem)[:LOOKAHEAD_ITEMS]]
+        window = [item, *self.upcoming(item, nextitem)]
         queued = {i.nodeid for i in window}
         with self._lock:
             self._window = window
@@ -173,6 +174,7 @@ class Scheduler:
             _wide_nodes(self.instances(nextitem)) if nextitem is not None else set()
         )
         with self._lock:
+            self._window = [i for i in self._window if i is not item]
             finished = [e for e in self.entries.values() if e.instance.node in done]
             for entry in finished:  # a later setup of the same node may be started anew
                 del self.entries[entry.instance.ident]
