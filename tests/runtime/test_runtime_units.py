@@ -9,7 +9,13 @@ import pytest
 
 from pytest_modal_sandbox.runtime import InvalidConfig, SandboxConfig
 from pytest_modal_sandbox.runtime.ids import is_sandbox_id, new_sandbox_id
-from pytest_modal_sandbox.runtime.mounts import bwrap_argv, resolve_in_root
+from pytest_modal_sandbox.runtime.mounts import (
+    SECCOMP_FD,
+    USERNS2_FD,
+    bwrap_argv,
+    proc_args,
+    resolve_in_root,
+)
 
 
 @pytest.mark.parametrize(
@@ -77,15 +83,17 @@ def test_resolve_in_root_stays_inside(tmp_path: Path) -> None:
 
 
 def _argv(workdir: str, existing: set[str], listing: dict[str, list[str]]) -> list[str]:
+    """The non-root host view: ``/view`` read-only, the workdir a host directory."""
     return bwrap_argv(
         bwrap="bwrap",
         command=["sleep", "1"],
         hostname="h",
         workdir=workdir,
-        user_namespace=False,
+        userns="own",
+        root="/view",
+        readonly_root=True,
         host_workdir="/state/work",
         hosts_path="/state/hosts",
-        root=None,
         exists=lambda p: p in existing,
         listdir=lambda p: listing[p],
     )
@@ -93,7 +101,8 @@ def _argv(workdir: str, existing: set[str], listing: dict[str, list[str]]) -> li
 
 def test_bwrap_argv_binds_workdir_over_an_existing_dir() -> None:
     argv = _argv("/srv", {"/", "/srv", "/tmp", "/run", "/var/tmp"}, {})
-    assert argv[argv.index("--ro-bind") : argv.index("--ro-bind") + 3] == ["--ro-bind", "/", "/"]
+    i = argv.index("--ro-bind")
+    assert argv[i : i + 3] == ["--ro-bind", "/view", "/"]
     i = argv.index("--bind")
     assert argv[i : i + 3] == ["--bind", "/state/work", "/srv"]
     assert argv[-5:] == ["--chdir", "/srv", "--", "sleep", "1"]
@@ -102,7 +111,7 @@ def test_bwrap_argv_binds_workdir_over_an_existing_dir() -> None:
 def test_bwrap_argv_materialises_the_deepest_existing_ancestor() -> None:
     argv = _argv("/srv/a/b", {"/", "/srv", "/tmp"}, {"/srv": ["x"]})
     joined = " ".join(argv)
-    assert "--ro-bind / / --tmpfs /srv --ro-bind /srv/x /srv/x" in joined
+    assert "--ro-bind /view / --tmpfs /srv --ro-bind /view/srv/x /srv/x" in joined
     assert "--bind /state/work /srv/a/b" in joined
     assert "--tmpfs /run" not in joined  # absent on this "host"
 
@@ -110,15 +119,41 @@ def test_bwrap_argv_materialises_the_deepest_existing_ancestor() -> None:
 def test_bwrap_argv_materialises_the_root_for_a_new_top_level_dir() -> None:
     argv = _argv("/app", {"/", "/usr"}, {"/": ["usr"]})
     joined = " ".join(argv)
-    assert "--ro-bind / /" not in joined
-    assert "--ro-bind /usr /usr" in joined and "--tmpfs /tmp" in joined
+    assert "--ro-bind /view /" not in joined
+    assert "--ro-bind /view/usr /usr" in joined and "--tmpfs /tmp" in joined
     assert "--bind /state/work /app" in joined
 
 
 def test_bwrap_argv_under_tmp_needs_no_materialising() -> None:
     joined = " ".join(_argv("/tmp/w", {"/", "/tmp"}, {}))
-    assert "--ro-bind / / --proc /proc --dev /dev --tmpfs /tmp" in joined
+    assert "--ro-bind /view / --dev /dev --proc /proc" in joined
     assert joined.index("--tmpfs /tmp") < joined.index("--bind /state/work /tmp/w")
+
+
+def test_bwrap_argv_user_namespaces_and_walls() -> None:
+    root = bwrap_argv(bwrap="bwrap", command=["true"], hostname="h", workdir="/", userns="pair",
+                      root="/view")  # fmt: skip
+    assert root[1:3] == ["--userns2", str(USERNS2_FD)] and "--unshare-user" not in root
+    assert ["--seccomp", str(SECCOMP_FD)] == root[root.index("--seccomp") :][:2]
+    for flag in ("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup"):
+        assert flag in root
+    assert "--new-session" in root and "--die-with-parent" in root
+    assert root[root.index("--bind") : root.index("--bind") + 3] == ["--bind", "/view", "/"]
+    other = bwrap_argv(bwrap="bwrap", command=["true"], hostname="h", workdir="/", userns="own",
+                       root="/view", seccomp=False)  # fmt: skip
+    assert other[1:6] == ["--unshare-user", "--uid", "0", "--gid", "0"]
+    assert "--seccomp" not in other and "--userns2" not in other
+
+
+def test_proc_is_covered_like_dockers() -> None:
+    present = {"/proc/sys", "/proc/irq", "/proc/kcore", "/proc/timer_list", "/proc/sysrq-trigger"}
+    args = " ".join(proc_args(exists=lambda p: p in present))
+    assert args.startswith("--proc /proc")
+    for name in ("sys", "irq", "sysrq-trigger"):
+        assert f"--ro-bind /proc/{name} /proc/{name}" in args
+    assert "--ro-bind /dev/null /proc/timer_list" in args
+    assert "/proc/kcore" not in args  # needs CAP_SYS_RAWIO outside: nothing to mask
+    assert "/proc/bus" not in args  # absent here
 
 
 def test_bwrap_argv_build_mode_shares_the_network_and_keeps_tmp() -> None:
@@ -127,8 +162,7 @@ def test_bwrap_argv_build_mode_shares_the_network_and_keeps_tmp() -> None:
         command=["true"],
         hostname="h",
         workdir="/",
-        user_namespace=False,
-        host_workdir=None,
+        userns="pair",
         hosts_path="/s/hosts",
         root="/img",
     )

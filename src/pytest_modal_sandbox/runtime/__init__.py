@@ -12,8 +12,9 @@ Seen from the host, needing nothing inside the image: ``sb.listening_ports()`` (
 listeners), ``sb.helper_command(script)`` (a stdlib-only Python script run in its mount
 namespace with the host's interpreter), ``sb.init_pid`` and ``sb.open_namespaces()``.  Image
 builds use ``SandboxConfig(rootfs=..., rootfs_writable=True, network=True)``: the root is
-changed in place, with the host's network.  Stop an exec started with ``popen`` or
-``exec_command`` with :func:`kill_exec`.  ``sb.wait()`` returns once the sandbox has ended and
+changed in place, with the host's network.  Spawn the argv of ``exec_command`` with
+:func:`spawn_exec` (the walls a thread passes on) and stop an exec started that way or with
+``popen`` with :func:`kill_exec`.  ``sb.wait()`` returns once the sandbox has ended and
 its keeper has cleaned up.
 """
 
@@ -22,6 +23,7 @@ from .errors import InvalidArgument, InvalidConfig, NameTaken, RuntimeUnavailabl
 from .execs import kill_exec
 from .local import LocalRuntime
 from .sandbox import LocalSandbox
+from .spawner import spawn as spawn_exec
 
 __all__ = [
     "DEFAULT_ENV",
@@ -36,4 +38,5 @@ __all__ = [
     "SandboxConfig",
     "SandboxNotFound",
     "kill_exec",
+    "spawn_exec",
 ]
