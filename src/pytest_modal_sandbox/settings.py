@@ -54,7 +54,7 @@ REAP_HELP = (
 
 LOCAL_IMAGES_HELP = (
     "local backend: pull (run the declared image, pulled and cached; the default), host (map "
-    "every image to the host filesystem, read-only) or auto (pull, else the host)"
+    "every image to a private view of the host filesystem) or auto (pull, else the host)"
 )
 HOST_IMAGE_HELP = (
     "local backend: map images matching this pattern to the host filesystem instead of pulling "

@@ -8,6 +8,10 @@ pytest-free.  The plugin's ``local`` backend and the Modal emulator are both bui
     host, port = sb.tunnel(8000)
     sb.terminate(wait=True)
 
+Every sandbox is walled in alike, also when the runtime runs as root: user namespaces that own
+nothing of the sandbox's, no new namespaces, no_new_privs, a seccomp denylist, a root of its own
+(``userns.py``, ``hostview.py``, ``seccomp.py``, ``spawner.py``; docs/reference/local-walls.md).
+
 Seen from the host, needing nothing inside the image: ``sb.listening_ports()`` (its TCP
 listeners), ``sb.helper_command(script)`` (a stdlib-only Python script run in its mount
 namespace with the host's interpreter), ``sb.init_pid`` and ``sb.open_namespaces()``.  Image
