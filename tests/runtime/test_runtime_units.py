@@ -186,3 +186,79 @@ def test_listening_ports_reads_proc_net_tcp() -> None:
         "   0: 00000000000000000000000000000000:18EB 00000000000000000000000000000000:0000 0A\n"
     )
     assert listening_ports(table) == {8000, 6379}
+
+
+MOUNTINFO = """\
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+22 27 0:21 / /proc rw,relatime - proc proc rw
+24 27 0:6 / /dev rw,relatime - devtmpfs devtmpfs rw
+29 24 0:26 / /dev/pts rw,relatime - devpts devpts rw
+40 27 8:2 / /var rw,relatime - xfs /dev/sda2 rw
+41 40 8:3 / /var/lib/data rw,relatime - ext4 /dev/sda3 rw
+42 27 8:1 / /boot ro,relatime - ext4 /dev/sda1 ro
+43 27 7:0 / /snap/core/1 ro,nodev,relatime - squashfs /dev/loop0 ro
+44 27 0:40 / /home rw,relatime - ext4 /dev/sda4 rw
+45 27 0:41 / /run rw,nosuid - tmpfs tmpfs rw
+46 27 0:42 / /mnt/with\\040space rw - ext4 /dev/sda5 rw
+47 27 0:43 / /media/phone rw - fuse.gvfsd-fuse gvfsd rw
+48 27 0:44 / /var rw,relatime - ext4 /dev/sda6 rw
+"""
+
+
+def test_host_layers_are_the_real_file_systems_parents_first() -> None:
+    from pytest_modal_sandbox.runtime.hostview import host_layers
+
+    layers = host_layers(MOUNTINFO, excluded=["/home", "/tmp", "/run"])
+    assert [(layer["target"], layer["mode"]) for layer in layers] == [
+        ("/", "overlay"),
+        ("/boot", "bind"),  # read-only: nothing to write there anyway
+        ("/var", "overlay"),  # the later /var, which covers the first and /var/lib/data
+        ("/mnt/with space", "overlay"),
+        ("/snap/core/1", "bind"),
+    ]  # not: /proc, /dev/*, /home (hidden), /run (scratch), fuse
+
+
+def test_only_per_user_paths_may_be_hidden() -> None:
+    from pytest_modal_sandbox.runtime.hostview import _may_hide
+
+    for path in ("/root", "/home/me", "/var/lib/jenkins", "/srv/ci/.aws", "/etc/custom-secret"):
+        assert _may_hide(path), path
+    for path in ("/", "/usr", "/usr/share", "/var", "/var/lib", "/etc", "/opt", "/bin/x", "rel"):
+        assert not _may_hide(path), path
+
+
+def test_shadow_files_keep_their_accounts_not_their_passwords(tmp_path: Path) -> None:
+    from pytest_modal_sandbox.runtime.hostview import _sanitised
+
+    shadow = tmp_path / "shadow"
+    shadow.write_text("root:$6$salt$hash:19000:0:99999:7:::\nsvc:!:19000::::::\n")
+    assert _sanitised(str(shadow)) == b"root:*:19000:0:99999:7:::\nsvc:*:19000::::::\n"
+    assert _sanitised(str(tmp_path / "none")) is None
+
+
+def test_host_view_plan_hides_and_makes_the_workdir(tmp_path: Path) -> None:
+    from pytest_modal_sandbox.runtime.hostview import overlay_plan
+
+    mountinfo = "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+    plan = overlay_plan(root="/r", ovl="/o", workdir="/root/app", hosts=b"h\n", state_dirs=(),
+                        mountinfo=mountinfo)  # fmt: skip
+    (layer,) = plan["layers"]  # type: ignore[misc]
+    entries = {e[1]: e[0] for e in layer["entries"]}
+    assert entries["root"] == "opaque" and entries["root/app"] == "opaque"
+    assert list(entries).index("root") < list(entries).index("root/app")
+    assert entries["tmp"] == entries["run"] == entries["home"] == "opaque"
+    assert entries["etc/hosts"] == "file"
+    assert "etc" in entries and entries["etc"] == "dir"  # a parent, merged with the host's
+    if os.path.exists("/etc/shadow"):
+        assert entries["etc/shadow"] == "file"
+
+
+def test_seccomp_programs_per_architecture() -> None:
+    from pytest_modal_sandbox.runtime import seccomp
+
+    x86, arm = seccomp.program("x86_64"), seccomp.program("aarch64")
+    assert x86 and arm and len(x86) % 8 == 0 and x86 != arm
+    assert len(x86) // 8 < 256  # every jump fits its 8-bit offset
+    assert seccomp.program("riscv64") is None
+    allow = seccomp.RET_ALLOW.to_bytes(4, "little")
+    assert x86[-24:-16].endswith(allow)  # the three returns: allow, EPERM, ENOSYS

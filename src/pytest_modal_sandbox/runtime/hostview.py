@@ -236,7 +236,8 @@ def host_layers(mountinfo: str, excluded: list[str]) -> list[dict[str, object]]:
         options = fields[5].split(",") + (
             super_fields[2].split(",") if len(super_fields) > 2 else []
         )
-        top.pop(point, None)  # a later mount at the same point covers the earlier one
+        for covered in [p for p in top if _under(p, point)]:
+            del top[covered]  # a later mount covers what was at or below its point
         top[point] = (fstype, "ro" in options)
     layers: list[dict[str, object]] = [
         {"lower": "/", "target": "/", "mode": "overlay", "entries": []}
@@ -362,6 +363,8 @@ def overlay_plan(
         "ovl": ovl,
         "xattr": "trusted",
         "layers": layers,
+        "fix": "host-image mode needs overlayfs over the host's root (`modprobe overlay`); "
+        "or give the sandbox an image (--modal-sandbox-local-images=pull)",
     }
 
 
@@ -371,7 +374,14 @@ def masks_plan(*, root: str, empty_file: str, state_dirs: tuple[str, ...]) -> di
     masks: list[list[str]] = [["dir", p] for p in REPLACED if os.path.isdir(p)]
     masks += [["dir", p] for p in hidden_dirs if not any(_under(p, r) for r in REPLACED)]
     masks += [["file", p] for p in (*hidden_files, *SANITISED) if os.path.isfile(p)]
-    return {"kind": "masks", "root": root, "empty": empty_file, "masks": masks}
+    return {
+        "kind": "masks",
+        "root": root,
+        "empty": empty_file,
+        "masks": masks,
+        "fix": "not as root, host-image mode needs Linux >= 5.12 (mount_setattr); or give the "
+        "sandbox an image (--modal-sandbox-local-images=pull)",
+    }
 
 
 # --- building (in the keeper) ----------------------------------------------------------------

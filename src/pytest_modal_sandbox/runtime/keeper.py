@@ -192,7 +192,8 @@ class Keeper:
                     self.report({"error": str(exc), "overlay_refused": True})
                     self.cleanup()
                     sys.exit(1)
-                self.fail_start(f"cannot build the sandbox's root file system: {exc}")
+                fix = f". {view['fix']}" if view.get("fix") else ""
+                self.fail_start(f"cannot build the sandbox's root file system: {exc}{fix}")
         linux.join_anonymous_keyring()
         program = walls.get("seccomp")
         if program:
