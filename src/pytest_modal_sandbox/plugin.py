@@ -227,6 +227,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         manager.record_remote([Event.from_dict(e) for e in events])
 
 
+@pytest.hookimpl(tryfirst=True)  # before the terminal's report, which can take seconds
 def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
     from .lifecycle import interrupt_seen
 

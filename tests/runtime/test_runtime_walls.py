@@ -188,10 +188,12 @@ def test_host_processes_are_invisible_and_untouchable(rt: LocalRuntime) -> None:
 
 
 def _lo() -> tuple[str, str, str]:
+    """The host's links (flags, mtu), addresses and routes (no lifetimes: they tick)."""
+
     def run(*argv: str) -> str:
         return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
 
-    return run("ip", "-o", "link", "show", "lo"), run("ip", "addr"), run("ip", "route")
+    return run("ip", "-o", "link", "show"), run("ip", "-br", "addr"), run("ip", "route")
 
 
 @pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2")
@@ -218,7 +220,7 @@ def test_host_network_stays_unchanged(rt: LocalRuntime) -> None:
             ["ip", "link", "del", "pmswalls0"],
         ):
             subprocess.run(undo, capture_output=True)
-    assert "UP" in before[0] and "10.234." not in before[1] + before[2]
+    assert "lo: <LOOPBACK,UP" in before[0] and "10.234." not in before[1] + before[2]
     own = rt.create(SandboxConfig())  # nor its own namespaces, which its user ns does not own
     assert sh(own, "ip link set lo down").returncode != 0
     assert sh(own, "hostname other").returncode != 0

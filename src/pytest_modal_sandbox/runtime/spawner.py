@@ -10,12 +10,16 @@ allowed by the filter - while nothing they start can gain privileges through a s
 or file capabilities, make the calls the filter denies, or read the creator's kernel keys.
 Capabilities and the uid mapping need no help: joining the sandbox's user namespace (U2 as
 root) gives an exec exactly what PID 1's tree has there.
+
+The threads are daemon threads fed through lock-free queues, not a ``ThreadPoolExecutor``:
+a Ctrl-C landing while a caller holds one of the executor's locks would leave it held, and the
+executor's exit hook would then wait for it forever.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
+import queue
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -28,50 +32,65 @@ __all__ = ["spawn"]
 
 WORKERS = 4
 
-_lock = threading.Lock()
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
-_failure: list[BaseException] = []
+_Reply = queue.SimpleQueue[tuple[subprocess.Popen[bytes] | None, BaseException | None]]
+_requests: queue.SimpleQueue[tuple[Sequence[str], dict[str, Any], _Reply]] = queue.SimpleQueue()
+_started: list[threading.Thread] = []
+_start_lock = threading.Lock()
 
 
-def _confine() -> None:
-    """Run once on each spawner thread."""
+def _confine() -> BaseException | None:
     try:
         linux.no_new_privs()
         linux.join_anonymous_keyring()
         program = seccomp.program()
         if program is not None:
             linux.seccomp_filter(program)
-    except BaseException as exc:  # the pool must not break: spawn() reports it instead
-        _failure.append(exc)
+    except BaseException as exc:
+        return exc
+    return None
 
 
-def _executor() -> concurrent.futures.ThreadPoolExecutor:
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(
-                WORKERS, thread_name_prefix="pms-exec-spawner", initializer=_confine
-            )
-        return _pool
+def _serve() -> None:
+    failure = _confine()
+    while True:
+        argv, kwargs, reply = _requests.get()
+        if failure is not None:
+            error = errors.SandboxError(f"cannot confine sandbox execs on this machine: {failure}")
+            reply.put((None, error))
+            continue
+        try:
+            reply.put((subprocess.Popen(list(argv), **kwargs), None))
+        except BaseException as exc:
+            reply.put((None, exc))
+
+
+def _ensure_workers() -> None:
+    if len(_started) >= WORKERS:
+        return
+    with _start_lock:
+        while len(_started) < WORKERS:
+            thread = threading.Thread(target=_serve, name="pms-exec-spawner", daemon=True)
+            thread.start()
+            _started.append(thread)
 
 
 def _forget_after_fork() -> None:
-    global _pool, _lock
-    _pool = None  # its threads did not survive the fork
-    _lock = threading.Lock()
+    global _requests, _start_lock
+    _started.clear()  # their threads did not survive the fork
+    _requests = queue.SimpleQueue()
+    _start_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def _popen(argv: Sequence[str], kwargs: dict[str, Any]) -> subprocess.Popen[bytes]:
-    if _failure:
-        raise errors.SandboxError(
-            f"cannot confine sandbox execs on this machine: {_failure[0]}"
-        ) from _failure[0]
-    return subprocess.Popen(list(argv), **kwargs)
-
-
 def spawn(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     """``subprocess.Popen(argv, **kwargs)``, started from a confined thread."""
-    return _executor().submit(_popen, argv, kwargs).result()
+    _ensure_workers()
+    reply: _Reply = queue.SimpleQueue()
+    _requests.put((argv, kwargs, reply))
+    proc, error = reply.get()
+    if error is not None:
+        raise error
+    assert proc is not None
+    return proc
