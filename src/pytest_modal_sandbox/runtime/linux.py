@@ -11,7 +11,10 @@ import _ctypes
 import errno
 import os
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # not `typing`: importing it costs the keeper milliseconds
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "CLONE_NEWCGROUP",
