@@ -173,7 +173,7 @@ def _passwd_homes() -> list[str]:
 
 def hidden_paths(state_dirs: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
     """The paths a host-image sandbox must not see: ``(directories, files)``, resolved through
-    symlinks, existing ones only (files: also those whose directory exists)."""
+    symlinks, existing ones only."""
     personal = [*_passwd_homes(), *state_dirs]
     for name in CREDENTIAL_ENV:
         value = os.environ.get(name, "")
@@ -194,15 +194,13 @@ def hidden_paths(state_dirs: tuple[str, ...] = ()) -> tuple[list[str], list[str]
             (dirs if os.path.isdir(path) else files).append(path)
     out_dirs: list[str] = []
     for path in dirs:
-        real = os.path.realpath(path)
-        if os.path.isdir(real) and real not in out_dirs and real != "/":
+        real = os.path.realpath(path) if os.path.lexists(path) else ""
+        if real and real != "/" and real not in out_dirs and os.path.isdir(real):
             out_dirs.append(real)
     out_files: list[str] = []
-    for path in files:
-        real = os.path.realpath(path)
-        if real in out_files or any(_under(real, d) for d in out_dirs):
-            continue
-        if os.path.lexists(real) or os.path.isdir(os.path.dirname(real)):
+    for path in files:  # existing ones: one made later on the host shows (sandboxes are brief)
+        real = os.path.realpath(path) if os.path.lexists(path) else ""
+        if real and real not in out_files and not any(_under(real, d) for d in out_dirs):
             out_files.append(real)
     out_dirs = [d for d in out_dirs if not any(d != o and _under(d, o) for o in out_dirs)]
     return out_dirs, out_files
