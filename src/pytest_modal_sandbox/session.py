@@ -370,6 +370,7 @@ class Session:
     def pytest_runtest_logfinish(self) -> None:
         self.view.between_tests()
 
+    @pytest.hookimpl(tryfirst=True)  # before the terminal's report, which can take seconds
     def pytest_keyboard_interrupt(self) -> None:
         from .lifecycle.signals import interrupt_seen
 

@@ -191,8 +191,8 @@ SETTINGS = (
             f"by backend: {', '.join(f'{b} {n}' for b, n in AHEAD_DEFAULTS.items())})",
             _ahead, "auto", "N"),
     Setting("local_images", "local-images", "local backend: pull (run the declared image, "
-            "pulled and cached; the default), host (map every image to the host filesystem, "
-            "read-only) or auto (pull, else the host)",
+            "pulled and cached; the default), host (map every image to a private view of the "
+            "host filesystem) or auto (pull, else the host)",
             _choice(_local_image_modes, "a local image mode"), "pull", "MODE", LOCAL_IMAGES_ENV),
     Setting("emulator_latency_ms", "emulator-latency-ms", "emulator backend: milliseconds "
             "added to every RPC, e.g. 80 for a cloud round trip (default: 0)", _milliseconds,
