@@ -7,11 +7,17 @@ and more: image build contexts, ``Volume.batch_upload``); ``BlobGet`` gives a do
 ``Volume.read_file`` gets one URL per 8 MiB block of the file (``VolumeGetFile2``) and GETs
 them.  :class:`BlobStore` serves all three on one HTTP port on 127.0.0.1 (aiohttp, which the
 ``modal`` client depends on anyway); blobs are files under the emulator's state dir.
+
+The port is bound and listening from the start, but aiohttp (more than half of the emulator's
+start-up) is imported and serves only once a URL has been handed out: most emulators never
+move a blob.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import secrets
@@ -19,8 +25,10 @@ import socket
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiohttp import web
+if TYPE_CHECKING:
+    from aiohttp import web
 
 from . import ids
 from .rpc_error import RpcError
@@ -37,29 +45,63 @@ class BlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.base_url = ""
         self._runner: web.AppRunner | None = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._asked = False  # a URL was handed out: serve
+        self._serving: asyncio.Future[None] | None = None
         self._blocks: OrderedDict[str, tuple[Path, int, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     async def start(self, host: str = "127.0.0.1") -> None:
+        """Bind the port; requests wait in its backlog until the first URL is handed out."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((host, 0))
+        sock.listen(128)
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self.base_url = f"http://{host}:{sock.getsockname()[1]}"
+
+    def _serve_soon(self) -> None:
+        """Start serving (once), from any thread: a URL is about to be used."""
+        assert self._loop is not None, "start() first"
+        with self._lock:
+            if self._asked:
+                return
+            self._asked = True
+        self._loop.call_soon_threadsafe(self._begin)
+
+    def _begin(self) -> None:
+        self._serving = asyncio.ensure_future(self._serve())
+
+    async def _serve(self) -> None:
+        from aiohttp import web
+
+        assert self._sock is not None
         app = web.Application(client_max_size=0)  # uploads of any size, streamed to disk
         app.router.add_put("/blob/{blob_id}", self._put)
         app.router.add_get("/blob/{blob_id}", self._get)
         app.router.add_get("/block/{token}", self._block)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind((host, 0))
-        await web.SockSite(self._runner, sock).start()
-        self.base_url = f"http://{host}:{sock.getsockname()[1]}"
+        await web.SockSite(self._runner, self._sock).start()
 
     async def close(self) -> None:
+        if self._asked and self._serving is None:
+            await asyncio.sleep(0)  # the call to _begin is on its way
+        serving = self._serving
+        if serving is not None:
+            with contextlib.suppress(Exception):
+                await serving
         if self._runner is not None:
             await self._runner.cleanup()
+        elif self._sock is not None:
+            self._sock.close()
 
     # -- control-plane side ------------------------------------------------------------------
     def create(self) -> tuple[str, str]:
         """A new blob id and the URL to PUT its bytes to (``BlobCreate``)."""
         blob_id = ids.object_id("bl")
+        self._serve_soon()
         return blob_id, f"{self.base_url}/blob/{blob_id}"
 
     def path(self, blob_id: str) -> Path:
@@ -74,11 +116,13 @@ class BlobStore:
 
     def download_url(self, blob_id: str) -> str:
         self.path(blob_id)
+        self._serve_soon()
         return f"{self.base_url}/blob/{blob_id}"
 
     def block_urls(self, path: Path, start: int, length: int) -> list[str]:
         """URLs of the ``BLOCK_SIZE``-aligned blocks covering ``[start, start + length)`` of
         ``path`` (read when fetched), as ``VolumeGetFile2`` answers them."""
+        self._serve_soon()
         urls = []
         pos, end = start, start + length
         while pos < end:
@@ -94,6 +138,8 @@ class BlobStore:
 
     # -- HTTP side ---------------------------------------------------------------------------
     async def _put(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         blob_id = request.match_info["blob_id"]
         if not _valid(blob_id):
             return web.Response(status=400, text=f"bad blob id {blob_id!r}")
@@ -113,6 +159,8 @@ class BlobStore:
         return web.Response(headers={"ETag": f'"{md5.hexdigest()}"'})
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
         blob_id = request.match_info["blob_id"]
         path = self.root / blob_id
         if not _valid(blob_id) or not path.is_file():
@@ -120,6 +168,8 @@ class BlobStore:
         return web.FileResponse(path)
 
     async def _block(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         with self._lock:
             found = self._blocks.get(request.match_info["token"])
         if found is None:

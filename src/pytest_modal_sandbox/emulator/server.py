@@ -24,7 +24,6 @@ import grpclib.const
 import grpclib.server
 from google.protobuf import empty_pb2, wrappers_pb2  # type: ignore[import-untyped]
 from grpclib import GRPCError, Status
-from modal._utils.grpc_utils import custom_detail_codec
 
 from .._paths import state_root
 from ..runtime import LocalRuntime
@@ -41,6 +40,7 @@ from .router import Router
 from .rpc_error import RpcError
 from .sandboxes import SandboxManager
 from .servicer import Instrumented, Stats
+from .status_details import CODEC as STATUS_DETAILS
 from .tls import TlsMaterial, make_tls_material
 from .volumes import VolumeStore
 
@@ -288,7 +288,7 @@ class Emulator:
                 ),
                 _Admin(self),
             ],
-            status_details_codec=custom_detail_codec,  # RPCRetryPolicy, as the client reads it
+            status_details_codec=STATUS_DETAILS,  # RPCRetryPolicy, as the client reads it
         )
         await self._server.start(opts.host, opts.port)
         listener: Any = self._server._server
