@@ -99,6 +99,7 @@ def run_on_pty(args: list[str], cwd: Path, columns: int = 160, timeout: float = 
     return out.decode(errors="replace")
 
 
+@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
 def test_plain_lines_for_each_sandbox(sbtester, backend):
     sbtester.makepyfile(test_progress_suite=SUITE)
     result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}")
@@ -123,6 +124,7 @@ def test_quiet_and_off_are_silent(sbtester, args):
     assert "created in" not in result.stdout.str()
 
 
+@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
 def test_progress_on_a_tty_is_rewritten_in_place(sbtester, backend):
     sbtester.makepyfile(test_progress_suite=SUITE)
     raw = run_on_pty(
@@ -144,6 +146,7 @@ def test_progress_on_a_tty_is_rewritten_in_place(sbtester, backend):
     assert any(re.match(r"test_progress_suite\.py \.+", line) for line in screen), text
 
 
+@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
 def test_xdist_controller_shows_the_workers_progress(sbtester, backend):
     sbtester.makepyfile(test_progress_suite=SUITE)
     result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-n", "2")

@@ -53,7 +53,11 @@ def _everything(result: pytest.RunResult, *files: Path) -> str:
     return "\n".join([result.stdout.str(), result.stderr.str(), *(f.read_text() for f in files)])
 
 
-@pytest.mark.parametrize("workers", [None, "2"], ids=["no-xdist", "n2"])
+@pytest.mark.parametrize(
+    ("backend", "workers"),  # the report travels from xdist workers the same way on each backend
+    [("local", None), ("local", "2"), ("emulator", None)],
+    ids=["local-no-xdist", "local-n2", "emulator-no-xdist"],
+)
 def test_failure_report_shows_daemon_logs_with_secrets_scrubbed(sbtester, backend, workers):
     sbtester.makepyfile(test_failing=FAILING)
     junit = sbtester.path / "junit.xml"
@@ -92,6 +96,7 @@ def test_failure_report_shows_daemon_logs_with_secrets_scrubbed(sbtester, backen
     assert "INTERNALERROR" not in everything
 
 
+@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
 def test_log_lines_option_limits_the_tail(sbtester, backend):
     sbtester.makepyfile(
         r"""
@@ -115,6 +120,7 @@ def test_log_lines_option_limits_the_tail(sbtester, backend):
     assert "line-4" not in result.stdout.str()
 
 
+@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
 def test_setup_failure_after_the_sandbox_started_has_its_section(sbtester, backend):
     sbtester.makepyfile(
         """
@@ -136,6 +142,7 @@ def test_setup_failure_after_the_sandbox_started_has_its_section(sbtester, backe
     result.stdout.fnmatch_lines(["timings  create *s, ready *s, test -"])
 
 
+@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
 def test_passing_tests_get_no_section(sbtester, backend):
     sbtester.makepyfile("def test_ok(sandbox):\n    assert sandbox.exec('true').ok\n")
     result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-rA")
@@ -174,6 +181,7 @@ def test_junit_properties_name_ids_and_tunnels(sbtester, backend):
     assert not list(cases["test_none"].iter("property"))
 
 
+@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
 def test_summary_counts_and_times(sbtester, backend):
     sbtester.makepyfile(
         """
@@ -200,6 +208,7 @@ def test_summary_counts_and_times(sbtester, backend):
     )
 
 
+@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
 def test_summary_under_xdist_counts_every_worker(sbtester, backend):
     sbtester.makepyfile(
         """
@@ -217,6 +226,7 @@ def test_summary_under_xdist_counts_every_worker(sbtester, backend):
     )
 
 
+@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
 def test_shared_sandbox_section_says_who_started_it(sbtester, backend):
     sbtester.makepyfile(
         """
