@@ -737,12 +737,15 @@ class SandboxManager:
         return None
 
     async def end(self, sb: EmuSandbox, how: str) -> None:
-        """End ``sb`` as something outside the client would (``OUTSIDE_ENDINGS``)."""
+        """End ``sb`` as something outside the client would (``OUTSIDE_ENDINGS``, or its idle
+        timeout firing, as ``--idle-timeout-status`` reports it)."""
         result = OUTSIDE_ENDINGS.get(how)
+        if how == "idle_timeout":  # reported as --idle-timeout-status says
+            result = result_for(ExitStatus("idle_timeout", None, time.time()), self._idle_status)
         if result is None:
+            choices = ", ".join([*OUTSIDE_ENDINGS, "idle_timeout"])
             raise RpcError(
-                "INVALID_ARGUMENT",
-                f"cannot end a sandbox by {how!r}: choose one of {', '.join(OUTSIDE_ENDINGS)}",
+                "INVALID_ARGUMENT", f"cannot end a sandbox by {how!r}: choose one of {choices}"
             )
         if sb.result is not None:
             return
