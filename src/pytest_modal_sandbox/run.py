@@ -80,7 +80,8 @@ class Run:
         self._ending_lock = threading.Lock()
         self.sandboxes: list[Sandbox] = []  # every sandbox this process started or attached
         self.swept: list[str] = []
-        self.unended: list[str] = []  # what a sweep of this run could not end (or list)
+        self.unended: list[str] = []  # what the end-of-run sweep could not end
+        self.unlisted = False  # the end-of-run sweep could not list the run's sandboxes
         self.crashed_workers: list[str] = []
         self._pending: list[threading.Thread] = []
         self._reports: list[str] = []  # what the termination layers did, for the terminal
@@ -104,7 +105,9 @@ class Run:
         if self._run_lock is not None:
             self._run_lock.release()
             self._run_lock = None
-            if self.backend_name == "emulator" or not (self.kept_ids() or self.unended):
+            if self.backend_name == "emulator" or not (
+                self.kept_ids() or self.unended or self.unlisted
+            ):
                 forget_run(self.runs, self.run_id)  # the emulator's sandboxes end with it
 
     def _portable_options(self) -> dict[str, Any]:
@@ -358,7 +361,7 @@ class Run:
                 running = [info.id for info in self.backend.list({RUN_TAG: self.run_id})]
                 ids += running
             except Exception as exc:
-                self.unended.append("(unlisted)")
+                self.unlisted = True
                 self._report(
                     f"end of run: could not list this run's sandboxes ({_first(exc)}); "
                     "the next run's stale sweep ends what is left"

@@ -96,6 +96,7 @@ def test_the_concurrency_quota_is_resource_exhausted(limited: Emu) -> None:
     [
         ("terminated", SandboxTerminatedError, 137),
         ("timeout", SandboxTimeoutError, 124),
+        ("idle_timeout", SandboxTimeoutError, 124),  # as --idle-timeout-status (default) says
         ("oom", None, 137),
     ],
 )
@@ -119,6 +120,6 @@ def test_ending_from_outside_needs_a_known_way(make_sandbox: Any, emulator: Any)
     from grpclib.exceptions import GRPCError
 
     sb = make_sandbox()
-    with pytest.raises(GRPCError, match="choose one of terminated, timeout, oom"):
+    with pytest.raises(GRPCError, match="choose one of terminated, timeout, oom, idle_timeout"):
         emulator.end_sandbox(sb.object_id, "meteor")
     assert sb.poll() is None

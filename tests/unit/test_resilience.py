@@ -313,3 +313,22 @@ def test_an_unknown_ending_is_refused():
     with pytest.raises(ValueError, match="unknown ending 'melted'"):
         Ending("melted")
     assert issubclass(RetriesExhausted, SandboxError)
+
+
+def test_an_attempt_that_stalls_is_cut_off_and_retried():
+    from pytest_modal_sandbox.backends.modal import LoopThread, retried
+
+    attempts: list[int] = []
+
+    async def call() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            await asyncio.sleep(60)  # a connection that never answers
+        return "answered"
+
+    loop = LoopThread()
+    try:
+        assert retried(loop, "polling sandbox sb-1", call, seconds=10, attempt=0.2) == "answered"
+    finally:
+        loop.close()
+    assert len(attempts) == 2

@@ -17,7 +17,9 @@ streams 10 reconnects, throttled creates for as long as Modal asks.  What it the
 ``ConnectionError``, grpclib's raw ``StreamTerminatedError`` and ``GRPCError`` with a retryable
 status, socket errors, timeouts) or not (not found, already exists, invalid, auth, permission,
 a quota, the sandbox's own ending).  On top of the client, through :mod:`.retry`, until
-:data:`CALL_SECONDS` (:data:`CREATE_SECONDS` for a create):
+:data:`CALL_SECONDS` (:data:`CREATE_SECONDS` for a create), each attempt an ``.aio`` call on
+:class:`LoopThread` cut off after :data:`ATTEMPT_SECONDS` (:data:`LONG_POLL_SECONDS` for a
+call that long-polls), so a stalled connection is one more transient failure, not a hang:
 
 * retried, being idempotent: ``App.lookup``, ``Sandbox.from_id``/``from_name``/``list``,
   ``poll``/``wait`` (how a sandbox ended), ``tunnels``, tags (read, merge, write),
@@ -69,9 +71,11 @@ from .retry import Backoff, retrying
 __all__ = [
     "SUPPORTED_MODAL",
     "EndedUnderIt",
+    "LoopThread",
     "ModalBackend",
     "ModalHandle",
     "create_once",
+    "retried",
     "transient",
     "unless_ended",
 ]
@@ -83,6 +87,8 @@ SUPPORTED_MODAL = ((1, 6, 3), (1, 7, 0))
 DEFAULT_LEASE = 60.0
 DEFAULT_IDLE = 60  # lease + idle: an orphan ends within ~2 minutes (bound: 3)
 CALL_SECONDS = 30.0  # an idempotent call, retried through transient errors
+ATTEMPT_SECONDS = 20.0  # one attempt of a quick call (the SDK's own retries within): no hang
+LONG_POLL_SECONDS = 75.0  # one attempt of a call that long-polls (tunnels: 50 s)
 CREATE_SECONDS = 60.0  # a create, retried (without duplicates) through transient errors
 DEFAULT_QUOTA_WAIT = 60.0  # a create refused for a quota waits this long for a slot
 WATCH_AFTER = 1.0  # an exec still running after this long has its sandbox watched
@@ -152,12 +158,35 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, (StreamTerminatedError, H2ProtocolError, OSError, asyncio.TimeoutError))
 
 
-def _retrying(what: str, call: Callable[[], T], seconds: float = CALL_SECONDS) -> T:
-    """An idempotent SDK call, retried through transient errors; others as our errors."""
+def _retrying(
+    loop: LoopThread,
+    what: str,
+    call: Callable[[], Awaitable[T]],
+    *,
+    seconds: float = CALL_SECONDS,
+    attempt: float | None = ATTEMPT_SECONDS,
+) -> T:
+    """An idempotent SDK call (``call()`` makes one attempt: the SDK's ``.aio`` coroutine),
+    each attempt bounded by ``attempt`` seconds, retried through transient errors for
+    ``seconds``; other errors as ours."""
     try:
-        return retrying(call, what=what, transient=transient, seconds=seconds)
+        return retried(loop, what, call, seconds=seconds, attempt=attempt)
     except _SDK_ERRORS as exc:
         raise _wrap(exc, what) from exc
+
+
+def retried(
+    loop: LoopThread,
+    what: str,
+    call: Callable[[], Awaitable[T]],
+    *,
+    seconds: float = CALL_SECONDS,
+    attempt: float | None = ATTEMPT_SECONDS,
+) -> T:
+    """As :func:`_retrying`, the SDK's own non-transient errors left as they are."""
+    return retrying(
+        lambda: loop.attempt(call, attempt), what=what, transient=transient, seconds=seconds
+    )
 
 
 def _wrap(exc: BaseException, what: str) -> SandboxError:
@@ -171,9 +200,10 @@ def _wrap(exc: BaseException, what: str) -> SandboxError:
     return SandboxError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-class _Loop:
-    """A private event loop on a thread: execs run on it (through the SDK's ``.aio`` calls),
-    so one whose sandbox ends can be cancelled instead of waited for."""
+class LoopThread:
+    """A private event loop on a thread: execs and retried calls run on it (through the SDK's
+    ``.aio`` calls), so one whose sandbox ends, or one attempt that stalls, can be cancelled
+    instead of waited for."""
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -184,7 +214,7 @@ class _Loop:
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
                 threading.Thread(
-                    target=self._loop.run_forever, name="pms-modal-exec", daemon=True
+                    target=self._serve, args=(self._loop,), name="pms-modal-exec", daemon=True
                 ).start()
             loop = self._loop
         future = asyncio.run_coroutine_threadsafe(coro, loop)
@@ -193,6 +223,22 @@ class _Loop:
         except BaseException:
             future.cancel()  # e.g. Ctrl-C: the exec's coroutines are cancelled, not left
             raise
+
+    @staticmethod
+    def _serve(loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def attempt(self, call: Callable[[], Awaitable[T]], timeout: float | None) -> T:
+        """One attempt of ``call()``, cancelled (``asyncio.TimeoutError``, transient) when it
+        takes longer than ``timeout``: a stalled connection is not a hang."""
+
+        async def bounded() -> T:
+            return await asyncio.wait_for(call(), timeout)
+
+        return self.run(bounded())
 
     def close(self) -> None:
         with self._lock:
@@ -451,7 +497,12 @@ class ModalHandle:
     def endpoint(self, port: int, kind: str) -> Endpoint:
         if self._tunnels is None:
             try:
-                self._tunnels = _retrying(f"tunnels of sandbox {self.id}", self._sb.tunnels)
+                self._tunnels = _retrying(
+                    self._backend.loop,
+                    f"tunnels of sandbox {self.id}",
+                    self._sb.tunnels.aio,
+                    attempt=LONG_POLL_SECONDS,
+                )
             except SandboxError as exc:
                 if isinstance(exc.__cause__, modal_exc.SandboxTimeoutError):
                     raise self._failed(exc.__cause__, f"tunnels of sandbox {self.id}") from exc
@@ -475,16 +526,12 @@ class ModalHandle:
         returns for the rest, whose exit code tells an OOM kill (137: the sandbox's own
         command only ever ends by a signal) and an idle timeout (124) apart."""
         what = f"polling sandbox {self.id}"
+        loop = self._backend.loop
         try:
-            code = retrying(self._sb.poll, what=what, transient=transient, seconds=CALL_SECONDS)
+            code = retried(loop, what, self._sb.poll.aio)
             if code is None:
                 return None
-            retrying(
-                lambda: self._sb.wait(raise_on_termination=True),
-                what=what,
-                transient=transient,
-                seconds=CALL_SECONDS,
-            )
+            retried(loop, what, lambda: self._sb.wait.aio(raise_on_termination=True))
         except modal_exc.SandboxTerminatedError:
             return Ending("terminated", 137)
         except modal_exc.SandboxTimeoutError:
@@ -505,24 +552,25 @@ class ModalHandle:
     def terminate(self, *, wait: bool = False) -> None:
         self._backend.heartbeats.remove(self.id)
 
-        def end() -> None:
+        async def end() -> None:
             try:
-                self._sb.terminate()
+                await self._sb.terminate.aio()
                 if wait:
-                    self._sb.wait(raise_on_termination=False)
+                    await self._sb.wait.aio(raise_on_termination=False)
             except modal_exc.NotFoundError:
                 pass  # gone already
 
-        _retrying(f"terminating sandbox {self.id}", end)
+        attempt = LONG_POLL_SECONDS if wait else ATTEMPT_SECONDS
+        _retrying(self._backend.loop, f"terminating sandbox {self.id}", end, attempt=attempt)
 
     def release(self) -> None:
         self._backend.heartbeats.remove(self.id)
 
     def add_tags(self, tags: Mapping[str, str]) -> None:
-        _retrying(
-            f"tagging sandbox {self.id}",
-            lambda: self._sb.set_tags({**self._sb.get_tags(), **tags}),
-        )
+        async def tag() -> None:
+            await self._sb.set_tags.aio({**(await self._sb.get_tags.aio()), **tags})
+
+        _retrying(self._backend.loop, f"tagging sandbox {self.id}", tag)
 
     def shell_command(self) -> str | None:
         return None if self._backend.loopback else f"modal shell {self.id}"
@@ -559,7 +607,7 @@ class ModalBackend:
         self.default_idle = idle_timeout
         self.quota_wait = quota_wait
         self.heartbeats = _Heartbeats(lease)
-        self.loop = _Loop()
+        self.loop = LoopThread()
         self._images: dict[str, modal.Image] = {}
         self._app: modal.App | None = None
         self._lock = threading.Lock()
@@ -595,8 +643,9 @@ class ModalBackend:
         with self._lock:
             if self._app is None:
                 self._app = _retrying(
+                    self.loop,
                     f"looking up Modal app {self.app_name!r}",
-                    lambda: modal.App.lookup(
+                    lambda: modal.App.lookup.aio(
                         self.app_name,
                         create_if_missing=True,
                         client=self.client,
@@ -689,55 +738,72 @@ class ModalBackend:
 
     def _made(self, token: str, what: str) -> modal.Sandbox | None:
         """The sandbox a create with ``token`` made, if it did (its answer was lost)."""
-        found = _retrying(
+        found = self._listed(
             f"{what}: looking for the sandbox of a create whose answer was lost",
-            lambda: list(
-                modal.Sandbox.list(
-                    app_id=self.app.app_id, tags={CREATE_TAG: token}, client=self.client
-                )
-            ),
+            {CREATE_TAG: token},
         )
         return found[0] if found else None
 
+    def _listed(self, what: str, tags: Mapping[str, str]) -> list[modal.Sandbox]:
+        app_id = self.app.app_id  # looked up here, not on the loop that runs the listing
+
+        async def listing() -> list[modal.Sandbox]:
+            found = modal.Sandbox.list.aio(app_id=app_id, tags=dict(tags), client=self.client)
+            return [sb async for sb in found]
+
+        return _retrying(self.loop, what, listing)
+
     def attach(self, sandbox_id: str) -> ModalHandle:
         sb = _retrying(
+            self.loop,
             f"attaching to sandbox {sandbox_id}",
-            lambda: modal.Sandbox.from_id(sandbox_id, client=self.client),
+            lambda: modal.Sandbox.from_id.aio(sandbox_id, client=self.client),
         )
         return ModalHandle(self, sb)
 
     def from_name(self, name: str) -> ModalHandle | None:
-        def lookup() -> modal.Sandbox | None:
+        async def lookup() -> modal.Sandbox | None:
             try:
-                return modal.Sandbox.from_name(
+                return await modal.Sandbox.from_name.aio(
                     self.app_name, name, environment_name=self.environment, client=self.client
                 )
             except modal_exc.NotFoundError:
                 return None
 
-        sb = _retrying(f"looking up sandbox {name!r}", lookup)
+        sb = _retrying(self.loop, f"looking up sandbox {name!r}", lookup)
         if sb is None:
             return None
         self.heartbeats.add(sb)
         return ModalHandle(self, sb)
 
     def list(self, tags: Mapping[str, str]) -> list[SandboxInfo]:
-        def listing() -> list[SandboxInfo]:
-            found = modal.Sandbox.list(app_id=self.app.app_id, tags=dict(tags), client=self.client)
-            return [SandboxInfo(sb.object_id, sb.get_tags()) for sb in found]
+        app_id = self.app.app_id  # looked up here, not on the loop that runs the listing
 
-        return _retrying(f"listing sandboxes of app {self.app_name!r}", listing)
+        async def listing() -> list[SandboxInfo]:
+            found = modal.Sandbox.list.aio(app_id=app_id, tags=dict(tags), client=self.client)
+            sandboxes = [sb async for sb in found]
+            few = asyncio.Semaphore(16)  # each one's tags are a request of its own
+
+            async def info(sb: modal.Sandbox) -> SandboxInfo:
+                async with few:
+                    return SandboxInfo(sb.object_id, dict(await sb.get_tags.aio()))
+
+            return list(await asyncio.gather(*(info(sb) for sb in sandboxes)))
+
+        what = f"listing sandboxes of app {self.app_name!r}"
+        return _retrying(self.loop, what, listing, attempt=LONG_POLL_SECONDS)
 
     def terminate(self, sandbox_id: str) -> None:
         self.heartbeats.remove(sandbox_id)
 
-        def end() -> None:
+        async def end() -> None:
             try:
-                modal.Sandbox.from_id(sandbox_id, client=self.client).terminate()
+                sb = await modal.Sandbox.from_id.aio(sandbox_id, client=self.client)
+                await sb.terminate.aio()
             except modal_exc.NotFoundError:
                 pass  # gone already
 
-        _retrying(f"terminating sandbox {sandbox_id}", end)
+        _retrying(self.loop, f"terminating sandbox {sandbox_id}", end)
 
     def close(self) -> None:
         self.heartbeats.close()
