@@ -647,6 +647,108 @@ def start_failure(world: World, test: str, env: Mapping[str, str] | None = None)
     return Outcome(run, [created["id"]], created["t"], gone, rc, run.output())
 
 
+AHEAD = 3
+AHEAD_TESTS = r"""
+import json, os, signal, time
+
+import pytest
+from pytest_modal_sandbox import Daemon, Probe
+from conftest import FAULT_DIR, WORKER, hang, note
+
+
+def mine_created():
+    try:
+        with open(os.path.join(FAULT_DIR, "created.jsonl")) as f:
+            notes = [json.loads(line) for line in f]
+    except FileNotFoundError:
+        return []
+    return [n["id"] for n in notes if n["worker"] == WORKER]
+
+
+def wait_for_ahead(count):
+    deadline = time.monotonic() + 90
+    while len(mine_created()) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_1_interrupted(sandbox):
+    wait_for_ahead(1 + AHEAD)  # its own and the next tests' (started ahead)
+    hang("call")
+
+
+def test_1_killed(sandbox):
+    wait_for_ahead(1 + AHEAD)
+    note("fault", what="worker SIGKILLed itself with sandboxes started ahead", ids=mine_created())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_2(sandbox):
+    pass
+
+
+def test_3(sandbox):
+    pass
+
+
+@pytest.mark.sandbox(daemons=[Daemon("slow", "sleep 600", ready=Probe.log("never", timeout=8))])
+def test_4_not_ready_yet(sandbox):
+    pass
+
+
+def test_5(sandbox):
+    pass
+""".replace("AHEAD)", f"{AHEAD})")
+
+BYSTANDER = r"""
+import os, time
+from conftest import FAULT_DIR, note
+
+
+def test_bystander(sandbox):
+    note("reached", where="bystander")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(os.path.join(FAULT_DIR, "release")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+
+
+def ctrl_c_with_sandboxes_ahead(world: World) -> Outcome:
+    """Ctrl-C while a test runs and the next tests' sandboxes were started ahead (ready, and
+    one still waiting for readiness); timed until none of them is listed."""
+    run = InnerRun(
+        world,
+        f"ahead-ctrl-c-{len(world.runs)}",
+        {"test_ahead.py": AHEAD_TESTS},
+        args=["-k", "not killed", "-p", "no:xdist"],
+        ini={"modal_sandbox_ahead": str(AHEAD)},
+    )
+    with run:
+        run.wait_note("reached", timeout=90)
+        ids = [n["id"] for n in run.notes("created")]
+        t = run.signal_group(signal.SIGINT)
+        gone = time_to_gone(world.lister, ids, t)
+        rc = run.wait(90)
+    return Outcome(run, ids, t, gone, rc, run.output())
+
+
+def worker_killed_with_sandboxes_ahead(world: World) -> Outcome:
+    """-n 2 --dist loadfile: a worker SIGKILLs itself in a test while the sandboxes of its next
+    tests were started ahead; timed while the run goes on (the other worker waits)."""
+    run = InnerRun(
+        world,
+        f"ahead-kill-{len(world.runs)}",
+        {"test_ahead.py": AHEAD_TESTS, "test_other.py": BYSTANDER},
+        args=["-k", "not interrupted", "-n", "2", "--dist", "loadfile"],
+        ini={"modal_sandbox_ahead": str(AHEAD)},
+    )
+    with run:
+        fault = run.wait_note("fault", timeout=90)
+        gone = time_to_gone(world.lister, fault["ids"], fault["t"])
+        (run.fault_dir / "release").touch()
+        rc = run.wait(120)
+    return Outcome(run, fault["ids"], fault["t"], gone, rc, run.output())
+
+
 def cli(
     world: World,
     *args: str,

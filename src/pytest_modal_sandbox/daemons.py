@@ -87,7 +87,9 @@ def _supervisor_script(daemon: Daemon) -> str:
 
 def launch_script(daemons: Sequence[Daemon]) -> str:
     """One shell script that starts every daemon detached and returns at once."""
-    parts = ["set -e", f"mkdir -p {DAEMON_DIR}", f"rm -f {READY_MARK}"]
+    # no "rm -f READY_MARK": with Modal's own probe this script is fire-and-forget, and may
+    # run after the probe passed and the mark was written (a new sandbox has no mark)
+    parts = ["set -e", f"mkdir -p {DAEMON_DIR}"]
     for daemon in daemons:
         d = shell_quote(_dir(daemon))
         parts += [

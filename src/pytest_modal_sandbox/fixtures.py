@@ -249,14 +249,14 @@ def _provide(
     yield from provider.provide(request, declaration)
 
 
-@pytest.fixture
-def sandbox(request: pytest.FixtureRequest) -> Generator[Sandbox, None, None]:
+def _sandbox(request: pytest.FixtureRequest) -> Generator[Sandbox, None, None]:
     """A ready sandbox for this test, from its closest ``@pytest.mark.sandbox`` fields
     (module and class markers merge; indirect parametrization overrides fields)."""
     yield from _provide(request, MARKERS)
 
 
-setattr(sandbox, DECLARATION_ATTR, MARKERS)
+setattr(_sandbox, DECLARATION_ATTR, MARKERS)  # on the function pytest keeps as the fixture's
+sandbox = pytest.fixture(name="sandbox")(_sandbox)
 
 
 def sandbox_fixture(

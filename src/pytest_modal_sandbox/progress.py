@@ -223,8 +223,10 @@ class LiveView(LineView):
     """One final line per sandbox; while a fixture waits, the start it waits for on a status
     line rewritten in place."""
 
-    def __init__(self, reporter: Any, capman: Any, writer: Any = None) -> None:
-        super().__init__(reporter, capman, writer)
+    def __init__(
+        self, reporter: Any, capman: Any, writer: Any = None, *, open_lines: bool = True
+    ) -> None:
+        super().__init__(reporter, capman, writer, open_lines=open_lines)
         self.final: set[str] = set()  # starts whose final line is written
         self.status = False  # our open line is the status line
 
@@ -268,7 +270,9 @@ def make_view(config: Any, mode: str, *, owner: bool, controller: bool) -> NullV
     capman = config.pluginmanager.get_plugin("capturemanager")
     writer = config.get_terminal_writer()
     live = mode == "auto" and bool(reporter.isatty) and os.environ.get("TERM") != "dumb"
+    # pytest writes next, after a line we leave open; not so on the controller (its main thread
+    # relays results as letters wherever the line is) nor with -s (the test's own output)
+    open_lines = not controller and config.getoption("capture", "fd") != "no"
     if live and not controller:
-        return LiveView(reporter, capman, writer)
-    # the controller's main thread relays results as letters on pytest's line: end our lines
-    return LineView(reporter, capman, writer, show_worker=controller, open_lines=not controller)
+        return LiveView(reporter, capman, writer, open_lines=open_lines)
+    return LineView(reporter, capman, writer, show_worker=controller, open_lines=open_lines)

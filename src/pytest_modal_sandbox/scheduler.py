@@ -24,12 +24,14 @@ starting that fixture ahead in this process (so a hook that changes every spec w
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 
@@ -66,12 +68,55 @@ class Entry:
 
     instance: FixtureInstance
     future: Future[Sandbox] = field(default_factory=Future)
-    task: Future[None] | None = None  # the pool's, to wait for at shutdown
     claimed: bool = False
     cancelled: bool = False
     created: Sandbox | None = None  # once it exists (not yet ready)
     sandbox: Sandbox | None = None  # once ready
+    raised: list[warnings.WarningMessage] = field(default_factory=list)  # warnings of its start
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class StartWarnings:
+    """Warnings a start made ahead raises (an image that fell back to the host, say), kept for
+    the setup that takes its sandbox: pytest records warnings per test phase, and a start made
+    ahead runs outside any.  Installed as ``warnings.showwarning`` while starts run ahead;
+    warnings of other threads pass through."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+        self.previous: Callable[..., None] | None = None
+
+    def install(self) -> None:
+        if self.previous is None:
+            self.previous = warnings.showwarning
+            warnings.showwarning = self.show
+
+    def uninstall(self) -> None:
+        if self.previous is not None and warnings.showwarning == self.show:
+            warnings.showwarning = self.previous
+        self.previous = None
+
+    def show(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:  # fmt: skip
+        kept = getattr(self.local, "kept", None)
+        if kept is not None:
+            kept.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
+        elif self.previous is not None:
+            self.previous(message, category, filename, lineno, file, line)
+
+    @contextlib.contextmanager
+    def keeping(self, into: list[warnings.WarningMessage]) -> Iterator[None]:
+        self.local.kept = into
+        try:
+            yield
+        finally:
+            self.local.kept = None
+
+    @staticmethod
+    def replay(kept: Iterable[warnings.WarningMessage]) -> None:
+        """Raise them again, here (in the setup that takes the sandbox)."""
+        for w in kept:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def may_run(item: pytest.Item) -> bool:
@@ -105,6 +150,7 @@ class Scheduler:
         wide: bool = True,
         images: ImageOverride,
         upcoming: Callable[[pytest.Item, pytest.Item | None], Sequence[pytest.Item]],
+        # -> the tests this process runs after the first, in order (a bounded look ahead)
         on_taken: Callable[[FixtureInstance], None] = lambda instance: None,
     ) -> None:
         self.start = start
@@ -119,6 +165,8 @@ class Scheduler:
         self._instances: dict[str, list[FixtureInstance]] = {}  # test node id -> its instances
         self._window: list[pytest.Item] = []  # the current test, then the coming ones
         self._pool: ThreadPoolExecutor | None = None
+        self._tasks: list[Future[None]] = []  # starts not finished yet, taken or not
+        self._warnings = StartWarnings()
         self._lock = threading.RLock()
         self._closed = False
 
@@ -144,7 +192,7 @@ class Scheduler:
         """``item`` begins: plan from it and the tests queued after it."""
         if not self.wide and self.ahead <= 0:
             return
-        window = [item, *self.upcoming(item, nextitem)[:LOOKAHEAD_ITEMS]]
+        window = [item, *self.upcoming(item, nextitem)]
         queued = {i.nodeid for i in window}
         with self._lock:
             self._window = window
@@ -173,11 +221,12 @@ class Scheduler:
             _wide_nodes(self.instances(nextitem)) if nextitem is not None else set()
         )
         with self._lock:
+            self._window = [i for i in self._window if i is not item]
             finished = [e for e in self.entries.values() if e.instance.node in done]
             for entry in finished:  # a later setup of the same node may be started anew
                 del self.entries[entry.instance.ident]
         for entry in finished:
-            if not entry.claimed:
+            if not entry.claimed or not entry.future.done():  # or its setup stopped waiting
                 self._cancel(entry)
         self._refill()
 
@@ -213,7 +262,9 @@ class Scheduler:
             self.entries[instance.ident] = entry
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(MAX_PARALLEL, thread_name_prefix="pms-ahead")
-            entry.task = self._pool.submit(self._run, entry)
+                self._warnings.install()
+            task = self._pool.submit(self._run, entry)
+            self._tasks = [t for t in self._tasks if not t.done()] + [task]
 
     def _run(self, entry: Entry) -> None:
         if entry.cancelled:
@@ -226,9 +277,13 @@ class Scheduler:
                 raise Cancelled(f"{entry.instance.label}: not needed any more")
 
         try:
-            sb = self.start(
-                entry.instance, ahead=True, on_created=created, cancelled=lambda: entry.cancelled
-            )
+            with self._warnings.keeping(entry.raised):
+                sb = self.start(
+                    entry.instance,
+                    ahead=True,
+                    on_created=created,
+                    cancelled=lambda: entry.cancelled,
+                )
         except BaseException as exc:
             entry.future.set_exception(exc)
             return
@@ -241,6 +296,8 @@ class Scheduler:
 
     def _cancel(self, entry: Entry) -> None:
         with entry.lock:
+            if entry.cancelled:
+                return
             entry.cancelled = True
             ready = entry.sandbox
         if ready is not None:
@@ -262,7 +319,10 @@ class Scheduler:
         if entry is None:
             return self.start(instance, ahead=False)
         self._refill()  # a place in the bound is free
-        sb = entry.future.result()
+        try:
+            sb = entry.future.result()
+        finally:
+            StartWarnings.replay(entry.raised)
         self.on_taken(instance)
         return sb
 
@@ -287,17 +347,16 @@ class Scheduler:
             self._closed = True
             # untaken ones, and taken ones whose setup stopped waiting (Ctrl-C)
             entries = [e for e in self.entries.values() if not e.claimed or not e.future.done()]
-            pool = self._pool
+            pool, tasks = self._pool, list(self._tasks)
         for entry in entries:
             self._cancel(entry)
         if pool is None:
             return
         pool.shutdown(wait=False, cancel_futures=True)
+        self._warnings.uninstall()
         deadline = time.monotonic() + timeout
-        for entry in entries:
-            if entry.task is None:
-                continue
+        for task in tasks:  # ended ones included: their events are the ledger's
             try:
-                entry.task.exception(timeout=max(0.0, deadline - time.monotonic()))
+                task.exception(timeout=max(0.0, deadline - time.monotonic()))
             except Exception:  # cancelled before it ran, or still running past the deadline
                 pass

@@ -30,7 +30,7 @@ def _forms(value: str) -> set[str]:
 class Scrubber:
     """The secret values known to this process, and the one regex that replaces them.
 
-    Thread-safe: prestart threads add values while the main thread scrubs reports.
+    Thread-safe: threads starting sandboxes ahead add values while the main thread scrubs reports.
     """
 
     def __init__(self, values: Iterable[str] = ()) -> None:

@@ -39,7 +39,7 @@ from .reporting.starts import StartTable
 from .reporting.summary import Summary, summary_lines
 from .run import Role, Run
 from .sandbox import Sandbox
-from .scheduler import Cancelled, Scheduler
+from .scheduler import LOOKAHEAD_ITEMS, Cancelled, Scheduler
 from .scrub import Scrubber
 from .settings import Settings
 from .spec import SandboxSpec
@@ -78,6 +78,7 @@ class Session:
         self.attached: set[str] = set()  # share="run" sandboxes another process started
         self._start_numbers = itertools.count(1)
         self._finished = False
+        self._positions: dict[int, int] = {}  # id(item) -> its place in the run's order
         given = xdist.worker_input(config)
         self._send = xdist.event_sender(config)
         worker = given.get("workerid", "main" if self.role == "standalone" else "controller")
@@ -102,11 +103,12 @@ class Session:
         )
         self.scheduler: Scheduler | None = None
         if self.role != "controller" and not config.option.collectonly:
+            ahead = settings.ahead_for(backend)
             self.scheduler = Scheduler(
                 self.start,
                 self.discard,
-                ahead=0,
-                wide=settings.prestart,
+                ahead=ahead,
+                wide=ahead > 0,
                 images=settings.images,
                 upcoming=self._upcoming,
                 on_taken=self._taken,
@@ -254,17 +256,16 @@ class Session:
         self.run.emit("taken", "", share=instance.share, test=instance.test, ahead=True)
 
     def _upcoming(self, item: pytest.Item, nextitem: pytest.Item | None) -> Sequence[pytest.Item]:
-        """The tests this process will run after ``item``, in order, as far as it knows."""
+        """The tests this process will run after ``item``, in order, as far as it knows (and
+        not further than the scheduler looks)."""
         items = item.session.items
+        after: list[pytest.Item] = [nextitem] if nextitem is not None else []
         if self.role == "worker":
-            pending = xdist.pending_items(self.config, items)
-            if pending is not None:
-                return [nextitem, *pending] if nextitem is not None else pending
-            return [nextitem] if nextitem is not None else []
-        try:
-            return items[items.index(item) + 1 :]
-        except ValueError:
-            return [nextitem] if nextitem is not None else []
+            after += xdist.pending_items(self.config, items) or []
+        elif id(item) in self._positions:
+            i = self._positions[id(item)]
+            after = items[i + 1 : i + 1 + LOOKAHEAD_ITEMS]
+        return after[:LOOKAHEAD_ITEMS]
 
     def provide(
         self, request: pytest.FixtureRequest, declaration: Declaration
@@ -329,6 +330,7 @@ class Session:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self._positions = {id(item): i for i, item in enumerate(session.items)}
         if self.scheduler is not None:
             self.scheduler.collection_finished(session.items)
 
@@ -368,6 +370,7 @@ class Session:
     def pytest_runtest_logfinish(self) -> None:
         self.view.between_tests()
 
+    @pytest.hookimpl(tryfirst=True)  # before the terminal's report, which can take seconds
     def pytest_keyboard_interrupt(self) -> None:
         from .lifecycle.signals import interrupt_seen
 

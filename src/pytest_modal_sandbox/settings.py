@@ -27,6 +27,8 @@ LOCAL_IMAGES_ENV = "PYTEST_MODAL_SANDBOX_LOCAL_IMAGES"
 DEFAULT_KEEP_MINUTES = 30.0
 DEFAULT_APP = "pytest-modal-sandbox"
 PROGRESS_MODES = ("auto", "plain", "off")
+AHEAD_DEFAULTS = {"modal": 4, "emulator": 4, "local": 2}
+"""``--modal-sandbox-ahead=auto`` by backend: what bench/bench_ahead.py measured (README)."""
 
 ENABLE_HELP = (
     "run tests that need a sandbox, on BACKEND: auto (Modal when credentials are configured, "
@@ -136,13 +138,18 @@ def _milliseconds(text: str) -> float:
     return ms
 
 
-def _switch(text: str) -> bool:
+def _ahead(text: str) -> int | None:
+    """A number of sandboxes, or None for ``auto`` (the backend's default)."""
     value = text.strip().lower()
-    if value in ("on", "yes", "true", "1"):
-        return True
-    if value in ("off", "no", "false", "0"):
-        return False
-    raise ValueError("is not on or off")
+    if value == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ValueError("is not a number of sandboxes (>= 0) or auto")
+    return count
 
 
 @dataclass(frozen=True)
@@ -192,12 +199,14 @@ SETTINGS = (
             "rewritten in place on a tty, plain lines otherwise), plain or off (default: auto; "
             "-q silences it)", _choice(lambda: PROGRESS_MODES, "a progress mode"), "auto",
             "auto|plain|off"),
-    Setting("prestart", "prestart", "start the session- and module-scoped sandbox fixtures the "
-            "selected tests use concurrently, in the background, before the first test needs "
-            "them: on or off (default: on)", _switch, "on", "on|off"),
+    Setting("ahead", "ahead", "start sandboxes ahead of the tests that need them: session- and "
+            "module-scoped fixtures before their first test, function-scoped ones for up to N "
+            "coming tests while a test runs; 0 starts each when its test asks (default: auto, "
+            f"by backend: {', '.join(f'{b} {n}' for b, n in AHEAD_DEFAULTS.items())})",
+            _ahead, "auto", "N"),
     Setting("local_images", "local-images", "local backend: pull (run the declared image, "
-            "pulled and cached; the default), host (map every image to the host filesystem, "
-            "read-only) or auto (pull, else the host)",
+            "pulled and cached; the default), host (map every image to a private view of the "
+            "host filesystem) or auto (pull, else the host)",
             _choice(_local_image_modes, "a local image mode"), "pull", "MODE", LOCAL_IMAGES_ENV),
     Setting("emulator_latency_ms", "emulator-latency-ms", "emulator backend: milliseconds "
             "added to every RPC, e.g. 80 for a cloud round trip (default: 0)", _milliseconds,
@@ -270,11 +279,15 @@ class Settings:
     quota_wait: int = 60  # Modal path: seconds a create refused for a quota retries
     keep_on_failure: float = 0.0  # minutes a failed test's sandbox is kept (0: off)
     progress: str = "auto"  # auto, plain or off
-    prestart: bool = True
+    ahead: int | None = None  # None: by backend (AHEAD_DEFAULTS)
     local_images: str = "pull"  # local backend: pull, host or auto
     host_images: tuple[str, ...] = ()  # local backend: patterns mapped to the host
     emulator_latency_ms: float = 0.0  # emulator backend: added to every RPC
     emulator_start_latency_ms: float = 0.0  # emulator backend: create until the container runs
+
+    def ahead_for(self, backend: str) -> int:
+        """How many function-scoped sandboxes to start ahead on ``backend`` (0: nothing)."""
+        return AHEAD_DEFAULTS.get(backend, 1) if self.ahead is None else self.ahead
 
     def backend_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {

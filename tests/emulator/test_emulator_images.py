@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -226,6 +227,46 @@ def test_large_context_files_travel_as_blobs(
     assert (
         text(sb.exec("md5sum", "/big.bin")).split()[0] == hashlib.md5(big.read_bytes()).hexdigest()
     )
+
+
+def test_build_steps_are_root_inside_and_confined(
+    make_emulator: Callable[..., Emu], app_image: PushedImage, tmp_path: Path
+) -> None:
+    """A ``RUN`` step is root in the image (it may chown others' files) and nothing more: it
+    cannot mount, make devices, write host-wide sysctls or change the host's network, and
+    a symlink it leaves cannot lead a later ``COPY`` out of the image."""
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "pms-walls.ini").write_text("copied\n")
+    panic = Path("/proc/sys/kernel/panic").read_text()
+    tries = [
+        "mount -t tmpfs x /mnt",
+        "mknod /disk b 8 0",
+        f"printf {panic.strip()} > /proc/sys/kernel/panic",  # the host's value: harmless if it went
+        "ip link add pmswalls1 type dummy",
+        "ip addr add 10.234.9.9/32 dev lo",
+    ]
+    steps = [f"({t}) 2>/dev/null && echo ALLOWED: {t} >> /attempts || echo denied >> /attempts"
+             for t in tries]  # fmt: skip
+    emu = make_emulator()
+    image = (
+        modal.Image.from_registry(app_image.reference)
+        .run_commands("chown 7:8 /app/data.txt", "ln -s /etc /hostetc", *steps)
+        .dockerfile_commands(["COPY pms-walls.ini /hostetc/"], context_dir=context)
+    )
+    try:
+        sb = emu.sandbox(image=image)
+        assert text(sb.exec("cat", "/attempts")) == "denied\n" * len(tries)
+        assert text(sb.exec("stat", "-c", "%u:%g", "/app/data.txt")) == "7:8\n"
+        assert text(sb.exec("cat", "/etc/pms-walls.ini")) == "copied\n"  # the image's /etc
+        assert not os.path.exists("/etc/pms-walls.ini")
+        assert Path("/proc/sys/kernel/panic").read_text() == panic
+        links = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+        assert "pmswalls1" not in links and "10.234.9.9" not in links
+    finally:
+        Path("/etc/pms-walls.ini").unlink(missing_ok=True)
+        subprocess.run(["ip", "link", "del", "pmswalls1"], capture_output=True)
+        subprocess.run(["ip", "addr", "del", "10.234.9.9/32", "dev", "lo"], capture_output=True)
 
 
 def test_files_mounted_at_start_are_refused_with_the_fix(

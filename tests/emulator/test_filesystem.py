@@ -79,11 +79,15 @@ def test_errors_map_to_the_clients_exceptions(make_sandbox: Any) -> None:
         fs.remove("/tmp/missing")
 
 
-def test_host_root_stays_read_only(make_sandbox: Any) -> None:
+def test_host_root_is_the_sandboxs_own(make_sandbox: Any) -> None:
+    """As on Modal the root is writable; the host's files never change."""
     sb = make_sandbox()
-    with pytest.raises(modal.exception.SandboxFilesystemError):
-        sb.filesystem.write_text("no", "/etc/pytest-modal-sandbox-should-not-exist")
-    assert not os.path.exists("/etc/pytest-modal-sandbox-should-not-exist")
+    path = "/etc/pytest-modal-sandbox-should-not-exist"
+    sb.filesystem.write_text("inside", path)
+    assert sb.filesystem.read_text(path) == "inside"
+    assert not os.path.exists(path)
+    sb.terminate(wait=True)
+    assert not os.path.exists(path)
 
 
 def test_filesystem_on_a_finished_sandbox_is_unavailable(make_sandbox: Any) -> None:

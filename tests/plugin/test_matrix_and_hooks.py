@@ -23,8 +23,12 @@ def test_image(sandbox):
 
 def test_image_mapping_from_the_command_line(sbtester):
     sbtester.makepyfile(MATRIX)
-    result = sbtester.runpytest(
-        "--modal-sandbox=local", "-s", "-v", "--modal-sandbox-image=python:3.*=debian:12"
+    result = sbtester.runpytest(  # no progress lines between a test's name and its output
+        "--modal-sandbox=local",
+        "-s",
+        "-v",
+        "--modal-sandbox-image=python:3.*=debian:12",
+        "--modal-sandbox-progress=off",
     )
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines_random(

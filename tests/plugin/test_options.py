@@ -71,6 +71,12 @@ def test_skipped_under_xdist_too(sbtester):
             "ini option modal_sandbox_emulator_start_latency_ms: '-5' is not a number of "
             "milliseconds*",
         ),
+        (
+            ["--modal-sandbox"],
+            {},
+            "modal_sandbox_ahead = -1",
+            "ini option modal_sandbox_ahead: '-1' is not a number of sandboxes (>= 0) or auto",
+        ),
     ],
 )
 def test_invalid_settings_say_where_they_came_from(sbtester, monkeypatch, args, env, ini, message):

@@ -34,9 +34,16 @@ def spawn_python(code: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
-# A Python for use *inside* host-mode sandboxes: the real interpreter, since a venv's
-# bin/python may live under /tmp, which is a private tmpfs in there.
-SANDBOX_PYTHON = os.path.realpath(sys.executable)
+def _sandbox_python() -> str:
+    """A Python that host-image sandboxes show: a system one.  A venv's bin/python may live
+    under /tmp and an interpreter under a home directory (pyenv), both hidden in there."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(candidate):
+            return candidate
+    return os.path.realpath(sys.executable)
+
+
+SANDBOX_PYTHON = _sandbox_python()
 
 
 def build_busybox_root(root: Path) -> Path:

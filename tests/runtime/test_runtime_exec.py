@@ -11,6 +11,7 @@ from pytest_modal_sandbox.runtime import (
     LocalRuntime,
     SandboxConfig,
     SandboxNotFound,
+    spawn_exec,
 )
 
 
@@ -108,9 +109,13 @@ def test_popen_and_exec_command(rt: LocalRuntime) -> None:
     proc = sb.popen(["sh", "-c", "read line; echo got $line"])
     out, _ = proc.communicate(b"hello\n", timeout=30)
     assert out == b"got hello\n" and proc.returncode == 0
-    argv, env = sb.exec_command(["sh", "-c", 'echo "$X"'], env={"X": "y"})
+    argv, env = sb.exec_command(
+        ["sh", "-c", 'echo "$X"; grep NoNewPrivs /proc/self/status'], env={"X": "y"}
+    )
+    spawned = spawn_exec(argv, env=env, stdout=subprocess.PIPE, start_new_session=True)
+    assert spawned.communicate(timeout=30)[0] == b"y\nNoNewPrivs:\t1\n"
     done = subprocess.run(argv, env=env, capture_output=True, start_new_session=True, timeout=30)
-    assert done.stdout == b"y\n"
+    assert done.stdout == b"y\nNoNewPrivs:\t0\n"  # spawned elsewhere: without the thread's walls
 
 
 def test_bad_arguments_are_named(rt: LocalRuntime) -> None:

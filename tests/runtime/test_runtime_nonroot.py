@@ -90,6 +90,10 @@ SCRIPT = textwrap.dedent("""
     r = sb.exec(["sh", "-c", "id -u; pwd; touch f && ls"])
     out["exec"] = [r.returncode, r.stdout.decode()]
     out["host_write"] = sb.exec(["sh", "-c", "echo x > /etc/pms-nonroot"]).returncode
+    # the walls: homes hidden, and what hides them or keeps / read-only cannot be undone
+    walls = ("ls -A /root /home; umount /home; echo $?; umount -l /; echo $?; "
+             "mount -o remount,rw /; echo $?; unshare -U true; echo $?")
+    out["walls"] = sb.exec(["sh", "-c", walls]).stdout.decode().split()
     out["timeout"] = sb.exec(["sleep", "30"], timeout=0.3).timed_out
     address = sb.tunnel(8000)
     got = b""
@@ -140,6 +144,7 @@ def test_everything_works_without_root(shared_state: Path) -> None:
         "uid": NOBODY,
         "exec": [0, "0\n/w\nf\n"],
         "host_write": 2,
+        "walls": ["/home:", "/root:", "32", "32", "32", "1"],
         "timeout": True,
         "tunnel": "hi",
         "ports": [8000],

@@ -2,7 +2,8 @@
 
 Images: with ``local_images="pull"`` (the default) an image reference is pulled, verified and
 cached (:mod:`pytest_modal_sandbox.images`) and the sandbox runs in it, with the image's env
-and workdir, as on Modal.  ``"host"`` maps every image to the host filesystem (read-only);
+and workdir, as on Modal.  ``"host"`` maps every image to a private view of the host
+filesystem (see :mod:`pytest_modal_sandbox.runtime.hostview`);
 ``host_images`` patterns map just those images; ``"auto"`` pulls and falls back to the host
 when an image cannot be had (with a warning).  A spec without an image runs on the host.
 
@@ -51,7 +52,7 @@ class LocalImages:
 
     def describe(self) -> str:
         if self.mode == "host":
-            return "images are mapped to the host filesystem, read-only"
+            return "images are mapped to the host filesystem (a private view of it)"
         text = "images are pulled and cached"
         if self.mode == "auto":
             text += " (the host filesystem when one cannot be had)"

@@ -301,8 +301,8 @@ def create_once(
                 raise QuotaExceeded(
                     f"{what}: Modal refused it for a quota of the workspace ({exc}) and no "
                     f"slot freed in {quota_wait:g} s of retrying. Fewer sandboxes at once fix "
-                    "it: fewer xdist workers (-n), no fixtures started ahead "
-                    "(--modal-sandbox-prestart off), or a higher limit for the workspace on "
+                    "it: fewer xdist workers (-n), no sandboxes started ahead "
+                    "(--modal-sandbox-ahead=0), or a higher limit for the workspace on "
                     "Modal; --modal-sandbox-quota-wait waits longer"
                 ) from exc
         except modal_exc.AlreadyExistsError:

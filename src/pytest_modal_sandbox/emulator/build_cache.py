@@ -42,7 +42,7 @@ class ImageState:
     """What a (built) layer gives the next layer and the sandboxes that run it."""
 
     key: str  # content key of the chain up to here ("host" for the host root)
-    rootfs: Path | None  # None: the host root (read-only)
+    rootfs: Path | None  # None: the host root (a private view of it)
     env: Mapping[str, str] = field(default_factory=dict)
     workdir: str | None = None
     shell: tuple[str, ...] = DEFAULT_SHELL

@@ -366,11 +366,13 @@ def _select(
 
 
 def _remove_placeholders(root: Path, before: Mapping[str, bool]) -> None:
-    """Remove the empty mount points bubblewrap made in a root that had none there."""
+    """Remove the empty mount points bubblewrap made in a root that had none there (their
+    parents resolved inside the root: a step may have left symlinks to anywhere)."""
     for rel in _PLACEHOLDERS:
         if before.get(rel):
             continue
-        path = root / rel
+        parent, name = posixpath.split(rel)
+        path = Path(resolve_in_root(str(root), parent)) / name
         with contextlib.suppress(OSError):
             if path.is_symlink():
                 continue

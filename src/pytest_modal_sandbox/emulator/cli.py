@@ -121,7 +121,7 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         choices=IMAGES_MODES,
         help="what modal.Image.from_registry/debian_slim bases run on: 'pull' the image (a "
-        "base that cannot be had fails the build), the 'host' root read-only (RUN steps are "
+        "base that cannot be had fails the build), the 'host' root (a private view; RUN steps are "
         "skipped), or 'auto' (default): pull, else the host root with a warning",
     )
     p.add_argument(

@@ -1,7 +1,9 @@
 """One ``sandbox.exec(...)``: a process joined to the sandbox, with buffered stdio.
 
 The runtime gives the host argv (``nsenter`` into the sandbox's namespaces) and environment;
-this module spawns it with asyncio, keeps stdout/stderr whole for offset reads, feeds stdin by
+this module spawns it with the runtime's ``spawn_exec`` (the walls the sandbox's own processes
+have: no_new_privs, the seccomp filter, a fresh keyring), drives its pipes with asyncio, keeps
+stdout/stderr whole for offset reads, feeds stdin by
 offset (retried writes are dropped), holds the sandbox's activity while the process runs (so
 ``idle_timeout`` does not fire under a running exec), and kills it on timeout with the
 runtime's ``kill_exec`` (the members of its process group first, the nsenter leader last: a
@@ -15,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from typing import IO, Any
 
-from ..runtime import kill_exec
+from ..runtime import kill_exec, spawn_exec
 from . import ptys
 from .rpc_error import RpcError
 from .stdio import OutputBuffer, unwritten
@@ -43,7 +47,7 @@ class ExecProcess:
         self.exited = asyncio.Event()
         self.stdin_written = 0
         self.stdin_closed = False
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: _Process | None = None
         self._stdin_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._on_stdin: Callable[[], None] = lambda: None
@@ -69,19 +73,19 @@ class ExecProcess:
         activity.__enter__()
         try:
             if pty is None:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
+                proc = await _Process.start(
+                    argv,
                     env=dict(env),
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.PIPE if stderr else asyncio.subprocess.DEVNULL,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
+                    stderr=subprocess.PIPE if stderr else subprocess.DEVNULL,
                     start_new_session=True,  # its group holds the child inside the namespaces
                     pass_fds=tuple(pass_fds),
                 )
             else:
                 try:
-                    proc = await asyncio.create_subprocess_exec(
-                        *argv,
+                    proc = await _Process.start(
+                        argv,
                         env=dict(env),
                         stdin=pty.terminal,
                         stdout=pty.terminal,
@@ -214,6 +218,62 @@ class ExecProcess:
                 await task
         if self._killer is not None:
             await asyncio.to_thread(self._killer.join)
+
+
+class _Process:
+    """A process started by ``spawn_exec`` with its pipes on this event loop (what
+    ``asyncio.create_subprocess_exec`` gives, which cannot spawn from another thread)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.stdin: asyncio.StreamWriter | None = None
+        self.stdout: asyncio.StreamReader | None = None
+        self.stderr: asyncio.StreamReader | None = None
+        self._exited = asyncio.get_running_loop().create_future()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    @classmethod
+    async def start(cls, argv: Sequence[str], **kwargs: Any) -> _Process:
+        loop = asyncio.get_running_loop()
+        popen = await loop.run_in_executor(None, lambda: spawn_exec(argv, **kwargs))
+        proc = cls(popen)
+        try:
+            proc.stdout = await proc._reader(popen.stdout)
+            proc.stderr = await proc._reader(popen.stderr)
+            if popen.stdin is not None:
+                transport, protocol = await loop.connect_write_pipe(
+                    lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), popen.stdin
+                )
+                proc.stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+            pidfd = os.pidfd_open(popen.pid)
+        except BaseException:
+            popen.kill()
+            await loop.run_in_executor(None, popen.wait)
+            raise
+        loop.add_reader(pidfd, proc._on_exit, pidfd)
+        return proc
+
+    async def _reader(self, pipe: IO[bytes] | None) -> asyncio.StreamReader | None:
+        if pipe is None:
+            return None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=2**20)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        return reader
+
+    def _on_exit(self, pidfd: int) -> None:
+        asyncio.get_running_loop().remove_reader(pidfd)
+        os.close(pidfd)
+        self.popen.wait()  # exited: returns at once
+        if not self._exited.done():
+            self._exited.set_result(self.popen.returncode)
+
+    async def wait(self) -> int:
+        return int(await asyncio.shield(self._exited))
 
 
 async def _pump(reader: asyncio.StreamReader, buffer: OutputBuffer) -> None:

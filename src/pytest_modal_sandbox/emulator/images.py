@@ -11,7 +11,8 @@ Where a chain's root comes from (``images`` mode, the CLI's ``--images``):
     ``FROM <ref>`` is pulled, verified and unpacked by :mod:`pytest_modal_sandbox.images` (the
     same cache as the local backend); a base that cannot be had fails the build.
 ``host``
-    every base is the host root, read-only (the emulator's behaviour before real images);
+    every base is the host root, a private view of it (the emulator's behaviour before real
+    images);
     ``RUN``/``COPY`` steps are skipped with a warning, ``ENV``/``WORKDIR`` still apply.
 ``--host-image PATTERN``
     references matching the ``fnmatch`` pattern run on the host root under any mode.

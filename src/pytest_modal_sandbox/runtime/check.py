@@ -1,8 +1,8 @@
 """Can this machine run local sandboxes?  One cheap probe per process, with the fix named.
 
-The probe starts a real (tiny) sandbox with the same namespaces a sandbox uses, because the
-usual failure - user namespaces disabled by AppArmor (Ubuntu 24.04) or by a sysctl - only
-shows when bubblewrap tries.
+The probe starts a real (tiny) sandbox with the same kinds of namespaces a sandbox uses (a user
+namespace too, as root), because the usual failure - user namespaces disabled by AppArmor
+(Ubuntu 24.04) or by a sysctl - only shows when bubblewrap tries.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from .errors import RuntimeUnavailable
 __all__ = ["Tools", "check"]
 
 USERNS_FIX = (
-    "unprivileged user namespaces are not allowed here. Fix one of: "
+    "user namespaces are not allowed here (the local runtime confines every sandbox in one, "
+    "also as root). Fix one of: "
     "Ubuntu 24.04+ (AppArmor): `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` "
     "(or install an AppArmor profile allowing userns for /usr/bin/bwrap); "
     "Debian/older kernels: `sudo sysctl -w kernel.unprivileged_userns_clone=1`; "
-    "`sudo sysctl -w user.max_user_namespaces=15000` if it is 0; or run as root"
+    "`sudo sysctl -w user.max_user_namespaces=15000` if it is 0"
 )
 
 
@@ -60,9 +61,7 @@ def _probe() -> Tools:
             "`dnf install util-linux-core` (Fedora)"
         )
     true = shutil.which("true") or "/bin/true"
-    argv = [bwrap]
-    if os.getuid() != 0:
-        argv += ["--unshare-user", "--uid", "0", "--gid", "0"]
+    argv = [bwrap, "--unshare-user", "--uid", "0", "--gid", "0"]
     argv += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     argv += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--", true]
     try:

@@ -85,8 +85,10 @@ class SandboxConfig:
     as Modal does.  ``env`` is applied on top of :data:`DEFAULT_ENV`.  ``workdir`` is absolute;
     when it is not ``/`` it is a fresh per-sandbox writable directory.  ``owner_lock`` ties the
     sandbox's life to whoever holds an exclusive ``flock`` on that file (default: the creating
-    process).  ``rootfs`` is an unpacked image root used read-only (phase 2): the sandbox gets a
-    private writable view of it.
+    process).  ``rootfs`` is an unpacked image root used read-only: the sandbox gets a private
+    writable view of it; without one the sandbox gets a private view of the host's root
+    (``hostview.py``; writable as root).  Whatever the config, the sandbox is walled in the
+    same way (``docs/reference/local-walls.md``).
 
     Image builds (the emulator's ``RUN`` steps) need two more things: ``rootfs_writable=True``
     runs directly on ``rootfs``, writable, and keeps the changes (no private view; the caller

@@ -7,8 +7,11 @@ not in the sandbox's mount namespace.  So the order is reversed:
 
 1. this process starts on the host and runs SCRIPT's module body (its imports load from the
    host's interpreter and stay loaded);
-2. it ``setns(2)``es into the namespaces whose fds it inherited (``user`` first, so that it
-   has the rights to join the others) and changes to the sandbox's ``/``;
+2. it ``setns(2)``es into the namespaces whose fds it inherited and changes to the sandbox's
+   ``/``.  As root it is given no ``user`` namespace: it joins the others with its own rights
+   and stays outside the sandbox's user namespace, where the sandbox's root could reach it.
+   Not as root it must join the user namespace first, to have the rights to join the others;
+   like ``nsenter``, it tries the others first and the user namespace in between;
 3. it calls SCRIPT's ``main(args) -> int`` and exits with that code.
 
 SCRIPT must import everything it needs at module level (nothing is importable afterwards) and
@@ -18,18 +21,20 @@ process).  Never imports the package.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 
-ORDER = ("user", "mnt", "net", "uts", "ipc", "pid")  # user first: it grants the rights
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # linux.py (stdlib only)
+import linux  # type: ignore[import-not-found]
+
 FLAGS = {
-    "user": 0x10000000,
-    "mnt": 0x00020000,
-    "net": 0x40000000,
-    "uts": 0x04000000,
-    "ipc": 0x08000000,
-    "pid": 0x20000000,
+    "user": linux.CLONE_NEWUSER,
+    "mnt": linux.CLONE_NEWNS,
+    "net": linux.CLONE_NEWNET,
+    "uts": linux.CLONE_NEWUTS,
+    "ipc": linux.CLONE_NEWIPC,
+    "pid": linux.CLONE_NEWPID,
+    "cgroup": linux.CLONE_NEWCGROUP,
 }
 
 
@@ -50,13 +55,22 @@ def _parse(argv: list[str]) -> tuple[dict[str, int], str, list[str]]:
 
 
 def enter(fds: dict[str, int]) -> None:
-    """setns into each namespace (user first), close the fds, and go to the new ``/``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for kind in sorted(fds, key=ORDER.index):
-        if libc.setns(fds[kind], FLAGS[kind]) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({kind}): {os.strerror(err)}")
-        os.close(fds[kind])
+    """setns into each namespace, close the fds, and go to the new ``/``: the others first,
+    then the user namespace, then whatever needed its rights."""
+    pending = [kind for kind in fds if kind != "user"]
+    for joining_user in (False, True):
+        if joining_user and "user" in fds:
+            linux.setns(fds["user"], FLAGS["user"])
+        for kind in list(pending):
+            try:
+                linux.setns(fds[kind], FLAGS[kind])
+            except PermissionError:
+                if joining_user or "user" not in fds:
+                    raise
+                continue
+            pending.remove(kind)
+    for fd in fds.values():
+        os.close(fd)
     os.chdir("/")
 
 

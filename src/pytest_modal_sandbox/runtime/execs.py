@@ -1,5 +1,7 @@
 """Running one command to completion: feed stdin, collect output, enforce a timeout.
 
+It is spawned with the sandbox's walls (``spawner.spawn``).
+
 The process (nsenter) leads its own process group, so a timeout kills the group, which
 includes the child that nsenter forked inside the sandbox (see :func:`kill_exec` for why the
 leader goes last).  Output is read until both pipes
@@ -17,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from .config import ExecOutcome
+from .spawner import spawn
 
 __all__ = ["QUIET", "kill_exec", "returncode_of", "run_to_completion"]
 
@@ -92,8 +95,8 @@ def run_to_completion(
     stdin: bytes | None,
     timeout: float | None,
 ) -> ExecOutcome:
-    proc = subprocess.Popen(
-        list(argv),
+    proc = spawn(
+        argv,
         env=dict(env),
         stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,

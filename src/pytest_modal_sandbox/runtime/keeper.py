@@ -2,8 +2,13 @@
 
 Started as ``python -I -S keeper.py <launch.marshal>`` in its own session, so start-up stays
 around 10 ms and a Ctrl-C aimed at pytest's process group does not reach it.  It must only use
-the standard library: it never imports the package.  It
+the standard library: it never imports the package (``linux``, ``userns``, ``hostview`` and
+``seccomp`` beside it are stdlib-only modules it loads directly).  It
 
+* builds the walls (see ``userns.py``, ``hostview.py``, ``seccomp.py``): a mount namespace of
+  its own (as another user: in a user namespace of its own too) in which it mounts the
+  sandbox's root, so that every mount it makes is locked in the sandbox; as root the two user
+  namespaces the sandbox lives in; a fresh session keyring; the seccomp filter, handed to bwrap;
 * spawns bwrap (``--die-with-parent``: the keeper is single-threaded, so the parent-death
   signal is reliable) and learns the host pid of the sandbox's PID 1 from ``--info-fd``;
 * reports ``ready`` to the creator once PID 1 has forked the entrypoint, i.e. once the mount
@@ -12,6 +17,9 @@ the standard library: it never imports the package.  It
   away (EOF on the owner pipe, or the owner lock no longer held), on ``timeout`` and on
   ``idle_timeout``; then kills PID 1 (which destroys the pid namespace and every process in
   it), records the exit status atomically, removes the writable directories and exits.
+
+bwrap keeps the ``--userns2`` descriptor open in the entrypoint (bubblewrap 0.8-0.11 never
+closes it); that is the entrypoint's own user namespace, so it grants nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +31,11 @@ import os
 import select
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # linux.py & co. (stdlib only)
+import hostview  # type: ignore[import-not-found]
+import linux  # type: ignore[import-not-found]
+import userns  # type: ignore[import-not-found]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -136,7 +149,7 @@ class Keeper:
         self.init_pidfd = -1
         self.stop_requested = False
         self.last_seen_active = self.start_wall
-        self.mounted: str | None = None
+        self.mounted: list[str] = []
 
     # --- start-up -------------------------------------------------------------------------
 
@@ -156,11 +169,43 @@ class Keeper:
         self.cleanup()
         sys.exit(1)
 
+    def build_walls(self) -> dict[int, int]:
+        """Namespaces, the root, the keyring and the seccomp program; returns the descriptors
+        bwrap gets ({number in its argv: our fd})."""
+        launch = self.launch
+        walls = launch["walls"]
+        view = launch.get("view")
+        fds: dict[int, int] = {}
+        try:
+            if walls["userns"] == "own":
+                userns.enter_own(walls["limits"])
+            else:
+                linux.unshare(linux.CLONE_NEWNS)
+            linux.mount("none", "/", None, linux.MS_REC | linux.MS_PRIVATE, None)
+        except OSError as exc:
+            self.fail_start(f"cannot make the sandbox's namespaces: {exc}")
+        if view:
+            try:
+                self.mounted = hostview.build(view)
+            except OSError as exc:
+                if view.get("copy_fallback"):
+                    self.report({"error": str(exc), "overlay_refused": True})
+                    self.cleanup()
+                    sys.exit(1)
+                fix = f". {view['fix']}" if view.get("fix") else ""
+                self.fail_start(f"cannot build the sandbox's root file system: {exc}{fix}")
+        linux.join_anonymous_keyring()
+        program = walls.get("seccomp")
+        if program:
+            read, write = os.pipe2(os.O_CLOEXEC)
+            os.write(write, program)  # a few hundred bytes: the pipe holds them
+            os.close(write)
+            fds[walls["seccomp_fd"]] = read
+        return fds
+
     def spawn(self) -> None:
         launch = self.launch
-        overlay = launch.get("overlay")
-        if overlay:
-            self.mount_overlay(overlay)
+        extra = self.build_walls()
         info_r, info_w = os.pipe()
         stdin_fd = launch.get("stdin_fd")
         if stdin_fd is None:
@@ -168,21 +213,33 @@ class Keeper:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         out = os.open(launch["stdout"], flags, 0o644)
         err = os.open(launch["stderr"], flags, 0o644)
-        moved = [_high_fd(fd) for fd in (stdin_fd, out, err, info_w)]
-        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(moved)]
+        targets = {0: stdin_fd, 1: out, 2: err, 3: info_w, **extra}
+        moved = {target: _high_fd(fd) for target, fd in targets.items()}
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in moved.items()]
         reset = [signal.SIGPIPE, signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGXFSZ]
+        walls = launch["walls"]
         try:
-            self.bwrap_pid = os.posix_spawn(
-                launch["bwrap_argv"][0],
-                launch["bwrap_argv"],
-                launch["env"],
-                file_actions=actions,
-                setsigdef=reset,
-                setsigmask=(),
-            )
+            if walls["userns"] == "pair":  # bwrap runs in U1, made on the way (userns.py)
+                self.bwrap_pid = userns.spawn_in_pair(
+                    launch["bwrap_argv"],
+                    launch["env"],
+                    moved,
+                    limits=walls["limits"],
+                    userns2_fd=walls["userns2_fd"],
+                    default_signals=reset,
+                )
+            else:
+                self.bwrap_pid = os.posix_spawn(
+                    launch["bwrap_argv"][0],
+                    launch["bwrap_argv"],
+                    launch["env"],
+                    file_actions=actions,
+                    setsigdef=reset,
+                    setsigmask=(),
+                )
         except OSError as exc:
             self.fail_start(f"cannot run {launch['bwrap_argv'][0]}: {exc}")
-        for fd in {*moved, info_w, out, err, stdin_fd}:
+        for fd in {*moved.values(), *targets.values()}:
             os.close(fd)  # bwrap has its copies; the keeper holds no end of the sandbox's stdio
         self.bwrap_pidfd = os.pidfd_open(self.bwrap_pid)
         child_pid = self.read_info(info_r)
@@ -244,60 +301,24 @@ class Keeper:
             if self.init_pidfd < 0 or _has_children(self.init_pid):
                 return
             time.sleep(delay)
-            delay = min(delay * 1.5, 0.005)
+            delay = min(delay * 1.5, 0.001)
         self.fail_start("the sandbox did not finish setting up within 20 s")
 
     def bwrap_lines(self) -> list[str]:
-        """bubblewrap's own complaints (``bwrap: ...``) from the stderr file."""
+        """bubblewrap's own complaints (``bwrap: ...``), and ours from before its exec
+        (``keeper: ...``), from the stderr file."""
         try:
             with open(self.launch["stderr"], "rb") as f:
                 text = f.read(8192).decode("utf-8", "replace")
         except OSError:
             return []
-        return [line for line in text.splitlines() if line.startswith("bwrap: ")]
+        return [line for line in text.splitlines() if line.startswith(("bwrap: ", "keeper: "))]
 
     def bwrap_error(self) -> str | None:
         """A set-up failure reported by bubblewrap.  A failed execvp of the entrypoint is not
         one: the sandbox ran and its entrypoint could not start (see ``end_by_exit``)."""
         lines = [line for line in self.bwrap_lines() if not line.startswith("bwrap: execvp ")]
         return "; ".join(lines) if lines else None
-
-    def mount_overlay(self, overlay: dict[str, Any]) -> None:
-        """Root only: a private mount namespace for the keeper, the image root overlaid in it.
-
-        bwrap (our child) inherits the namespace and binds the merged dir as ``/``; the mount
-        is invisible to the host and goes away with the keeper.
-        """
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        clone_newns, ms_rec, ms_private = 0x00020000, 0x4000, 1 << 18
-        options = "lowerdir={lower},upperdir={upper},workdir={work}".format(**overlay)
-
-        def check(result: int, what: str) -> None:
-            if result != 0:
-                error = f"{what}: {os.strerror(ctypes.get_errno())}"
-                self.report({"error": error, "overlay_refused": True})
-                self.cleanup()
-                sys.exit(1)
-
-        userns = overlay.get("userns")
-        if userns:
-            clone_newuser = 0x10000000
-            check(libc.unshare(clone_newuser | clone_newns), "unshare(CLONE_NEWUSER)")
-            for name, text in (
-                ("setgroups", "deny"),
-                ("uid_map", f"0 {userns[0]} 1"),
-                ("gid_map", f"0 {userns[1]} 1"),
-            ):
-                with open(f"/proc/self/{name}", "w") as f:
-                    f.write(text)
-        else:
-            check(libc.unshare(clone_newns), "unshare(CLONE_NEWNS)")
-        check(libc.mount(b"none", b"/", None, ms_rec | ms_private, None), "making / private")
-        merged = overlay["merged"].encode()
-        check(libc.mount(b"overlay", merged, b"overlay", 0, options.encode()), "mounting overlayfs")
-        self.mounted = overlay["merged"]
 
     # --- running ---------------------------------------------------------------------------
 
@@ -483,12 +504,15 @@ class Keeper:
         self.cleanup()
 
     def cleanup(self) -> None:
-        if self.mounted is not None:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.umount2(self.mounted.encode(), 2)  # MNT_DETACH
-            self.mounted = None
+        # Unmount before removing anything: below the root's mount point is the host's tree.
+        view = self.launch.get("view") or {}
+        for target in [*reversed(self.mounted), view.get("root"), view.get("ovl")]:
+            if target:
+                try:
+                    linux.umount(target)
+                except OSError:
+                    pass
+        self.mounted = []
         for path in self.launch.get("cleanup", []):
             _rmtree(path)
 
@@ -509,6 +533,7 @@ def main() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     keeper.spawn()
     keeper.run()
+    os._exit(0)  # everything is written and removed: skip the interpreter's teardown
 
 
 if __name__ == "__main__":

@@ -13,18 +13,25 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from .. import errors
 from .._paths import state_root
-from . import owners, rootfs
+from . import hostview, owners, rootfs, seccomp
 from .check import Tools, check
 from .config import DEFAULT_ENV, SandboxConfig
 from .errors import InvalidArgument, InvalidConfig, NameTaken, SandboxNotFound
 from .ids import is_sandbox_id, new_sandbox_id
-from .mounts import bwrap_argv, hosts_file, merged_env, resolve_in_root
+from .mounts import (
+    SECCOMP_FD,
+    USERNS2_FD,
+    bwrap_argv,
+    hosts_file,
+    merged_env,
+    resolve_in_root,
+)
 from .sandbox import LocalSandbox
 from .store import SandboxPaths, read_json, remove_tree, write_json
 
@@ -147,49 +154,85 @@ class LocalRuntime:
         workdir = config.workdir or "/"
         env = merged_env(DEFAULT_ENV, config.env)
         command = list(config.command or ["sleep", str(int(config.timeout) + 60)])
-        user_namespace = os.getuid() != 0
+        as_root = os.geteuid() == 0
         paths.activity.mkdir()
         for path in (paths.last_activity, paths.stdout, paths.stderr):
             path.touch()
         write_json(paths.tags, dict(config.tags))
         host_workdir = None
-        root = None
-        overlay = None
+        hosts: str | None = str(paths.hosts)
+        view: dict[str, Any] | None = None
+        readonly_root = False
+        exists: Callable[[str], bool] = os.path.isdir
+        listdir: Callable[[str], list[str]] = os.listdir
         paths.hosts.write_text(hosts_file(hostname))
         if config.rootfs is None:
-            if workdir != "/":
-                if os.path.lexists(workdir) and not os.path.isdir(workdir):
-                    raise InvalidConfig(
-                        f"SandboxConfig.workdir={workdir!r}: exists on the host and is not a "
-                        "directory, so it cannot be the sandbox's working directory"
-                    )
-                paths.workdir.mkdir()
-                host_workdir = str(paths.workdir)
+            if workdir != "/" and os.path.lexists(workdir) and not os.path.isdir(workdir):
+                raise InvalidConfig(
+                    f"SandboxConfig.workdir={workdir!r}: exists on the host and is not a "
+                    "directory, so it cannot be the sandbox's working directory"
+                )
+            root = str(paths.rootfs)
+            paths.rootfs.mkdir()
+            if as_root:  # a private copy-on-write view of the host's root
+                paths.ovl.mkdir()
+                view = hostview.overlay_plan(
+                    root=root,
+                    ovl=str(paths.ovl),
+                    workdir=workdir,
+                    hosts=hosts_file(hostname).encode(),
+                    state_dirs=(str(self.root),),
+                )
+                hosts = None  # written into the view, writable
+            else:  # the host's root read-only, hidden paths covered
+                paths.empty.touch(mode=0o444)
+                view = hostview.masks_plan(
+                    root=root, empty_file=str(paths.empty), state_dirs=(str(self.root),)
+                )
+                masks: list[list[str]] = view["masks"]  # type: ignore[assignment]
+                exists, listdir = _masked_view([p for kind, p in masks if kind == "dir"])
+                readonly_root = True
+                if workdir != "/":
+                    paths.workdir.mkdir()
+                    host_workdir = str(paths.workdir)
         elif config.rootfs_writable:  # an image build: the root itself, changes kept
             root = config.rootfs
         else:
-            overlay = rootfs.prepare(config.rootfs, paths, overlay=use_overlay)
+            view = rootfs.prepare(config.rootfs, paths, overlay=use_overlay)
             root = str(paths.rootfs)
         resolv = None
-        if root is not None:
+        if config.rootfs is not None:
             if config.network and os.path.exists(rootfs.HOST_RESOLV_CONF):
                 resolv = rootfs.HOST_RESOLV_CONF
             else:
                 resolv = str(paths.resolv)
                 paths.resolv.write_text(rootfs.RESOLV_CONF)
+        program = _seccomp_program()
         argv = bwrap_argv(
             bwrap=tools.bwrap,
             command=command,
             hostname=hostname,
             workdir=workdir,
-            user_namespace=user_namespace,
-            host_workdir=host_workdir,
-            hosts_path=str(paths.hosts),
+            userns="pair" if as_root else "own",
             root=root,
+            readonly_root=readonly_root,
+            host_workdir=host_workdir,
+            hosts_path=hosts,
             resolv_path=resolv,
             share_net=config.network,
-            private_tmp=not (config.rootfs_writable and _has_tmp(config.rootfs)),
+            private_tmp=config.rootfs is not None
+            and not (config.rootfs_writable and _has_tmp(config.rootfs)),
+            seccomp=program is not None,
+            exists=exists,
+            listdir=listdir,
         )
+        walls = {
+            "userns": "pair" if as_root else "own",
+            "limits": _namespace_limits(as_root=as_root, network=config.network),
+            "userns2_fd": USERNS2_FD,
+            "seccomp_fd": SECCOMP_FD,
+            "seccomp": program,
+        }
         pipes.ready_r, pipes.ready_w = os.pipe()
         if config.owner_lock is None:
             pipes.owner_r, pipes.owner_w = os.pipe()
@@ -210,8 +253,9 @@ class LocalRuntime:
             "last_activity": str(paths.last_activity),
             "detached": str(paths.detached),
             "result": str(paths.result),
-            "cleanup": [str(p) for p in paths.writable()],
-            "overlay": overlay,
+            "cleanup": [str(p) for p in paths.writable() if str(p) != config.rootfs],
+            "view": view,
+            "walls": walls,
         }
         meta: dict[str, Any] = {
             "id": sandbox_id,
@@ -234,11 +278,11 @@ class LocalRuntime:
                 else "in-place"
                 if config.rootfs_writable
                 else "overlay"
-                if overlay
+                if view
                 else "copy"
             ),
             "network": config.network,
-            "user_namespace": user_namespace,
+            "userns": walls["userns"],
             "creator_pid": os.getpid(),
         }
         return launch, meta
@@ -362,6 +406,45 @@ class LocalRuntime:
                 remove_tree(path)
                 removed.append(entry.name)
         return removed
+
+
+_program: list[bytes | None] = []
+
+
+def _seccomp_program() -> bytes | None:
+    """The seccomp filter of this machine's architecture (built once per process)."""
+    if not _program:
+        _program.append(seccomp.program())
+    return _program[0]
+
+
+def _namespace_limits(*, as_root: bool, network: bool) -> dict[str, int]:
+    """``user.max_*_namespaces`` of the user namespace the sandbox is nested in: exactly what
+    bwrap creates there (not as root, also the keeper's own mount namespace), so the sandbox
+    can create none (``userns.py``)."""
+    limits = {"user": 1, "mnt": 1, "pid": 1, "net": 0 if network else 1, "ipc": 1, "uts": 1}
+    limits.update(cgroup=1, time=0)
+    if not as_root:
+        limits["mnt"] = 2
+    return limits
+
+
+def _masked_view(
+    masked: list[str],
+) -> tuple[Callable[[str], bool], Callable[[str], list[str]]]:
+    """``isdir`` and ``listdir`` of the host's root as the non-root view shows it: each masked
+    directory exists and is empty."""
+
+    def hidden(path: str) -> bool:
+        return any(path.startswith(m.rstrip("/") + "/") for m in masked)
+
+    def exists(path: str) -> bool:
+        return path in masked or (os.path.isdir(path) and not hidden(path))
+
+    def listdir(path: str) -> list[str]:
+        return [] if path in masked or hidden(path) else os.listdir(path)
+
+    return exists, listdir
 
 
 def _has_tmp(root: str | None) -> bool:

@@ -3,16 +3,18 @@
 A socket belongs to the network namespace of the thread that created it, and keeps it: once
 made, it can be connected from any thread.  Two ways to make one:
 
-* ``SetnsConnector`` (root, sandbox without a user namespace): a dedicated thread ``setns``es
-  into the sandbox's namespace once and then makes sockets on request.  Only that thread moves.
+* ``SetnsConnector`` (root): a dedicated thread ``setns``es into the sandbox's network
+  namespace once and then makes sockets on request.  Only that thread moves; it stays in the
+  host's user namespace (host code never joins the sandbox's, where the sandbox's root could
+  reach it).
 * ``RelayConnector`` (anyone): a helper process started with ``nsenter`` inside the namespace
-  makes the sockets and passes them back over a unix socket (SCM_RIGHTS).
+  (not as root: through the sandbox's user namespace, the only way in) makes the sockets and
+  passes them back over a unix socket (SCM_RIGHTS).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import os
 import queue
 import socket
@@ -21,11 +23,10 @@ import sys
 import threading
 from pathlib import Path
 
-from . import procs
+from . import linux, procs
 
 __all__ = ["Connector", "RelayConnector", "SetnsConnector", "make_connector"]
 
-CLONE_NEWNET = 0x40000000
 RELAY = str(Path(__file__).with_name("relay.py"))
 MODE_ENV = "PYTEST_MODAL_SANDBOX_NETNS"  # "setns" or "relay": force one way (tests)
 
@@ -58,12 +59,11 @@ class SetnsConnector(Connector):
         entered.result()
 
     def _serve(self, ns_fd: int, entered: concurrent.futures.Future[None]) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
         try:
-            if libc.setns(ns_fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                entered.set_exception(OSError(err, f"setns(net): {os.strerror(err)}"))
-                return
+            linux.setns(ns_fd, linux.CLONE_NEWNET)
+        except OSError as exc:
+            entered.set_exception(exc)
+            return
         finally:
             os.close(ns_fd)
         entered.set_result(None)
@@ -89,9 +89,9 @@ class SetnsConnector(Connector):
 class RelayConnector(Connector):
     """A helper process inside the namespace passes sockets back (works without root)."""
 
-    def __init__(self, nsenter: str, init: procs.ProcRef, user_namespace: bool, label: str) -> None:
+    def __init__(self, nsenter: str, init: procs.ProcRef, label: str) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        flags = ["-U", "--preserve-credentials"] if user_namespace else []
+        flags = [] if os.geteuid() == 0 else ["-U", "--preserve-credentials"]
         if not procs.is_alive(init):
             raise ProcessLookupError(f"sandbox PID 1 ({init.pid}) is gone")
         try:
@@ -132,10 +132,8 @@ class RelayConnector(Connector):
             self._proc.wait()
 
 
-def make_connector(
-    init: procs.ProcRef, *, user_namespace: bool, nsenter: str, label: str
-) -> Connector:
+def make_connector(init: procs.ProcRef, *, nsenter: str, label: str) -> Connector:
     mode = os.environ.get(MODE_ENV)
-    if mode != "relay" and (mode == "setns" or (os.geteuid() == 0 and not user_namespace)):
+    if mode != "relay" and (mode == "setns" or os.geteuid() == 0):
         return SetnsConnector(init)
-    return RelayConnector(nsenter, init, user_namespace, label)
+    return RelayConnector(nsenter, init, label)

@@ -1,14 +1,14 @@
 """A private writable ``/`` over a shared, read-only image root (``SandboxConfig.rootfs``).
 
-Preferred: overlayfs (the image root as the lower layer, upper and work dirs in the sandbox's
-state dir), mounted by the keeper in a private mount namespace of its own, so the mount is
-invisible to the host and vanishes with the keeper.  As root that is all; as another user the
-keeper first enters a user namespace of its own (Linux >= 5.11 allows overlayfs there), which
-only helps when the image root belongs to that user - files of unmapped owners could not be
-written inside.  Where overlayfs is refused or unsuitable (an upper dir on a file system it
-cannot use, an odd path, a root owned by someone else) the root is copied with
-``cp -a --reflink=auto`` instead - instant on btrfs/xfs, a real copy elsewhere.  The image root
-itself is never written to in either case.
+Preferred: overlayfs (the image root as the lower layer, upper and work dirs on a tmpfs at the
+sandbox's ``ovl/`` state dir), mounted by the keeper in a
+private mount namespace of its own (``hostview.build``), so the mount is invisible to the host,
+locked in the sandbox, and vanishes with the keeper.  As another user than root the keeper is
+in a user namespace of its own (Linux >= 5.11 allows overlayfs there), which only helps when
+the image root belongs to that user - files of unmapped owners could not be written inside.
+Where overlayfs is refused or unsuitable (an odd path, a root owned by someone else) the root
+is copied with ``cp -a --reflink=auto`` instead - instant on btrfs/xfs, a real copy elsewhere.
+The image root itself is never written to in either case.
 """
 
 from __future__ import annotations
@@ -64,15 +64,14 @@ def prepare(rootfs: str, paths: SandboxPaths, *, overlay: bool) -> dict[str, Any
         raise errors.SandboxStartError(f"rootfs {rootfs!r} is not a directory")
     paths.rootfs.mkdir()
     if overlay and not any(c in rootfs for c in ",:\\"):  # overlay option syntax
-        paths.upper.mkdir()
-        paths.overlay_work.mkdir()
+        paths.ovl.mkdir()
         return {
-            "lower": rootfs,
-            "upper": str(paths.upper),
-            "work": str(paths.overlay_work),
-            "merged": str(paths.rootfs),
-            # not root: map ourselves to root in a user namespace of the keeper's first
-            "userns": None if os.geteuid() == 0 else [os.geteuid(), os.getegid()],
+            "kind": "overlay",
+            "root": str(paths.rootfs),
+            "ovl": str(paths.ovl),
+            "xattr": "trusted" if os.geteuid() == 0 else "user",
+            "layers": [{"lower": rootfs, "target": "/", "mode": "overlay", "entries": []}],
+            "copy_fallback": True,  # refused: the creator copies the root instead
         }
     copy_tree(rootfs, paths.rootfs)
     return None

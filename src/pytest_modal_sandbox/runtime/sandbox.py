@@ -27,12 +27,13 @@ from .errors import InvalidArgument, SandboxNotFound
 from .execs import run_to_completion
 from .mounts import merged_env, resolve_in_root
 from .ports import listening_ports
+from .spawner import spawn
 from .store import SandboxPaths, read_json, remove_tree, write_json
 
 __all__ = ["LocalSandbox"]
 
 _File = int | IO[Any] | None
-_NAMESPACES = ("user", "mnt", "net", "uts", "ipc", "pid")
+_NAMESPACES = ("user", "mnt", "net", "uts", "ipc", "pid", "cgroup")
 ENTER = str(Path(__file__).with_name("enter.py"))
 
 
@@ -103,11 +104,6 @@ class LocalSandbox:
     def workdir(self) -> str:
         return str(self._meta["workdir"])
 
-    @property
-    def user_namespace(self) -> bool:
-        """Whether the sandbox has a user namespace of its own (the runtime runs as non-root)."""
-        return bool(self._meta.get("user_namespace"))
-
     # --- seen from the host ---------------------------------------------------------------
 
     @property
@@ -145,14 +141,16 @@ class LocalSandbox:
         """File descriptors of the running sandbox's namespaces (``"mnt"``, ``"net"``, ...), for
         a host process that ``setns(2)``es into them; the caller closes them.
 
-        ``"user"`` is added when the sandbox has a user namespace (needed to join the others).
-        Opened from PID 1 and checked afterwards to still be that process.
+        ``"user"`` is added when this process is not root: it needs the sandbox's user
+        namespace to join the others.  Root joins them without it and stays in its own (host
+        code never runs in the sandbox's user namespace, where the sandbox's root could reach
+        it).  Opened from PID 1 and checked afterwards to still be that process.
         """
         wanted = list(dict.fromkeys(kinds))
         bad = [k for k in wanted if k not in _NAMESPACES]
         if bad:
             raise InvalidArgument(f"kinds={list(kinds)!r}: unknown namespace {bad[0]!r}")
-        if self.user_namespace and "user" not in wanted:
+        if os.geteuid() != 0 and "user" not in wanted:
             wanted.insert(0, "user")
         init = self._require_running("enter its namespaces")
         fds: dict[str, int] = {}
@@ -308,10 +306,14 @@ class LocalSandbox:
     ) -> tuple[list[str], dict[str, str]]:
         """The host argv and environment that run ``argv`` inside the sandbox.
 
-        Spawn it with ``start_new_session=True`` and hold :meth:`activity` while it runs.  To
-        stop it early use :func:`~pytest_modal_sandbox.runtime.kill_exec` (its pid), not a
-        plain ``killpg``.  Killed by signal N shows as exit -N from Popen (128+N from
-        :meth:`exec`); a missing program exits 127.
+        ``nsenter`` joins every namespace of PID 1, the user namespace last: the exec runs as
+        root of the sandbox with the capabilities PID 1's tree has there, and no more.  Spawn
+        it with :func:`~pytest_modal_sandbox.runtime.spawn_exec` (which adds the walls a thread
+        passes on: no_new_privs, the seccomp filter, a fresh keyring) and
+        ``start_new_session=True``, and hold :meth:`activity` while it runs.  To stop it early
+        use :func:`~pytest_modal_sandbox.runtime.kill_exec` (its pid), not a plain ``killpg``.
+        Killed by signal N shows as exit -N from Popen (128+N from :meth:`exec`); a missing
+        program exits 127.
         """
         argv = _check_argv(argv)
         overrides = _check_env(env)
@@ -327,10 +329,11 @@ class LocalSandbox:
         if not is_dir:
             self._require_running("exec")
             raise InvalidArgument(f"workdir={wd!r} is not a directory in sandbox {self.id}")
-        flags = ["-m", "-u", "-i", "-n", "-p"]
-        if self._meta.get("user_namespace"):
-            # Our uid is root in there already; bwrap denies setgroups, which nsenter would call.
-            flags[:0] = ["-U", "--preserve-credentials"]
+        flags = ["-U", "-m", "-u", "-i", "-n", "-p", "-C"]
+        if self._meta.get("userns") != "pair":
+            # Not as root: our uid is root in there already, and bwrap denied setgroups there,
+            # which nsenter would call.  (As root nsenter drops our groups and becomes uid 0.)
+            flags.insert(1, "--preserve-credentials")
         command = [self._tools.nsenter, "-t", str(init.pid), *flags, f"--wd={host_wd}", "--"]
         return command + argv, merged_env(self._meta["env"], overrides)
 
@@ -378,7 +381,7 @@ class LocalSandbox:
         command, full_env = self.exec_command(argv, env=env, workdir=workdir)
         token = activity.ActivityToken(self._paths.activity, self._paths.last_activity)
         try:
-            proc = subprocess.Popen(
+            proc = spawn(
                 command,
                 env=full_env,
                 stdin=stdin,

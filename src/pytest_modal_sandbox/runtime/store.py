@@ -11,10 +11,11 @@ Layout of ``<state>/<sandbox id>/``::
     last_activity    its mtime is the last moment of activity (idle_timeout)
     detached         present once detach_owner() was called
     result.json      the exit status, written by the keeper when the sandbox ends
-    work/            the writable workdir (removed when the sandbox ends)
-    hosts, resolv.conf  bound at /etc/hosts and /etc/resolv.conf
-    root/            with ``rootfs``: the sandbox's / (overlay mount point, or a copy)
-    upper/ ovl-work/ with ``rootfs`` on overlayfs: its upper and work dirs
+    work/            not as root, in host-image mode: the writable workdir
+    hosts, resolv.conf  bound at /etc/hosts and /etc/resolv.conf (image roots, not as root)
+    empty            an empty file, bound over hidden files (host-image mode, not as root)
+    root/            the sandbox's / (the keeper's mount point, or a copy of an image root)
+    ovl/             overlayfs upper/<n> and work/<n> dirs of each layer of that root
 
 Every file is replaced atomically (write to a temporary name, then rename), so readers never
 see half a record.
@@ -38,7 +39,7 @@ class SandboxPaths:
 
     def writable(self) -> list[Path]:
         """What the keeper removes when the sandbox ends."""
-        return [self.workdir, self.upper, self.overlay_work, self.rootfs]
+        return [self.workdir, self.ovl, self.rootfs]
 
     def __init__(self, root: Path, sandbox_id: str) -> None:
         self.dir = root / sandbox_id
@@ -55,9 +56,9 @@ class SandboxPaths:
         self.workdir = self.dir / "work"
         self.hosts = self.dir / "hosts"
         self.resolv = self.dir / "resolv.conf"
+        self.empty = self.dir / "empty"
         self.rootfs = self.dir / "root"
-        self.upper = self.dir / "upper"
-        self.overlay_work = self.dir / "ovl-work"
+        self.ovl = self.dir / "ovl"
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -278,10 +278,7 @@ def open_tunnel(
                 listener.tls = tls
             return listener.address
         connector = make_connector(
-            init,
-            user_namespace=bool(sandbox._meta.get("user_namespace")),
-            nsenter=sandbox._tools.nsenter,
-            label=str(sandbox.state_dir),
+            init, nsenter=sandbox._tools.nsenter, label=str(sandbox.state_dir)
         )
         try:
             listener = _Listener(hub, key, port, connector, tls, sandbox)

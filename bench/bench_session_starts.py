@@ -1,17 +1,18 @@
 """Concurrent start: N session-scoped sandboxes ready in about the time of one.
 
-    .venv/bin/python bench/bench_prestart.py [--backend local|emulator] [--counts 1,2,4,8]
+    .venv/bin/python bench/bench_session_starts.py [--backend local|emulator] [--counts 1,2,4,8]
                                              [--delay 1.0] [--reps 3]
 
 For each N, an inner pytest run (a subprocess, private state dir) has N session-scoped
 ``sandbox_fixture``s, each with one daemon that takes ``--delay`` seconds to start and then
 serves HTTP (``sleep D; exec python3 -m http.server``, TCP probe), and one test that uses all
-of them.  Measured, median of ``--reps`` runs, with prestart on and off:
+of them.  Measured, median of ``--reps`` runs, started ahead (``--modal-sandbox-ahead``, the
+default) and not (``--modal-sandbox-ahead=0``):
 
 * ready: from the end of collection to the first line of the test (every sandbox ready);
 * wall: the whole pytest command (start-up, emulator, teardown and sweep included).
 
-With prestart the N sandboxes start in threads right after collection, so "ready" stays near
+Started ahead, the N sandboxes start in threads right after collection, so "ready" stays near
 one sandbox's time; without it the fixtures start one after another (N times one).
 """
 
@@ -58,8 +59,8 @@ def suite(n: int, delay: float) -> str:
     ).replace("{fixtures}", fixtures)
 
 
-def run_once(backend: str, n: int, delay: float, prestart: bool) -> tuple[float, float]:
-    with tempfile.TemporaryDirectory(prefix="pms-bench-prestart-") as tmp:
+def run_once(backend: str, n: int, delay: float, ahead: bool) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory(prefix="pms-bench-session-starts-") as tmp:
         root = Path(tmp)
         (root / "conftest.py").write_text(CONFTEST)
         (root / "test_bench.py").write_text(suite(n, delay))
@@ -77,7 +78,7 @@ def run_once(backend: str, n: int, delay: float, prestart: bool) -> tuple[float,
             "-p",
             "no:cacheprovider",
             f"--modal-sandbox={backend}",
-            f"--modal-sandbox-prestart={'on' if prestart else 'off'}",
+            f"--modal-sandbox-ahead={'auto' if ahead else '0'}",
             "--modal-sandbox-progress=off",
         ]
         start = time.perf_counter()
@@ -106,9 +107,9 @@ def main() -> None:
     base = None
     for n in counts:
         row = {}
-        for prestart in (True, False):
-            samples = [run_once(opts.backend, n, opts.delay, prestart) for _ in range(opts.reps)]
-            row[prestart] = (
+        for ahead in (True, False):
+            samples = [run_once(opts.backend, n, opts.delay, ahead) for _ in range(opts.reps)]
+            row[ahead] = (
                 statistics.median(s[0] for s in samples),
                 statistics.median(s[1] for s in samples),
             )
