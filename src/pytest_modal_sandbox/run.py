@@ -163,11 +163,12 @@ class Run:
         on_created: Callable[[Sandbox], None] | None = None,
         start: str = "",
         label: str = "",
+        quota_wait: float | None = None,
     ) -> Sandbox:
         """A ready sandbox; ``share="run"`` returns the run's one sandbox for ``key``.
 
         ``start`` and ``label`` ride on the events this emits, so the progress view can follow
-        one start from request to ready.
+        one start from request to ready; ``quota_wait`` is the backend's (``create``).
         """
         made: list[Sandbox] = []
 
@@ -179,7 +180,9 @@ class Run:
 
         try:
             if share == "run":
-                sandbox = self._shared(spec, test=test, key=key, created=created)
+                sandbox = self._shared(
+                    spec, test=test, key=key, created=created, quota_wait=quota_wait
+                )
             else:
                 sandbox = launch(
                     self.backend,
@@ -187,6 +190,7 @@ class Run:
                     tags=self.tags(spec, test, share),
                     log_lines=self.log_lines,
                     on_created=created,
+                    quota_wait=quota_wait,
                 )
         except BaseException:
             for sb in made:  # launch terminated it on the way out: the ledger must know
@@ -200,7 +204,13 @@ class Run:
         return f"pms-{self.run_id}-{digest}"
 
     def _shared(
-        self, spec: SandboxSpec, *, test: str, key: str, created: Callable[[Sandbox], None]
+        self,
+        spec: SandboxSpec,
+        *,
+        test: str,
+        key: str,
+        created: Callable[[Sandbox], None],
+        quota_wait: float | None,
     ) -> Sandbox:
         """Claim or attach to the run's sandbox for ``key``: a file lock serialises local
         processes; the deterministic name is the claim the backend enforces."""
@@ -225,6 +235,7 @@ class Run:
                     shared=True,
                     log_lines=self.log_lines,
                     on_created=created,
+                    quota_wait=quota_wait,
                 )
             except NameTaken:
                 # another machine's process won the claim between our lookup and create

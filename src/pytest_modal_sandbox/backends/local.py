@@ -187,6 +187,7 @@ class LocalBackend:
         tags: Mapping[str, str],
         name: str | None = None,
         shared: bool = False,
+        quota_wait: float | None = None,  # no quotas here
     ) -> LocalHandle:
         from ..runtime import SandboxConfig
 

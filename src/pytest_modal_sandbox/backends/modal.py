@@ -669,6 +669,7 @@ class ModalBackend:
         tags: Mapping[str, str],
         name: str | None = None,
         shared: bool = False,
+        quota_wait: float | None = None,
     ) -> ModalHandle:
         secrets_ = [
             modal.Secret.from_dict(dict(s)) if isinstance(s, Mapping) else s for s in spec.secrets
@@ -710,7 +711,9 @@ class ModalBackend:
 
         what = f"creating a sandbox for {spec.image_label()}"
         try:
-            sb = self._create_once(create, token, what)
+            sb = self._create_once(
+                create, token, what, self.quota_wait if quota_wait is None else quota_wait
+            )
         except modal_exc.AlreadyExistsError as exc:
             raise NameTaken(
                 f"a running sandbox of app {self.app_name!r} is named {name!r}"
@@ -726,14 +729,14 @@ class ModalBackend:
         return handle
 
     def _create_once(
-        self, create: Callable[[], modal.Sandbox], token: str, what: str
+        self, create: Callable[[], modal.Sandbox], token: str, what: str, quota_wait: float
     ) -> modal.Sandbox:
         return create_once(
             create,
             lambda: self._made(token, what),
             what=what,
             seconds=CREATE_SECONDS,
-            quota_wait=self.quota_wait,
+            quota_wait=quota_wait,
         )
 
     def _made(self, token: str, what: str) -> modal.Sandbox | None:

@@ -175,11 +175,14 @@ class Backend(Protocol):
         tags: Mapping[str, str],
         name: str | None = None,
         shared: bool = False,
+        quota_wait: float | None = None,
     ) -> BackendSandbox:
         """Create a sandbox (running, not yet checked for readiness).
 
         ``shared`` sandboxes outlive the creating process (they belong to the run, and only
-        the controller terminates them).
+        the controller terminates them).  ``quota_wait``: how long a create refused for a
+        quota waits for a slot before :class:`~..errors.QuotaExceeded` (``None``: the
+        backend's own setting; ``0``: not at all); backends without quotas ignore it.
         """
         ...
 
