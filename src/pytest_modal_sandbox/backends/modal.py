@@ -158,23 +158,6 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, (StreamTerminatedError, H2ProtocolError, OSError, asyncio.TimeoutError))
 
 
-def _retrying(
-    loop: LoopThread,
-    what: str,
-    call: Callable[[], Awaitable[T]],
-    *,
-    seconds: float = CALL_SECONDS,
-    attempt: float | None = ATTEMPT_SECONDS,
-) -> T:
-    """An idempotent SDK call (``call()`` makes one attempt: the SDK's ``.aio`` coroutine),
-    each attempt bounded by ``attempt`` seconds, retried through transient errors for
-    ``seconds``; other errors as ours."""
-    try:
-        return retried(loop, what, call, seconds=seconds, attempt=attempt)
-    except _SDK_ERRORS as exc:
-        raise _wrap(exc, what) from exc
-
-
 def retried(
     loop: LoopThread,
     what: str,
@@ -182,11 +165,19 @@ def retried(
     *,
     seconds: float = CALL_SECONDS,
     attempt: float | None = ATTEMPT_SECONDS,
+    raw: bool = False,
 ) -> T:
-    """As :func:`_retrying`, the SDK's own non-transient errors left as they are."""
-    return retrying(
-        lambda: loop.attempt(call, attempt), what=what, transient=transient, seconds=seconds
-    )
+    """An idempotent SDK call (``call()`` makes one attempt: the SDK's ``.aio`` coroutine),
+    each attempt bounded by ``attempt`` seconds, retried through transient errors for
+    ``seconds``; other errors as ours (``raw``: the SDK's own left as they are)."""
+    try:
+        return retrying(
+            lambda: loop.attempt(call, attempt), what=what, transient=transient, seconds=seconds
+        )
+    except _SDK_ERRORS as exc:
+        if raw:
+            raise
+        raise _wrap(exc, what) from exc
 
 
 def _wrap(exc: BaseException, what: str) -> SandboxError:
@@ -497,7 +488,7 @@ class ModalHandle:
     def endpoint(self, port: int, kind: str) -> Endpoint:
         if self._tunnels is None:
             try:
-                self._tunnels = _retrying(
+                self._tunnels = retried(
                     self._backend.loop,
                     f"tunnels of sandbox {self.id}",
                     self._sb.tunnels.aio,
@@ -528,10 +519,10 @@ class ModalHandle:
         what = f"polling sandbox {self.id}"
         loop = self._backend.loop
         try:
-            code = retried(loop, what, self._sb.poll.aio)
+            code = retried(loop, what, self._sb.poll.aio, raw=True)
             if code is None:
                 return None
-            retried(loop, what, lambda: self._sb.wait.aio(raise_on_termination=True))
+            retried(loop, what, lambda: self._sb.wait.aio(raise_on_termination=True), raw=True)
         except modal_exc.SandboxTerminatedError:
             return Ending("terminated", 137)
         except modal_exc.SandboxTimeoutError:
@@ -561,7 +552,7 @@ class ModalHandle:
                 pass  # gone already
 
         attempt = LONG_POLL_SECONDS if wait else ATTEMPT_SECONDS
-        _retrying(self._backend.loop, f"terminating sandbox {self.id}", end, attempt=attempt)
+        retried(self._backend.loop, f"terminating sandbox {self.id}", end, attempt=attempt)
 
     def release(self) -> None:
         self._backend.heartbeats.remove(self.id)
@@ -570,7 +561,7 @@ class ModalHandle:
         async def tag() -> None:
             await self._sb.set_tags.aio({**(await self._sb.get_tags.aio()), **tags})
 
-        _retrying(self._backend.loop, f"tagging sandbox {self.id}", tag)
+        retried(self._backend.loop, f"tagging sandbox {self.id}", tag)
 
     def shell_command(self) -> str | None:
         return None if self._backend.loopback else f"modal shell {self.id}"
@@ -642,7 +633,7 @@ class ModalBackend:
     def app(self) -> modal.App:
         with self._lock:
             if self._app is None:
-                self._app = _retrying(
+                self._app = retried(
                     self.loop,
                     f"looking up Modal app {self.app_name!r}",
                     lambda: modal.App.lookup.aio(
@@ -754,10 +745,10 @@ class ModalBackend:
             found = modal.Sandbox.list.aio(app_id=app_id, tags=dict(tags), client=self.client)
             return [sb async for sb in found]
 
-        return _retrying(self.loop, what, listing)
+        return retried(self.loop, what, listing)
 
     def attach(self, sandbox_id: str) -> ModalHandle:
-        sb = _retrying(
+        sb = retried(
             self.loop,
             f"attaching to sandbox {sandbox_id}",
             lambda: modal.Sandbox.from_id.aio(sandbox_id, client=self.client),
@@ -773,7 +764,7 @@ class ModalBackend:
             except modal_exc.NotFoundError:
                 return None
 
-        sb = _retrying(self.loop, f"looking up sandbox {name!r}", lookup)
+        sb = retried(self.loop, f"looking up sandbox {name!r}", lookup)
         if sb is None:
             return None
         self.heartbeats.add(sb)
@@ -794,7 +785,7 @@ class ModalBackend:
             return list(await asyncio.gather(*(info(sb) for sb in sandboxes)))
 
         what = f"listing sandboxes of app {self.app_name!r}"
-        return _retrying(self.loop, what, listing, attempt=LONG_POLL_SECONDS)
+        return retried(self.loop, what, listing, attempt=LONG_POLL_SECONDS)
 
     def terminate(self, sandbox_id: str) -> None:
         self.heartbeats.remove(sandbox_id)
@@ -806,7 +797,7 @@ class ModalBackend:
             except modal_exc.NotFoundError:
                 pass  # gone already
 
-        _retrying(self.loop, f"terminating sandbox {sandbox_id}", end)
+        retried(self.loop, f"terminating sandbox {sandbox_id}", end)
 
     def close(self) -> None:
         self.heartbeats.close()
