@@ -1,16 +1,22 @@
 """How the real ``modal`` client, and the plugin on it, fare against Modal's failures.
 
-Two measurements against emulators that inject faults (``--fault-rate``), throttle creates
+Measurements against emulators that inject faults (``--fault-rate``), throttle creates
 (``--create-rate``) or cap concurrency (``--max-sandboxes``):
 
 * ``calls``: each SDK call a test makes, ``--n`` times, on its own: which calls the client
   retries by itself and which surface to the caller, with which exception and how often;
-* ``suite``: the plugin's backend-neutral behaviour suite (``tests/plugin/test_behaviour.py``)
+* ``suite``: the plugin's backend-neutral behaviour suite (``tests/behaviour_suite.py``)
   run with ``--modal-sandbox=modal`` against the emulator, ``--runs`` times (seeds 1, 2, ...):
-  its outcomes, and the first line of every failure.
+  its outcomes, and the first line of every failure;
+* ``cost``: what faults cost: the behaviour suite's wall time against a clean emulator and
+  against one with the given faults, runs alternating, medians side by side;
+* ``ended``: how soon a command whose sandbox is ended from outside (terminated, timeout,
+  idle timeout, out of memory) raises ``SandboxGone``, through the plugin's modal backend.
 
     .venv/bin/python bench/bench_chaos.py calls --fault-rate 0.05 --n 200
     .venv/bin/python bench/bench_chaos.py suite --fault-rate 0.05 --create-rate 3 --runs 3
+    .venv/bin/python bench/bench_chaos.py cost --fault-rate 0.05 --create-rate 3 --runs 5
+    .venv/bin/python bench/bench_chaos.py ended --n 5
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ import collections
 import io
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +50,11 @@ from modal_proto import api_pb2  # noqa: E402
 from pytest_modal_sandbox.emulator import EmulatorProcess  # noqa: E402
 
 
-def _emulator(args: argparse.Namespace, seed: int, state: Path) -> EmulatorProcess:
+def _emulator(
+    args: argparse.Namespace, seed: int, state: Path, *, clean: bool = False
+) -> EmulatorProcess:
+    if clean:  # Modal on a good day
+        return EmulatorProcess(state_dir=state, images="host")
     return EmulatorProcess(
         state_dir=state,
         images="host",
@@ -173,44 +185,57 @@ def _persist(fn: Callable[[], Any], attempts: int = 10) -> Any:
 # -- suite --------------------------------------------------------------------------------------
 
 
-def suite(args: argparse.Namespace) -> None:
-    """The behaviour suite on the modal backend, ``--runs`` times against faulty emulators."""
+def _suite_run(
+    args: argparse.Namespace, seed: int, *, clean: bool = False
+) -> tuple[str, float, dict[str, Any]]:
+    """One run of the behaviour suite against a fresh emulator: its output, wall time, stats."""
     try:  # tests/behaviour_suite.py where the suite is a shared helper, else its test module
         from behaviour_suite import SUITE
     except ImportError:
         from test_behaviour import SUITE
 
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        project = tmp_path / "project"
+        project.mkdir()
+        (project / "test_suite.py").write_text(SUITE)
+        (project / "pytest.ini").write_text(
+            "[pytest]\naddopts = -p no:cacheprovider\nmodal_sandbox_local_images = host\n"
+        )
+        workers = ["-n", str(args.workers)] if args.workers else ["-p", "no:xdist"]
+        with _emulator(args, seed, tmp_path / "emulator", clean=clean) as emu:
+            env = {
+                **os.environ,
+                **emu.client_env(),
+                "PYTEST_MODAL_SANDBOX_STATE_DIR": str(tmp_path / "state"),
+                "COLUMNS": "400",  # whole failure lines in the short summary
+            }
+            t0 = time.monotonic()
+            out = subprocess.run(
+                [sys.executable, "-m", "pytest", "--modal-sandbox=modal", "-rfE", "-q", *workers],
+                cwd=project,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+                check=False,
+            ).stdout
+            took = time.monotonic() - t0
+            stats = emu.stats()
+    return out, took, stats
+
+
+def _summary(out: str) -> str:
+    return out.strip().splitlines()[-1] if out.strip() else "(no output)"
+
+
+def suite(args: argparse.Namespace) -> None:
+    """The behaviour suite on the modal backend, ``--runs`` times against faulty emulators."""
     totals: collections.Counter[str] = collections.Counter()
     failures: collections.Counter[str] = collections.Counter()
     for run in range(1, args.runs + 1):
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp_path = Path(tmp)
-            project = tmp_path / "project"
-            project.mkdir()
-            (project / "test_suite.py").write_text(SUITE)
-            (project / "pytest.ini").write_text(
-                "[pytest]\naddopts = -p no:cacheprovider\nmodal_sandbox_local_images = host\n"
-            )
-            with _emulator(args, run, tmp_path / "emulator") as emu:
-                env = {
-                    **os.environ,
-                    **emu.client_env(),
-                    "PYTEST_MODAL_SANDBOX_STATE_DIR": str(tmp_path / "state"),
-                    "COLUMNS": "400",  # whole failure lines in the short summary
-                }
-                t0 = time.monotonic()
-                out = subprocess.run(
-                    [sys.executable, "-m", "pytest", "--modal-sandbox=modal", "-rfE", "-q"],
-                    cwd=project,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=1800,
-                    check=False,
-                ).stdout
-                took = time.monotonic() - t0
-                stats = emu.stats()
-        summary = out.strip().splitlines()[-1] if out.strip() else "(no output)"
+        out, took, stats = _suite_run(args, run)
+        summary = _summary(out)
         outcome = dict(
             (k, int(v)) for v, k in re.findall(r"(\d+) (passed|failed|errors?)", summary)
         )
@@ -231,17 +256,88 @@ def suite(args: argparse.Namespace) -> None:
         print(f"  {n}x {what}")
 
 
+def cost(args: argparse.Namespace) -> None:
+    """The suite's wall time without faults and with them, alternating runs; medians."""
+    times: dict[str, list[float]] = {"clean": [], "faults": []}
+    injected: list[int] = []
+    for run in range(1, args.runs + 1):
+        for kind in ("clean", "faults"):
+            out, took, stats = _suite_run(args, run, clean=kind == "clean")
+            if " passed" not in _summary(out) or re.search(r"failed|error", _summary(out)):
+                print(f"run {run} ({kind}) did not pass: {_summary(out)}\n{out[-3000:]}")
+            times[kind].append(took)
+            if kind == "faults":
+                injected.append(sum(stats["chaos"].get("faults", {}).values()))
+            print(f"run {run} {kind:6}: {took:5.1f} s  {_summary(out)}")
+    clean, faulty = statistics.median(times["clean"]), statistics.median(times["faults"])
+    label = f"--fault-rate {args.fault_rate:g} --create-rate {args.create_rate:g}" + (
+        f" --max-sandboxes {args.max_sandboxes}" if args.max_sandboxes else ""
+    )
+    workers = f"-n {args.workers}" if args.workers else "no xdist"
+    print(
+        f"\nbehaviour suite on the modal backend against the emulator ({workers}), "
+        f"median of {args.runs}:"
+    )
+    print("| emulator | wall time | ratio |")
+    print("|---|---|---|")
+    print(f"| clean | {clean:.1f} s | 1.00 |")
+    print(
+        f"| {label} (median {statistics.median(injected):.0f} faults) | {faulty:.1f} s "
+        f"| {faulty / clean:.2f} |"
+    )
+
+
+def ended(args: argparse.Namespace) -> None:
+    """From the moment a sandbox is ended from outside until the command running in it raises
+    ``SandboxGone`` (the plugin's modal backend against the emulator)."""
+    from pytest_modal_sandbox import SandboxGone, start
+    from pytest_modal_sandbox.backends import make_backend
+
+    took: dict[str, list[float]] = collections.defaultdict(list)
+    with tempfile.TemporaryDirectory() as tmp, _emulator(args, 1, Path(tmp), clean=True) as emu:
+        backend = make_backend("emulator", server_url=emu.url)
+        try:
+            for _ in range(args.n):
+                for how in ("terminated", "timeout", "idle_timeout", "oom"):
+                    with start(backend=backend) as sb:
+                        at: list[float] = []
+
+                        def end(
+                            sandbox_id: str = sb.id, how: str = how, at: list[float] = at
+                        ) -> None:
+                            time.sleep(1.5)  # the command runs, and is being watched
+                            at.append(time.monotonic())
+                            emu.end_sandbox(sandbox_id, how)
+
+                        thread = threading.Thread(target=end)
+                        thread.start()
+                        try:
+                            sb.exec("sleep", "300", timeout=120)
+                        except SandboxGone as exc:
+                            took[how].append(time.monotonic() - at[0])
+                            assert exc.how in (how, "idle_timeout"), exc
+                        thread.join()
+        finally:
+            backend.close()
+    print(f"from the end (emulator's EndSandbox sent) to SandboxGone, n={args.n}:")
+    print("| ending | p50 | max |")
+    print("|---|---|---|")
+    for how, values in took.items():
+        print(f"| {how} | {statistics.median(values):.3f} s | {max(values):.3f} s |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=("calls", "suite"))
+    p.add_argument("what", choices=("calls", "suite", "cost", "ended"))
     p.add_argument("--fault-rate", type=float, default=0.05)
     p.add_argument("--create-rate", type=float, default=0.0)
     p.add_argument("--max-sandboxes", type=int, default=0)
     p.add_argument("--seed", type=int, default=1, help="calls: the emulator's seed")
     p.add_argument("--n", type=int, default=100, help="calls: repetitions of each call")
-    p.add_argument("--runs", type=int, default=3, help="suite: runs (seeds 1..runs)")
+    p.add_argument("--runs", type=int, default=3, help="suite, cost: runs (seeds 1..runs)")
+    p.add_argument("--workers", type=int, default=0, help="suite, cost: xdist workers (-n)")
     args = p.parse_args()
-    calls(args) if args.what == "calls" else suite(args)
+    {"calls": calls, "suite": suite, "cost": cost, "ended": ended}[args.what](args)
 
 
 if __name__ == "__main__":

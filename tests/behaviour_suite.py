@@ -17,7 +17,8 @@ import urllib.request
 import pytest
 
 from pytest_modal_sandbox import (
-    Daemon, ExecError, ExecTimeout, NotDeclaredError, Probe, SandboxSpec, sandbox_fixture,
+    Daemon, ExecError, ExecTimeout, NotDeclaredError, Probe, SandboxGone, SandboxSpec,
+    sandbox_fixture,
 )
 
 pytestmark = pytest.mark.sandbox(timeout=120, env={"FROM_MODULE": "module"})
@@ -200,7 +201,24 @@ def test_terminate_ends_the_sandbox(sandbox):
     assert sandbox.finished() is None
     sandbox.terminate(wait=True)
     assert sandbox.finished() is not None
+    with pytest.raises(SandboxGone, match="terminated by this handle") as info:
+        sandbox.exec("true")
+    assert info.value.how == "terminated" and info.value.sandbox_id == sandbox.id
+
+
+@pytest.mark.sandbox(timeout=2)
+def test_a_sandbox_past_its_timeout_is_a_clear_error(sandbox):
+    t0 = time.monotonic()
+    with pytest.raises(SandboxGone) as info:
+        sandbox.exec("sleep", "300", timeout=90)
+    assert time.monotonic() - t0 < 80  # ended by the sandbox's end, not the command's timeout
+    assert info.value.how == "timeout", info.value
+    assert sandbox.id in str(info.value) and "reached its timeout of 2 s" in str(info.value)
+    for gone in (lambda: sandbox.exec("true"), lambda: sandbox.read_file("/etc/hostname")):
+        with pytest.raises(SandboxGone, match="reached its timeout"):
+            gone()
+    assert "timed out" in sandbox.finished()
 """
 
 
-SUITE_TESTS = 16  # inner tests in SUITE; every one passes on every backend
+SUITE_TESTS = 17  # inner tests in SUITE; every one passes on every backend

@@ -213,6 +213,7 @@ class World:
     env: dict[str, str] = field(default_factory=dict)
     ini: dict[str, str] = field(default_factory=dict)
     runs: list[InnerRun] = field(default_factory=list)
+    emulator: Any = None  # the EmulatorProcess of an emulator world (its stats, end_sandbox)
 
     @property
     def state_dir(self) -> Path:
@@ -445,7 +446,7 @@ def emulator_world(root: Path, **emulator_args: Any) -> Iterator[World]:
     lister = None
     try:
         lister = ModalLister(emu.url, token)
-        yield World("emulator", root, lister, env=emu.client_env())
+        yield World("emulator", root, lister, env=emu.client_env(), emulator=emu)
     finally:
         if lister is not None:
             lister.close()

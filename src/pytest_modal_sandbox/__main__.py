@@ -15,7 +15,7 @@ from typing import Any
 from .backends import BACKENDS, make_backend
 from .backends.protocol import SandboxInfo
 from .errors import SandboxError
-from .lifecycle.runs import RunLock, forget_run, runs_dir, stale_runs, sweep
+from .lifecycle.runs import RunLock, Swept, forget_run, runs_dir, stale_runs, sweep
 from .lifecycle.tags import MARK_TAG, RUN_TAG, TEST_TAG, WORKER_TAG
 
 __all__ = ["main", "reap", "reap_from_pytest", "run_reap"]
@@ -69,8 +69,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def reap(
     backend: Any, *, run: str | None = None, stale: bool = False, everything: bool = False
-) -> list[str]:
-    """Terminate what the selection names (never a live run's, unless ``everything``)."""
+) -> Swept:
+    """Terminate what the selection names (never a live run's, unless ``everything``); a
+    run's record is forgotten only once all its sandboxes could be ended."""
     if run is not None and _run_state(run) == "alive":
         raise SandboxError(
             f"run {run} is still running (its pytest holds the run lock); "
@@ -87,6 +88,8 @@ def reap(
     else:
         raise SandboxError("say what to reap: --run ID, --stale or --all")
     done = sweep(backend.terminate, chosen)
+    if done.failed:
+        return done  # keep the records: a later reap (or run) tries again
     if stale:
         for record in stale_runs(runs_dir()):
             if record.backend in (backend.name, "emulator"):
@@ -124,11 +127,17 @@ def run_reap(backend: Any, target: str, *, ask: bool = True) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     what = {"stale": "of stale runs", "all": "(all runs)"}.get(target, f"of run {target}")
-    print(
-        f"terminated {len(done)} sandbox{'es' if len(done) != 1 else ''} {what} on {backend.name}"
-    )
-    for sid in done:
+    n = len(done.ended)
+    print(f"terminated {n} sandbox{'es' if n != 1 else ''} {what} on {backend.name}")
+    for sid in done.ended:
         print(f"  {sid}")
+    if done.failed:
+        print(
+            f"error: could not end {len(done.failed)} (after retrying): {done.failures()}; "
+            "run the reap again",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

@@ -12,7 +12,9 @@ __all__ = [
     "ExecError",
     "ExecTimeout",
     "NotDeclaredError",
+    "QuotaExceeded",
     "ReadinessTimeout",
+    "RetriesExhausted",
     "SandboxError",
     "SandboxGone",
     "SandboxStartError",
@@ -40,7 +42,30 @@ class SandboxStartError(SandboxError):
 
 
 class SandboxGone(SandboxError):
-    """The sandbox no longer exists (terminated, timed out, or never existed)."""
+    """The sandbox no longer exists: it ended (terminated, timed out, idled out, ran out of
+    memory) or never existed.
+
+    ``how`` names how it ended when that is known (``terminated``, ``timeout``,
+    ``idle_timeout``, ``oom``, ``exited``, ``unknown``); ``sandbox_id`` is its id.
+    """
+
+    def __init__(
+        self, message: str, *, sandbox_id: str | None = None, how: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.sandbox_id = sandbox_id
+        self.how = how
+
+
+class QuotaExceeded(SandboxStartError):
+    """The backend refused a new sandbox for a quota (Modal's limit on concurrent sandboxes or
+    on creates) that did not free while the plugin waited; the message names the quota and
+    what to do."""
+
+
+class RetriesExhausted(SandboxError):
+    """A backend call kept failing with transient errors (unavailable, reset, internal) until
+    its deadline; the message names the call, the attempts and the last error."""
 
 
 class NotDeclaredError(SandboxError, KeyError):

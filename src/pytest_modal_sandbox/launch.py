@@ -30,6 +30,7 @@ def launch(
     shared: bool = False,
     log_lines: int = 20,
     on_created: Callable[[Sandbox], None] | None = None,
+    quota_wait: float | None = None,
 ) -> Sandbox:
     """A ready sandbox for ``spec``; on any failure the sandbox is terminated before raising.
 
@@ -38,7 +39,9 @@ def launch(
     """
     requested = time.time()
     try:
-        impl = backend.create(spec, tags=dict(tags or {}), name=name, shared=shared)
+        impl = backend.create(
+            spec, tags=dict(tags or {}), name=name, shared=shared, quota_wait=quota_wait
+        )
     except SandboxError:
         raise
     except Exception as exc:  # a backend's own error: keep it as the cause

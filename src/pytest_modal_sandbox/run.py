@@ -27,7 +27,16 @@ from .backends.protocol import Backend, NameTaken
 from .errors import SandboxError
 from .events import LIFECYCLE, Event
 from .launch import launch
-from .lifecycle.runs import Ledger, RunLock, RunRecord, forget_run, runs_dir, stale_runs, sweep
+from .lifecycle.runs import (
+    Ledger,
+    RunLock,
+    RunRecord,
+    Swept,
+    forget_run,
+    runs_dir,
+    stale_runs,
+    sweep,
+)
 from .lifecycle.tags import KEEP_TAG, RUN_TAG, SHARE_TAG, WORKER_TAG, run_tags
 from .sandbox import Sandbox
 from .spec import SandboxSpec
@@ -71,6 +80,8 @@ class Run:
         self._ending_lock = threading.Lock()
         self.sandboxes: list[Sandbox] = []  # every sandbox this process started or attached
         self.swept: list[str] = []
+        self.unended: list[str] = []  # what the end-of-run sweep could not end
+        self.unlisted = False  # the end-of-run sweep could not list the run's sandboxes
         self.crashed_workers: list[str] = []
         self._pending: list[threading.Thread] = []
         self._reports: list[str] = []  # what the termination layers did, for the terminal
@@ -88,12 +99,15 @@ class Run:
         RunRecord(self.run_id, self.backend_name, self._portable_options()).save(self.runs)
 
     def end_run(self) -> None:
-        """Release the run lock and forget the run - unless it kept a sandbox on failure: the
-        record stays, so a later run's stale sweep ends that sandbox after its deadline."""
+        """Release the run lock and forget the run - unless it kept a sandbox on failure, or a
+        sweep could not end (or list) its sandboxes: the record stays, so a later run's stale
+        sweep ends them (a kept one after its deadline)."""
         if self._run_lock is not None:
             self._run_lock.release()
             self._run_lock = None
-            if self.backend_name == "emulator" or not self.kept_ids():
+            if self.backend_name == "emulator" or not (
+                self.kept_ids() or self.unended or self.unlisted
+            ):
                 forget_run(self.runs, self.run_id)  # the emulator's sandboxes end with it
 
     def _portable_options(self) -> dict[str, Any]:
@@ -149,11 +163,12 @@ class Run:
         on_created: Callable[[Sandbox], None] | None = None,
         start: str = "",
         label: str = "",
+        quota_wait: float | None = None,
     ) -> Sandbox:
         """A ready sandbox; ``share="run"`` returns the run's one sandbox for ``key``.
 
         ``start`` and ``label`` ride on the events this emits, so the progress view can follow
-        one start from request to ready.
+        one start from request to ready; ``quota_wait`` is the backend's (``create``).
         """
         made: list[Sandbox] = []
 
@@ -165,7 +180,9 @@ class Run:
 
         try:
             if share == "run":
-                sandbox = self._shared(spec, test=test, key=key, created=created)
+                sandbox = self._shared(
+                    spec, test=test, key=key, created=created, quota_wait=quota_wait
+                )
             else:
                 sandbox = launch(
                     self.backend,
@@ -173,6 +190,7 @@ class Run:
                     tags=self.tags(spec, test, share),
                     log_lines=self.log_lines,
                     on_created=created,
+                    quota_wait=quota_wait,
                 )
         except BaseException:
             for sb in made:  # launch terminated it on the way out: the ledger must know
@@ -186,7 +204,13 @@ class Run:
         return f"pms-{self.run_id}-{digest}"
 
     def _shared(
-        self, spec: SandboxSpec, *, test: str, key: str, created: Callable[[Sandbox], None]
+        self,
+        spec: SandboxSpec,
+        *,
+        test: str,
+        key: str,
+        created: Callable[[Sandbox], None],
+        quota_wait: float | None,
     ) -> Sandbox:
         """Claim or attach to the run's sandbox for ``key``: a file lock serialises local
         processes; the deterministic name is the claim the backend enforces."""
@@ -211,6 +235,7 @@ class Run:
                     shared=True,
                     log_lines=self.log_lines,
                     on_created=created,
+                    quota_wait=quota_wait,
                 )
             except NameTaken:
                 # another machine's process won the claim between our lookup and create
@@ -276,20 +301,25 @@ class Run:
         """Sandboxes of this run kept on failure (from every process, through the ledger)."""
         return {str(e.get("id")) for e in self.ledger.entries() if e.get("event") == "kept"}
 
-    def _split_kept(self, run_id: str) -> tuple[list[str], list[str], bool]:
+    def _split_kept(self, run_id: str) -> tuple[list[str], list[str], bool] | None:
         """A stale run's sandboxes: (kept with a deadline still ahead, the others, whether any
-        of the others was kept on failure and is past its deadline)."""
+        of the others was kept on failure and is past its deadline); None if the backend
+        could not list them."""
         kept: list[str] = []
         others: list[str] = []
         expired = False
-        with contextlib.suppress(SandboxError, OSError):
-            for info in self.backend.list({RUN_TAG: run_id}):
-                try:
-                    until = float(info.tags.get(KEEP_TAG, "0"))
-                except ValueError:
-                    until = 0.0
-                (kept if until > time.time() else others).append(info.id)
-                expired = expired or 0 < until <= time.time()
+        try:
+            listed = self.backend.list({RUN_TAG: run_id})
+        except (SandboxError, OSError) as exc:
+            self._report(f"stale run {run_id}: could not list its sandboxes ({_first(exc)})")
+            return None
+        for info in listed:
+            try:
+                until = float(info.tags.get(KEEP_TAG, "0"))
+            except ValueError:
+                until = 0.0
+            (kept if until > time.time() else others).append(info.id)
+            expired = expired or 0 < until <= time.time()
         return kept, others, expired
 
     # -- sweeps ----------------------------------------------------------------------------
@@ -303,19 +333,24 @@ class Run:
             ids = [
                 i for i, e in live.items() if e.get("worker") == worker and e.get("share") != "run"
             ]
-            with contextlib.suppress(Exception):
+            unlisted = ""
+            try:
                 ids += [
                     info.id
                     for info in self.backend.list({RUN_TAG: self.run_id, WORKER_TAG: worker})
                     if info.tags.get(SHARE_TAG) != "run"
                 ]
-            done = sweep(self.backend.terminate, ids)
-            for sid in done:
+            except Exception as exc:  # the end-of-run sweep lists again
+                unlisted = f"; could not list its sandboxes ({_first(exc)})"
+            swept = sweep(self.backend.terminate, ids)
+            for sid in swept.ended:
                 self.ledger.record("terminated", sid, worker=worker, share="crash")
-            self.swept.extend(done)
+            self.swept.extend(swept.ended)
             self._report(
-                f"worker {worker} crashed: terminated {_count(done)} it had started"
-                + _detail(done, live)
+                f"worker {worker} crashed: terminated {_count(swept.ended)} it had started"
+                + _detail(swept.ended, live)
+                + unlisted
+                + _not_ended(swept)
             )
 
         thread = threading.Thread(target=work, name=f"pms-down-{worker}", daemon=True)
@@ -333,26 +368,35 @@ class Run:
         ids = list(live)
         running: list[str] | None = None  # what the backend lists; None if it could not
         if ids or self.crashed_workers or self.backend_started:
-            with contextlib.suppress(Exception):
+            try:
                 running = [info.id for info in self.backend.list({RUN_TAG: self.run_id})]
                 ids += running
+            except Exception as exc:
+                self.unlisted = True
+                self._report(
+                    f"end of run: could not list this run's sandboxes ({_first(exc)}); "
+                    "the next run's stale sweep ends what is left"
+                )
         kept = self.kept_ids()  # kept on failure: ended by a later run, after its deadline
         ids = [i for i in dict.fromkeys(ids) if not keep(i) and i not in kept]
         if not ids:
             return []
-        done = sweep(self.backend.terminate, ids)
-        for sid in done:
+        swept = sweep(self.backend.terminate, ids)
+        for sid in swept.ended:
             with contextlib.suppress(OSError):
                 self.ledger.record("terminated", sid, worker="controller", share="sweep")
-        self.swept.extend(done)
+        self.swept.extend(swept.ended)
+        self.unended.extend(swept.failed)
         # news: what was still running and nobody had asked to end (a finalizer's
         # terminate does not wait, so its sandbox may still be listed for a moment)
-        ended = [i for i in done if (running is None or i in running) and i not in asked]
+        ended = [i for i in swept.ended if (running is None or i in running) and i not in asked]
         if ended:
             self._report(
                 f"end of run: terminated {_count(ended)} still running" + _detail(ended, live)
             )
-        return done
+        if swept.failed:
+            self._report("end of run:" + _not_ended(swept)[1:])
+        return swept.ended
 
     def sweep_stale_runs(self) -> list[str]:
         """Start of a run: end the sandboxes of earlier runs that died without cleaning up."""
@@ -361,16 +405,23 @@ class Run:
             if record.run_id == self.run_id:
                 continue
             if record.backend == self.backend_name:
-                kept, others, expired = self._split_kept(record.run_id)
+                split = self._split_kept(record.run_id)
+                if split is None:
+                    continue  # could not list: keep the record for a later run
+                kept, others, expired = split
                 done = sweep(self.backend.terminate, others)
-                swept += done
-                if kept:  # a sandbox kept on failure, deadline ahead: keep the record too
-                    continue
+                swept += done.ended
                 why = "kept on failure, past its deadline" if expired else "its pytest died"
-                self._report(
-                    f"stale run {record.run_id} ({why}): terminated {_count(done)}"
-                    + _detail(done, {})
-                )
+                if not kept:
+                    self._report(
+                        f"stale run {record.run_id} ({why}): terminated {_count(done.ended)}"
+                        + _detail(done.ended, {})
+                        + _not_ended(done)
+                    )
+                elif done.failed:
+                    self._report(f"stale run {record.run_id}:" + _not_ended(done)[1:])
+                if kept or done.failed:  # a kept sandbox's deadline is ahead, or a retry is due
+                    continue
             elif record.backend != "local":
                 continue  # another backend's run: leave it for a run that can reach it
             forget_run(self.runs, record.run_id)
@@ -396,6 +447,22 @@ class Run:
         if self._backend is not None:
             with contextlib.suppress(Exception):
                 self._backend.close()
+
+
+def _first(exc: BaseException) -> str:
+    """An error's first line, with its type."""
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+
+
+def _not_ended(swept: Swept) -> str:
+    """``; could not end 1 sandbox: sb-1 (...)`` (after retrying), or nothing."""
+    if not swept.failed:
+        return ""
+    return (
+        f"; could not end {_count(list(swept.failed))} (after retrying): {swept.failures()}; "
+        "a later run's stale sweep tries again, and Modal's idle timeout ends them once the "
+        "heartbeats have stopped"
+    )
 
 
 def _count(ids: list[str]) -> str:

@@ -3,6 +3,11 @@
 Everything here is built on the backend's ``exec`` and ``endpoint``, so it behaves the same on
 every backend.  Files and logs go through ``sh``/``cat`` inside the sandbox: any Linux image with
 a POSIX shell works, no Python needed.
+
+A sandbox that ended under the test (terminated from outside, its timeout, its idle timeout,
+out of memory) is one :class:`~pytest_modal_sandbox.errors.SandboxGone` naming how it ended,
+from every method, on every backend: the backend says *that* it is gone (or a command came back
+killed), the backend's ``finished()`` says *how*, and the words are written here, once.
 """
 
 from __future__ import annotations
@@ -12,13 +17,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, overload
 
-from .errors import ExecError, NotDeclaredError, SandboxError
+from .errors import ExecError, NotDeclaredError, SandboxError, SandboxGone
 from .spec import SandboxSpec
 
 if TYPE_CHECKING:
     from typing import Literal
 
-    from .backends.protocol import BackendSandbox, Endpoint
+    from .backends.protocol import BackendSandbox, Ending, Endpoint
 
 __all__ = ["DAEMON_DIR", "ExecResult", "Sandbox"]
 
@@ -26,6 +31,11 @@ DAEMON_DIR = "/tmp/.sandbox-daemons"
 """Where daemons keep their log, pid and exit files inside the sandbox."""
 
 TAIL_CHARS = 2000
+ALIVE_FOR = 1.0
+"""Seconds a sign of life (a command that ran, a check) counts for: ``url()`` and ``tcp()``
+ask the backend whether the sandbox still runs only when the last sign is older."""
+SETTLE = 1.0
+"""Seconds a sandbox known to be gone is given for its backend to record how it ended."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ class Sandbox:
         self.timings = Timings()
         self._endpoints: dict[int, Endpoint] = {}
         self._terminated = False
+        self._alive_at = time.monotonic()  # a handle is made for a running sandbox
+        self._ended: Ending | None = None  # once known: an ended sandbox stays ended
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.id} on {self.backend} image={self.spec.image_label()}>"
@@ -130,7 +142,14 @@ class Sandbox:
         if workdir is not None and not workdir.startswith("/"):
             raise SandboxError(f"exec workdir must be an absolute path, got {workdir!r}")
         data = stdin.encode() if isinstance(stdin, str) else stdin
-        raw = self._impl.exec(argv, env=env, workdir=workdir, stdin=data, timeout=timeout)
+        doing = f"run {_command(argv)}"
+        try:
+            raw = self._impl.exec(argv, env=env, workdir=workdir, stdin=data, timeout=timeout)
+        except SandboxGone as exc:
+            raise self._gone(doing, exc) from exc
+        if raw.returncode == 137 and not self._survived_a_kill():
+            raise self._gone(doing)  # SIGKILLed, as everything in an ending sandbox is
+        self._alive_at = time.monotonic()
         if text:
             return ExecResult(argv, raw.returncode, _text(raw.stdout), _text(raw.stderr))
         return ExecResult(argv, raw.returncode, raw.stdout, raw.stderr)
@@ -148,8 +167,18 @@ class Sandbox:
                 f"port {port} is not declared for sandbox {self.id} (declared: {declared}); "
                 "add it to encrypted_ports, unencrypted_ports or h2_ports"
             )
+        doing = f"reach port {port}"
+        if self._ended is not None or time.monotonic() - self._alive_at > ALIVE_FOR:
+            ending = self._ending()
+            if ending is not None:
+                raise self._gone(doing, ending=ending)
+            self._alive_at = time.monotonic()
         if port not in self._endpoints:
-            self._endpoints[port] = self._impl.endpoint(port, self.spec.port_kind(port) or "")
+            try:
+                endpoint = self._impl.endpoint(port, self.spec.port_kind(port) or "")
+            except SandboxGone as exc:
+                raise self._gone(doing, exc) from exc
+            self._endpoints[port] = endpoint
         return self._endpoints[port]
 
     def url(self, port: int) -> str:
@@ -198,8 +227,78 @@ class Sandbox:
     # -- lifetime --------------------------------------------------------------------------
 
     def finished(self) -> str | None:
-        """``None`` while the sandbox runs, else how it ended."""
-        return self._impl.finished()
+        """``None`` while the sandbox runs, else how it ended (``terminated``, ``timed out``,
+        ``idle timeout``, ``out of memory (exit code 137)``, ...)."""
+        if self._ended is None:
+            self._ended = self._impl.finished()
+        return None if self._ended is None else str(self._ended)
+
+    def _survived_a_kill(self) -> bool:
+        """After a command was SIGKILLed: whether the sandbox still runs (the command was
+        killed, not the sandbox).  The backend may not have recorded the end yet, so a live
+        sandbox is told by a command that runs: ``true``."""
+        if self._ending() is not None:
+            return False
+        try:
+            return self._impl.exec(["true"], timeout=30).returncode == 0
+        except SandboxError:
+            return False
+
+    def _ending(self) -> Ending | None:
+        """How the sandbox ended; None while it runs, or when the backend cannot tell now."""
+        if self._ended is None:
+            try:
+                self._ended = self._impl.finished()
+            except SandboxError:
+                return None
+        return self._ended
+
+    def _gone(
+        self, doing: str, cause: SandboxGone | None = None, *, ending: Ending | None = None
+    ) -> SandboxGone:
+        """One clear error: which sandbox, how it ended, what could not be done."""
+        deadline = time.monotonic() + SETTLE
+        ending = ending or self._ending()
+        while ending is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # gone, but the backend may not have recorded how just yet
+            ending = self._ending()
+        if ending is None:  # the backend says it is gone but cannot say how
+            why = f": {cause}" if cause is not None else ""
+            return SandboxGone(
+                f"sandbox {self.id} is gone; cannot {doing}{why}", sandbox_id=self.id
+            )
+        return SandboxGone(
+            f"sandbox {self.id} is gone: it {self._ended_how(ending)}; cannot {doing}",
+            sandbox_id=self.id,
+            how=ending.how,
+        )
+
+    def _ended_how(self, ending: Ending) -> str:
+        """``was terminated from outside ...``: how it ended, and what to do about it."""
+        code = "" if ending.exit_code is None else f" (exit code {ending.exit_code})"
+        if ending.how == "terminated":
+            if self._terminated:
+                return "was terminated by this handle's terminate()"
+            return (
+                "was terminated from outside the test (by another process or client: a "
+                "script, the Modal dashboard, `modal sandbox stop`, a reap)"
+            )
+        if ending.how == "timeout":
+            return (
+                f"reached its timeout of {self.spec.timeout} s (a longer test needs a larger "
+                "`timeout=` in its spec)"
+            )
+        if ending.how == "idle_timeout":
+            idle = f" of {self.spec.idle_timeout} s" if self.spec.idle_timeout else ""
+            return f"was ended by its idle timeout{idle} (nothing ran in it for that long)"
+        if ending.how == "oom":
+            return (
+                f"ran out of memory: the kernel killed it{code} (give it more `memory=` in "
+                "its spec)"
+            )
+        if ending.how == "exited":
+            return f"ended: its main process exited{code}"
+        return f"ended ({ending.detail or 'the backend cannot say how'})"
 
     def terminate(self, *, wait: bool = False) -> None:
         """End the sandbox and everything in it (idempotent)."""
@@ -233,6 +332,11 @@ class Sandbox:
 
 def _text(data: str | bytes) -> str:
     return data if isinstance(data, str) else data.decode("utf-8", errors="replace")
+
+
+def _command(argv: Sequence[str]) -> str:
+    text = " ".join(argv)
+    return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
 def _check_argv(argv: Sequence[str]) -> None:

@@ -20,6 +20,12 @@ A ``pytest_modal_sandbox_spec`` hook runs at setup (it needs the request).  When
 spec, the sandbox started ahead is not that test's: :meth:`spec_changed` discards it and stops
 starting that fixture ahead in this process (so a hook that changes every spec wastes at most
 ``ahead`` starts per fixture).  ``ahead=0`` starts nothing ahead.
+
+A quota (Modal's limit on sandboxes at once) is for the tests that run now: a start made ahead
+that the backend refuses for a quota gives up at once (``quota_wait=0``), and from then on this
+process starts nothing ahead and ends what it started ahead for later tests, so those slots go
+to the current test; a setup whose start made ahead was refused starts its sandbox itself,
+waiting for a slot as any start does.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from .errors import QuotaExceeded
 from .fixtures import FixtureInstance, ImageOverride, instances_of_item
 from .sandbox import Sandbox
 
@@ -169,6 +176,7 @@ class Scheduler:
         self._warnings = StartWarnings()
         self._lock = threading.RLock()
         self._closed = False
+        self._quota_full = False  # a start made ahead was refused for a quota: no more
 
     # -- what is coming --------------------------------------------------------------------
 
@@ -256,7 +264,12 @@ class Scheduler:
 
     def _submit(self, instance: FixtureInstance) -> None:
         with self._lock:
-            if self._closed or instance.ident in self.entries or instance.fixture in self.no_ahead:
+            if (
+                self._closed
+                or self._quota_full
+                or instance.ident in self.entries
+                or instance.fixture in self.no_ahead
+            ):
                 return
             entry = Entry(instance)
             self.entries[instance.ident] = entry
@@ -286,6 +299,8 @@ class Scheduler:
                 )
         except BaseException as exc:
             entry.future.set_exception(exc)
+            if isinstance(exc, QuotaExceeded):
+                self._quota_refused()
             return
         with entry.lock:
             cancelled = entry.cancelled
@@ -293,6 +308,18 @@ class Scheduler:
         if cancelled:
             self.discard(sb, entry.instance)
         entry.future.set_result(sb)
+
+    def _quota_refused(self) -> None:
+        """Stop starting ahead, and free the slots of what was started ahead and not taken
+        (but the current test's: it is about to take them)."""
+        with self._lock:
+            self._quota_full = True
+            now = {i.ident for i in self.instances(self._window[0])} if self._window else set()
+            untaken = [
+                e for e in self.entries.values() if not e.claimed and e.instance.ident not in now
+            ]
+        for entry in untaken:
+            self._cancel(entry)
 
     def _cancel(self, entry: Entry) -> None:
         with entry.lock:
@@ -321,6 +348,8 @@ class Scheduler:
         self._refill()  # a place in the bound is free
         try:
             sb = entry.future.result()
+        except QuotaExceeded:  # refused at once, ahead: this setup waits for a slot itself
+            return self.start(instance, ahead=False)
         finally:
             StartWarnings.replay(entry.raised)
         self.on_taken(instance)

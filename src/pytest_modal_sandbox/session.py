@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from . import xdist
-from .errors import SandboxError, SpecError
+from .errors import QuotaExceeded, SandboxError, SpecError
 from .events import Event
 from .fixtures import (
     PROVIDER_KEY,
@@ -234,10 +234,12 @@ class Session:
                 on_created=created,
                 start=key,
                 label=instance.label,
+                quota_wait=0.0 if ahead else None,  # the scheduler retries it at setup
             )
         except BaseException as exc:
             sandbox_id = made[0].id if made else ""
-            if isinstance(exc, Cancelled) or cancelled():
+            refused = ahead and isinstance(exc, QuotaExceeded)  # its setup starts it again
+            if isinstance(exc, Cancelled) or cancelled() or refused:
                 event("cancelled", sandbox_id)  # ended on purpose: not a failure
             else:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -103,6 +103,17 @@ def _seconds(text: str) -> int:
     return seconds
 
 
+def _wait(text: str) -> int:
+    """A whole number of seconds to wait, 0 (not at all) to an hour."""
+    try:
+        seconds = int(text.strip())
+    except ValueError:
+        seconds = -1
+    if not 0 <= seconds <= 3600:
+        raise ValueError("is not a whole number of seconds between 0 and 3600")
+    return seconds
+
+
 def _minutes(text: str) -> float:
     value = text.strip().lower()
     if value in ("off", "no", "false"):
@@ -177,6 +188,9 @@ SETTINGS = (
     Setting("idle_timeout", "idle-timeout", "Modal path: idle_timeout (s) for sandboxes whose "
             "spec sets none, the dead-man switch after the last heartbeat (default: 60)",
             _seconds, "60", "S"),
+    Setting("quota_wait", "quota-wait", "Modal path: seconds a sandbox create refused for a "
+            "workspace quota (too many sandboxes at once) keeps retrying for a slot to free, "
+            "before its test errors naming the quota (default: 60)", _wait, "60", "S"),
     Setting("keep_on_failure", "keep-on-failure", "keep a failed test's function-scoped sandbox "
             "alive for MINUTES (default 30; still bounded by its timeout) and say in the report "
             "how to reach it; 0 turns it off", _minutes, "0", "MINUTES", KEEP_ENV,
@@ -262,6 +276,7 @@ class Settings:
     images: ImageOverride = dataclasses.field(default_factory=ImageOverride)
     lease: int = 60  # Modal path: heartbeat lease (s)
     idle_timeout: int = 60  # Modal path: default idle_timeout (s)
+    quota_wait: int = 60  # Modal path: seconds a create refused for a quota retries
     keep_on_failure: float = 0.0  # minutes a failed test's sandbox is kept (0: off)
     progress: str = "auto"  # auto, plain or off
     ahead: int | None = None  # None: by backend (AHEAD_DEFAULTS)
@@ -281,6 +296,7 @@ class Settings:
             "host_images": list(self.host_images),
             "lease": self.lease,
             "idle_timeout": self.idle_timeout,
+            "quota_wait": self.quota_wait,
         }
         if self.environment:
             options["environment"] = self.environment

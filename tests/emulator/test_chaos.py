@@ -8,6 +8,7 @@ whose answer was lost is not run again when the client retries it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -87,7 +88,14 @@ def test_the_concurrency_quota_is_resource_exhausted(limited: Emu) -> None:
     running[0].terminate()
     again = limited.create()  # a slot is free again
     assert again.exec("true").wait() == 0
-    for sb in [*running[1:], again]:
+    running[1].terminate()
+    time.sleep(1.1)  # the create rate's burst (2) refills: two creates sent at once go through
+    with ThreadPoolExecutor(2) as pool:  # for the one free slot: creates under way count
+        tries = [pool.submit(limited.create) for _ in range(2)]
+    made = [t.result() for t in tries if t.exception() is None]
+    refused = [t.exception() for t in tries if t.exception() is not None]
+    assert len(made) == 1 and isinstance(refused[0], ResourceExhaustedError), refused
+    for sb in [*running[2:], again, *made]:
         sb.terminate()
 
 
@@ -96,6 +104,7 @@ def test_the_concurrency_quota_is_resource_exhausted(limited: Emu) -> None:
     [
         ("terminated", SandboxTerminatedError, 137),
         ("timeout", SandboxTimeoutError, 124),
+        ("idle_timeout", SandboxTimeoutError, 124),  # as --idle-timeout-status (default) says
         ("oom", None, 137),
     ],
 )
@@ -119,6 +128,6 @@ def test_ending_from_outside_needs_a_known_way(make_sandbox: Any, emulator: Any)
     from grpclib.exceptions import GRPCError
 
     sb = make_sandbox()
-    with pytest.raises(GRPCError, match="choose one of terminated, timeout, oom"):
+    with pytest.raises(GRPCError, match="choose one of terminated, timeout, oom, idle_timeout"):
         emulator.end_sandbox(sb.object_id, "meteor")
     assert sb.poll() is None

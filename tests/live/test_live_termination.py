@@ -71,9 +71,5 @@ def test_a_sandbox_ended_from_outside_is_a_prompt_clear_error(sandbox):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a clear error when a sandbox is ended from outside is not built yet: issue 10 item 2",
-)
 def test_a_sandbox_ended_from_outside_is_a_clear_error(live):
     faultlib.run_file(live, "external", EXTERNAL_TESTS)

@@ -201,3 +201,47 @@ def test_ahead_zero_starts_nothing_ahead(items: list[pytest.Item]) -> None:
     s.obtain(mine)
     assert start.started == [(fn("test_1"), False)]
     s.shutdown()
+
+
+def test_a_quota_refusing_a_start_made_ahead_frees_the_slots_for_the_current_test(
+    items: list[pytest.Item],
+) -> None:
+    """The workspace's quota is full: a start made ahead is refused at once; nothing more is
+    started ahead, what was started ahead for later tests ends (its slot is the current
+    test's), and a setup whose start was refused starts its sandbox itself (waiting for a
+    slot as any start does)."""
+    from pytest_modal_sandbox import QuotaExceeded
+
+    t = by_name(items)
+    refused = fn("test_2")
+
+    class QuotaStart(FakeStart):
+        def __call__(self, instance: FixtureInstance, *, ahead: bool, **kw: Any) -> Any:
+            if ahead and instance.label == refused:
+                time.sleep(0.1)  # the others were started meanwhile
+                raise QuotaExceeded("Sandbox limit reached")
+            return super().__call__(instance, ahead=ahead, **kw)
+
+    start = QuotaStart()
+    s = Scheduler(
+        start,
+        start.discard,
+        ahead=3,
+        images=ImageOverride(),
+        upcoming=lambda item, nextitem: items[items.index(item) + 1 :],
+    )
+    s.test_starting(t["test_1"], t["test_2"])
+    deadline = time.monotonic() + 10
+    while "db (module test_suite.py)" not in start.discarded and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # ended: what was started ahead for later tests; kept: the current test's own
+    assert sorted(start.discarded) == sorted([fn("test_4[env=N=4a]"), "db (module test_suite.py)"])
+    (mine,) = (i for i in s.instances(t["test_1"]) if i.fixture == "sandbox")
+    assert s.obtain(mine) == f"sb-for-{fn('test_1')}"
+    s.test_finished(t["test_1"], t["test_2"])
+    s.test_starting(t["test_2"], t["test_3_skipped"])
+    (theirs,) = (i for i in s.instances(t["test_2"]) if i.fixture == "sandbox")
+    assert s.obtain(theirs) == f"sb-for-{refused}"
+    assert start.started[-1] == (refused, False)  # started at its setup, not ahead
+    assert sum(1 for _, ahead in start.started if ahead) == 3  # and nothing more ahead since
+    s.shutdown()

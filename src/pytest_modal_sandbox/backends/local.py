@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import ExecTimeout, SandboxGone, SpecError
-from .protocol import Endpoint, NameTaken, RawExec, SandboxInfo
+from .protocol import Ending, Endpoint, NameTaken, RawExec, SandboxInfo
 
 if TYPE_CHECKING:
     from ..images import ImageRoot
@@ -121,15 +121,16 @@ class LocalHandle:
         return RawExec(out.returncode, out.stdout, out.stderr)
 
     def endpoint(self, port: int, kind: str) -> Endpoint:
-        host, host_port = self._sb.tunnel(port)
+        host, host_port = self._sb.tunnel(port)  # SandboxNotFound (a SandboxGone) once ended
         return Endpoint(port, kind, f"http://{host}:{host_port}", host, host_port)
 
-    def finished(self) -> str | None:
+    def finished(self) -> Ending | None:
         status = self._sb.poll()
         if status is None:
             return None
-        code = "" if status.exitcode is None else f" (exit code {status.exitcode})"
-        return f"{status.kind}{code}"
+        # the runtime's kinds are Modal's, but for the entrypoint's own exit
+        how = "exited" if status.kind in ("success", "failure") else status.kind
+        return Ending(how, status.exitcode)
 
     def terminate(self, *, wait: bool = False) -> None:
         try:
@@ -186,6 +187,7 @@ class LocalBackend:
         tags: Mapping[str, str],
         name: str | None = None,
         shared: bool = False,
+        quota_wait: float | None = None,  # no quotas here
     ) -> LocalHandle:
         from ..runtime import SandboxConfig
 

@@ -9,26 +9,76 @@ readiness uses Modal's own probe when one probe suffices.
 Dead-man switch: every sandbox gets an ``idle_timeout`` and the process that owns it keeps a
 short ``sleep <lease>`` exec running in it.  If every pytest process dies, the heartbeats stop
 and Modal ends the sandbox within ``lease + idle_timeout`` seconds.
+
+What is retried (Modal fails, we don't).  The client retries each call itself: control-plane
+calls 3 times within a second, command-router calls 10 times, an exec's wait for ever, output
+streams 10 reconnects, throttled creates for as long as Modal asks.  What it then raises is
+*transient* (:func:`transient`: ``ServiceError``, ``InternalError``, modal's
+``ConnectionError``, grpclib's raw ``StreamTerminatedError`` and ``GRPCError`` with a retryable
+status, socket errors, timeouts) or not (not found, already exists, invalid, auth, permission,
+a quota, the sandbox's own ending).  On top of the client, through :mod:`.retry`, until
+:data:`CALL_SECONDS` (:data:`CREATE_SECONDS` for a create), each attempt an ``.aio`` call on
+:class:`LoopThread` cut off after :data:`ATTEMPT_SECONDS` (:data:`LONG_POLL_SECONDS` for a
+call that long-polls), so a stalled connection is one more transient failure, not a hang:
+
+* retried, being idempotent: ``App.lookup``, ``Sandbox.from_id``/``from_name``/``list``,
+  ``poll``/``wait`` (how a sandbox ended), ``tunnels``, tags (read, merge, write),
+  ``terminate``;
+* a create, which is not idempotent across calls (the client's idempotency key is minted per
+  call): each create carries its own token tag (``CREATE_TAG``); after a transient failure the
+  sandbox with that token is looked up and adopted if the lost create made it, and only
+  otherwise created again — so no sandbox is created twice;
+* a create refused for a quota (``ResourceExhaustedError`` without a retry-after: the
+  workspace's concurrent sandboxes) waits for a slot for ``quota_wait`` seconds, then is one
+  :class:`QuotaExceeded` naming the quota and the fix;
+* not retried: ``exec`` (a second call would run the command twice) and the daemons' launch;
+  an exec runs on a private event loop while the sandbox is watched (``wait``, one long poll),
+  so a sandbox that ends under a command is a prompt ``SandboxGone``, never a wait on retries
+  that cannot succeed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
+import secrets
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
+import grpclib
 import modal
 import modal.exception as modal_exc
+from grpclib.exceptions import StreamTerminatedError
+from h2.exceptions import ProtocolError as H2ProtocolError
 
-from ..errors import BackendUnavailable, ExecTimeout, SandboxError, SandboxGone
+from ..errors import (
+    BackendUnavailable,
+    ExecTimeout,
+    QuotaExceeded,
+    RetriesExhausted,
+    SandboxError,
+    SandboxGone,
+)
+from ..lifecycle.tags import CREATE_TAG
 from ..spec import SandboxSpec
-from .protocol import Endpoint, NameTaken, RawExec, SandboxInfo
+from .protocol import Ending, Endpoint, NameTaken, RawExec, SandboxInfo
+from .retry import Backoff, retrying
 
-__all__ = ["SUPPORTED_MODAL", "ModalBackend", "ModalHandle"]
+__all__ = [
+    "SUPPORTED_MODAL",
+    "EndedUnderIt",
+    "LoopThread",
+    "ModalBackend",
+    "ModalHandle",
+    "create_once",
+    "retried",
+    "transient",
+    "unless_ended",
+]
 
 # [lower, upper): the emulator speaks the protocol of the 1.6.3+ client (secret_sources came in
 # 1.6.1, include_terminated in 1.6.2; before 1.6.3 a V1 sandbox's handle turned V2 by its id's
@@ -36,6 +86,34 @@ __all__ = ["SUPPORTED_MODAL", "ModalBackend", "ModalHandle"]
 SUPPORTED_MODAL = ((1, 6, 3), (1, 7, 0))
 DEFAULT_LEASE = 60.0
 DEFAULT_IDLE = 60  # lease + idle: an orphan ends within ~2 minutes (bound: 3)
+CALL_SECONDS = 30.0  # an idempotent call, retried through transient errors
+ATTEMPT_SECONDS = 20.0  # one attempt of a quick call (the SDK's own retries within): no hang
+LONG_POLL_SECONDS = 75.0  # one attempt of a call that long-polls (tunnels: 50 s)
+CREATE_SECONDS = 60.0  # a create, retried (without duplicates) through transient errors
+DEFAULT_QUOTA_WAIT = 60.0  # a create refused for a quota waits this long for a slot
+WATCH_AFTER = 1.0  # an exec still running after this long has its sandbox watched
+
+T = TypeVar("T")
+
+# grpclib's statuses the client itself retries: still transient when its retries ran out
+_TRANSIENT_STATUSES = frozenset(
+    {
+        grpclib.Status.UNAVAILABLE,
+        grpclib.Status.INTERNAL,
+        grpclib.Status.UNKNOWN,
+        grpclib.Status.DEADLINE_EXCEEDED,
+        grpclib.Status.CANCELLED,
+    }
+)
+# everything a call into the SDK raises when Modal (or the way to it) fails
+_SDK_ERRORS = (
+    modal_exc.Error,
+    grpclib.GRPCError,
+    StreamTerminatedError,
+    H2ProtocolError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 _CREDENTIALS_HELP = (
     "Modal credentials are not configured: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or run "
@@ -68,13 +146,172 @@ def _is_loopback(url: str) -> bool:
     return bool(hosts) and hosts <= {"localhost", "127.0.0.1", "::1"}
 
 
-def _wrap(exc: Exception, what: str) -> SandboxError:
+def transient(exc: BaseException) -> bool:
+    """Whether an error of an SDK call is worth retrying (the call may not have reached Modal,
+    or its answer was lost), once the client's own retries ran out."""
+    if isinstance(exc, modal_exc.Error):  # some are GRPCErrors too: their class decides
+        return isinstance(
+            exc, (modal_exc.ServiceError, modal_exc.InternalError, modal_exc.ConnectionError)
+        )
+    if isinstance(exc, grpclib.GRPCError):
+        return exc.status in _TRANSIENT_STATUSES
+    return isinstance(exc, (StreamTerminatedError, H2ProtocolError, OSError, asyncio.TimeoutError))
+
+
+def retried(
+    loop: LoopThread,
+    what: str,
+    call: Callable[[], Awaitable[T]],
+    *,
+    seconds: float = CALL_SECONDS,
+    attempt: float | None = ATTEMPT_SECONDS,
+    raw: bool = False,
+) -> T:
+    """An idempotent SDK call (``call()`` makes one attempt: the SDK's ``.aio`` coroutine),
+    each attempt bounded by ``attempt`` seconds, retried through transient errors for
+    ``seconds``; other errors as ours (``raw``: the SDK's own left as they are)."""
+    try:
+        return retrying(
+            lambda: loop.attempt(call, attempt), what=what, transient=transient, seconds=seconds
+        )
+    except _SDK_ERRORS as exc:
+        if raw:
+            raise
+        raise _wrap(exc, what) from exc
+
+
+def _wrap(exc: BaseException, what: str) -> SandboxError:
     """A Modal error as one of ours, original attached by the caller (``raise ... from exc``)."""
+    if isinstance(exc, SandboxError):
+        return exc
     if isinstance(exc, modal_exc.AuthError):
         return BackendUnavailable(f"{what}: {exc}. {_CREDENTIALS_HELP}")
     if isinstance(exc, modal_exc.NotFoundError):
         return SandboxGone(f"{what}: {exc}")
     return SandboxError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+class LoopThread:
+    """A private event loop on a thread: execs and retried calls run on it (through the SDK's
+    ``.aio`` calls), so one whose sandbox ends, or one attempt that stalls, can be cancelled
+    instead of waited for."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=self._serve, args=(self._loop,), name="pms-modal-exec", daemon=True
+                ).start()
+            loop = self._loop
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. Ctrl-C: the exec's coroutines are cancelled, not left
+            raise
+
+    @staticmethod
+    def _serve(loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def attempt(self, call: Callable[[], Awaitable[T]], timeout: float | None) -> T:
+        """One attempt of ``call()``, cancelled (``asyncio.TimeoutError``, transient) when it
+        takes longer than ``timeout``: a stalled connection is not a hang."""
+
+        async def bounded() -> T:
+            return await asyncio.wait_for(call(), timeout)
+
+        return self.run(bounded())
+
+    def close(self) -> None:
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+
+
+class EndedUnderIt(Exception):
+    """The sandbox ended while a command ran in it."""
+
+
+async def unless_ended(
+    work: Awaitable[T], ended: Callable[[], Awaitable[object]], *, grace: float = WATCH_AFTER
+) -> T:
+    """``work``'s result; if it takes longer than ``grace``, ``ended()`` watches the sandbox
+    meanwhile, and when that returns first, ``work`` is cancelled and :class:`EndedUnderIt`
+    raised (a watch that fails only stops watching).  Quick work costs no watching."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=grace)
+    if task in done:
+        return task.result()
+    watch = asyncio.ensure_future(ended())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and watch.exception() is not None:
+            await asyncio.wait({task})  # cannot watch: wait for the work alone
+    except BaseException:
+        task.cancel()
+        watch.cancel()
+        raise
+    if task.done():
+        watch.cancel()
+        return task.result()
+    task.cancel()
+    await asyncio.wait({task}, timeout=5.0)  # let its cancellation run (the SDK's cleanup)
+    raise EndedUnderIt
+
+
+def create_once(
+    create: Callable[[], T],
+    made: Callable[[], T | None],
+    *,
+    what: str,
+    seconds: float = CREATE_SECONDS,
+    quota_wait: float = DEFAULT_QUOTA_WAIT,
+    backoff: Callable[..., Backoff] = Backoff,
+) -> T:
+    """``create()`` through transient errors and a busy quota, and never twice: after a
+    transient failure ``made()`` looks for what that create made (its answer may be all that
+    was lost) before creating again.  A quota that does not free in ``quota_wait`` seconds is
+    :class:`QuotaExceeded`, transient errors past ``seconds`` :class:`RetriesExhausted`."""
+    faults = backoff(seconds)
+    quota = backoff(quota_wait, first=0.5, most=5.0)
+    while True:
+        try:
+            return create()
+        except modal_exc.ResourceExhaustedError as exc:
+            if not quota.wait():
+                raise QuotaExceeded(
+                    f"{what}: Modal refused it for a quota of the workspace ({exc}) and no "
+                    f"slot freed in {quota_wait:g} s of retrying. Fewer sandboxes at once fix "
+                    "it: fewer xdist workers (-n), no sandboxes started ahead "
+                    "(--modal-sandbox-ahead=0), or a higher limit for the workspace on "
+                    "Modal; --modal-sandbox-quota-wait waits longer"
+                ) from exc
+        except modal_exc.AlreadyExistsError:
+            found = made() if faults.attempts else None
+            if found is None:
+                raise  # the name is someone else's, not ours from a lost answer
+            return found
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            found = made()
+            if found is not None:
+                return found
+            if not faults.wait():
+                raise RetriesExhausted(
+                    f"{what}: still failing after {faults.attempts} attempts in {seconds:g} s "
+                    f"(transient errors are retried until then): {type(exc).__name__}: {exc}"
+                ) from exc
 
 
 class _Heartbeats:
@@ -137,13 +374,20 @@ class ModalHandle:
     """One Modal sandbox through the backend protocol (and :class:`NativeReadiness`)."""
 
     def __init__(
-        self, backend: ModalBackend, sb: modal.Sandbox, *, native_probe: bool = False
+        self,
+        backend: ModalBackend,
+        sb: modal.Sandbox,
+        *,
+        native_probe: bool = False,
+        limits: tuple[float, float] | None = None,
     ) -> None:
         self._backend = backend
         self._sb = sb
         self.id: str = sb.object_id
         self._tunnels: dict[int, Any] | None = None
         self._native_probe = native_probe  # created with Modal's own readiness probe
+        # (when its create was asked for, its timeout): tells an idle timeout from its timeout
+        self._limits = limits
 
     @property
     def has_native_probe(self) -> bool:
@@ -159,53 +403,101 @@ class ModalHandle:
         timeout: float | None = None,
     ) -> RawExec:
         deadline = None if timeout is None else max(1, math.ceil(timeout))
+        what = f"exec {' '.join(argv)!r} in sandbox {self.id}"
+        work = self._exec(argv, env=env, workdir=workdir, stdin=stdin, deadline=deadline)
         try:
-            proc = self._sb.exec(
-                *argv, env=dict(env) if env else None, workdir=workdir, timeout=deadline, text=False
-            )
-            if stdin:
-                proc.stdin.write(stdin)
-            if stdin is not None:
-                proc.stdin.write_eof()
-                proc.stdin.drain()
-            out = proc.stdout.read()
-            err = proc.stderr.read()
-            code = proc.wait()
-        except modal_exc.Error as exc:
-            raise _wrap(exc, f"exec {' '.join(argv)!r} in sandbox {self.id}") from exc
+            code, out, err = self._backend.loop.run(unless_ended(work, self._until_ended))
+        except EndedUnderIt:
+            raise SandboxGone(f"sandbox {self.id} ended while {what} ran") from None
+        except _SDK_ERRORS as exc:
+            raise self._failed(exc, what) from exc
         if code == -1 and timeout is not None:
             raise ExecTimeout(
                 f"command {' '.join(argv)!r} in sandbox {self.id} ran past its timeout of "
                 f"{timeout:g}s",
-                stdout=bytes(out),
-                stderr=bytes(err),
+                stdout=out,
+                stderr=err,
             )
-        return RawExec(code, bytes(out), bytes(err))
+        return RawExec(code, out, err)
+
+    async def _exec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None,
+        workdir: str | None,
+        stdin: bytes | None,
+        deadline: int | None,
+    ) -> tuple[int, bytes, bytes]:
+        proc = await self._sb.exec.aio(
+            *argv, env=dict(env) if env else None, workdir=workdir, timeout=deadline, text=False
+        )
+        if stdin:
+            proc.stdin.write(stdin)
+        if stdin is not None:
+            proc.stdin.write_eof()
+            await proc.stdin.drain.aio()
+        out, err = await asyncio.gather(proc.stdout.read.aio(), proc.stderr.read.aio())
+        code = await proc.wait.aio()
+        return int(code), bytes(out), bytes(err)
+
+    async def _until_ended(self) -> None:
+        """Return once the sandbox has ended (one long poll at a time, through faults)."""
+        while True:
+            try:
+                await self._sb.wait.aio(raise_on_termination=False)
+                return
+            except modal_exc.NotFoundError:
+                return
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+            await asyncio.sleep(1.0)
+
+    def _failed(self, exc: BaseException, what: str) -> SandboxError:
+        """An SDK error of a call that needs the sandbox: gone if it has ended, else wrapped."""
+        try:
+            ended = self.finished()
+        except SandboxError:
+            ended = None
+        if ended is not None:
+            return SandboxGone(f"{what}: {type(exc).__name__}: {exc}", how=ended.how)
+        return _wrap(exc, what)
 
     def spawn(self, argv: Sequence[str]) -> None:
-        """Start ``argv`` and do not wait for it (one RPC)."""
+        """Start ``argv`` and do not wait for it (one RPC; not retried: it would run twice)."""
         devnull = modal.stream_type.StreamType.DEVNULL
         try:
             self._sb.exec(*argv, stdout=devnull, stderr=devnull)
-        except modal_exc.Error as exc:
-            raise _wrap(exc, f"exec {' '.join(argv)!r} in sandbox {self.id}") from exc
+        except _SDK_ERRORS as exc:
+            raise self._failed(exc, f"exec {' '.join(argv)!r} in sandbox {self.id}") from exc
 
     def wait_native_ready(self, timeout: float) -> bool:
-        """Modal's readiness probe: True when ready within ``timeout``, False if not yet."""
+        """Modal's readiness probe: True when ready within ``timeout``, False if not yet (or
+        the wait failed transiently: the caller asks again until its deadline)."""
         try:
             self._sb.wait_until_ready(timeout=max(1, math.ceil(timeout)))
         except modal_exc.TimeoutError:
             return False
-        except modal_exc.Error as exc:
-            raise _wrap(exc, f"waiting for sandbox {self.id} to be ready") from exc
+        except _SDK_ERRORS as exc:
+            if transient(exc):
+                return False
+            raise self._failed(exc, f"waiting for sandbox {self.id} to be ready") from exc
         return True
 
     def endpoint(self, port: int, kind: str) -> Endpoint:
         if self._tunnels is None:
             try:
-                self._tunnels = self._sb.tunnels()
-            except modal_exc.Error as exc:
-                raise _wrap(exc, f"tunnels of sandbox {self.id}") from exc
+                self._tunnels = retried(
+                    self._backend.loop,
+                    f"tunnels of sandbox {self.id}",
+                    self._sb.tunnels.aio,
+                    attempt=LONG_POLL_SECONDS,
+                )
+            except SandboxError as exc:
+                if isinstance(exc.__cause__, modal_exc.SandboxTimeoutError):
+                    raise self._failed(exc.__cause__, f"tunnels of sandbox {self.id}") from exc
+                raise
         tunnel = self._tunnels.get(port)
         if tunnel is None:
             raise SandboxError(f"sandbox {self.id} has no tunnel for port {port}")
@@ -220,31 +512,56 @@ class ModalHandle:
             url = f"http://{host}:{host_port}"
         return Endpoint(port, kind, url, host, host_port)
 
-    def finished(self) -> str | None:
+    def finished(self) -> Ending | None:
+        """How it ended, from Modal's result: ``wait()`` raises for TERMINATED and TIMEOUT and
+        returns for the rest, whose exit code tells an OOM kill (137: the sandbox's own
+        command only ever ends by a signal) and an idle timeout (124) apart."""
+        what = f"polling sandbox {self.id}"
+        loop = self._backend.loop
         try:
-            code = self._sb.poll()
-        except modal_exc.Error as exc:
-            return f"unknown ({exc})"
-        return None if code is None else f"exit code {code}"
+            code = retried(loop, what, self._sb.poll.aio, raw=True)
+            if code is None:
+                return None
+            retried(loop, what, lambda: self._sb.wait.aio(raise_on_termination=True), raw=True)
+        except modal_exc.SandboxTerminatedError:
+            return Ending("terminated", 137)
+        except modal_exc.SandboxTimeoutError:
+            # Modal may report an idle timeout as TIMEOUT: one before the timeout is idle
+            created, limit = self._limits or (0.0, 0.0)
+            idle = self._limits is not None and time.monotonic() - created < limit
+            return Ending("idle_timeout" if idle else "timeout", 124)
+        except modal_exc.NotFoundError as exc:
+            return Ending("unknown", detail=f"Modal no longer knows it ({exc})")
+        except _SDK_ERRORS as exc:
+            raise _wrap(exc, what) from exc
+        if code == 137:
+            return Ending("oom", 137)
+        if code == 124:
+            return Ending("idle_timeout", 124)
+        return Ending("exited", code)
 
     def terminate(self, *, wait: bool = False) -> None:
         self._backend.heartbeats.remove(self.id)
-        try:
-            if wait:
-                self._sb.terminate(wait=True)
-            else:
-                self._sb.terminate()
-        except modal_exc.Error as exc:
-            raise _wrap(exc, f"terminating sandbox {self.id}") from exc
+
+        async def end() -> None:
+            try:
+                await self._sb.terminate.aio()
+                if wait:
+                    await self._sb.wait.aio(raise_on_termination=False)
+            except modal_exc.NotFoundError:
+                pass  # gone already
+
+        attempt = LONG_POLL_SECONDS if wait else ATTEMPT_SECONDS
+        retried(self._backend.loop, f"terminating sandbox {self.id}", end, attempt=attempt)
 
     def release(self) -> None:
         self._backend.heartbeats.remove(self.id)
 
     def add_tags(self, tags: Mapping[str, str]) -> None:
-        try:
-            self._sb.set_tags({**self._sb.get_tags(), **tags})
-        except modal_exc.Error as exc:
-            raise _wrap(exc, f"tagging sandbox {self.id}") from exc
+        async def tag() -> None:
+            await self._sb.set_tags.aio({**(await self._sb.get_tags.aio()), **tags})
+
+        retried(self._backend.loop, f"tagging sandbox {self.id}", tag)
 
     def shell_command(self) -> str | None:
         return None if self._backend.loopback else f"modal shell {self.id}"
@@ -252,7 +569,7 @@ class ModalHandle:
     def keep(self, seconds: float) -> None:
         """Hold the sandbox for ``seconds`` more with one long exec, then let it idle out."""
         self._backend.heartbeats.remove(self.id)
-        with contextlib.suppress(modal_exc.Error):
+        with contextlib.suppress(*_SDK_ERRORS):
             self._sb.exec("sleep", str(int(seconds)))
 
 
@@ -268,6 +585,7 @@ class ModalBackend:
         token_secret: str | None = None,
         lease: float = DEFAULT_LEASE,
         idle_timeout: int = DEFAULT_IDLE,
+        quota_wait: float = DEFAULT_QUOTA_WAIT,
         **_ignored: object,
     ) -> None:
         warning = check_modal_version()
@@ -278,7 +596,9 @@ class ModalBackend:
         self.app_name = app
         self.environment = environment
         self.default_idle = idle_timeout
+        self.quota_wait = quota_wait
         self.heartbeats = _Heartbeats(lease)
+        self.loop = LoopThread()
         self._images: dict[str, modal.Image] = {}
         self._app: modal.App | None = None
         self._lock = threading.Lock()
@@ -313,15 +633,16 @@ class ModalBackend:
     def app(self) -> modal.App:
         with self._lock:
             if self._app is None:
-                try:
-                    self._app = modal.App.lookup(
+                self._app = retried(
+                    self.loop,
+                    f"looking up Modal app {self.app_name!r}",
+                    lambda: modal.App.lookup.aio(
                         self.app_name,
                         create_if_missing=True,
                         client=self.client,
                         environment_name=self.environment,
-                    )
-                except modal_exc.Error as exc:
-                    raise _wrap(exc, f"looking up Modal app {self.app_name!r}") from exc
+                    ),
+                )
             return self._app
 
     def _image(self, image: Any) -> modal.Image | None:
@@ -339,8 +660,9 @@ class ModalBackend:
         tags: Mapping[str, str],
         name: str | None = None,
         shared: bool = False,
+        quota_wait: float | None = None,
     ) -> ModalHandle:
-        secrets = [
+        secrets_ = [
             modal.Secret.from_dict(dict(s)) if isinstance(s, Mapping) else s for s in spec.secrets
         ]
         probes = [d.ready for d in spec.daemons if d.ready is not None]
@@ -356,14 +678,17 @@ class ModalBackend:
             kwargs["memory"] = spec.memory
         if spec.gpu is not None:
             kwargs["gpu"] = spec.gpu
-        try:
-            sb = modal.Sandbox.create(
+        token = secrets.token_hex(8)
+        requested = time.monotonic()
+
+        def create() -> modal.Sandbox:
+            return modal.Sandbox.create(
                 app=self.app,
                 image=self._image(spec.image),
                 name=name,
-                tags=dict(tags),
+                tags={**tags, CREATE_TAG: token},
                 env=dict(spec.env) or None,
-                secrets=secrets,
+                secrets=secrets_,
                 timeout=int(spec.timeout),
                 idle_timeout=int(spec.idle_timeout or self.default_idle),
                 workdir=spec.workdir,
@@ -374,57 +699,109 @@ class ModalBackend:
                 client=self.client,
                 **kwargs,
             )
+
+        what = f"creating a sandbox for {spec.image_label()}"
+        try:
+            sb = self._create_once(
+                create, token, what, self.quota_wait if quota_wait is None else quota_wait
+            )
         except modal_exc.AlreadyExistsError as exc:
             raise NameTaken(
                 f"a running sandbox of app {self.app_name!r} is named {name!r}"
             ) from exc
-        except modal_exc.Error as exc:
-            raise _wrap(exc, f"creating a sandbox for {spec.image_label()}") from exc
-        handle = ModalHandle(self, sb, native_probe=native is not None)
+        except _SDK_ERRORS as exc:
+            raise _wrap(exc, what) from exc
+        handle = ModalHandle(
+            self, sb, native_probe=native is not None, limits=(requested, float(spec.timeout))
+        )
         self.heartbeats.add(
             sb, first_in=min(self.heartbeats.lease, spec.idle_timeout or self.default_idle) / 2
         )
         return handle
 
+    def _create_once(
+        self, create: Callable[[], modal.Sandbox], token: str, what: str, quota_wait: float
+    ) -> modal.Sandbox:
+        return create_once(
+            create,
+            lambda: self._made(token, what),
+            what=what,
+            seconds=CREATE_SECONDS,
+            quota_wait=quota_wait,
+        )
+
+    def _made(self, token: str, what: str) -> modal.Sandbox | None:
+        """The sandbox a create with ``token`` made, if it did (its answer was lost)."""
+        found = self._listed(
+            f"{what}: looking for the sandbox of a create whose answer was lost",
+            {CREATE_TAG: token},
+        )
+        return found[0] if found else None
+
+    def _listed(self, what: str, tags: Mapping[str, str]) -> list[modal.Sandbox]:
+        app_id = self.app.app_id  # looked up here, not on the loop that runs the listing
+
+        async def listing() -> list[modal.Sandbox]:
+            found = modal.Sandbox.list.aio(app_id=app_id, tags=dict(tags), client=self.client)
+            return [sb async for sb in found]
+
+        return retried(self.loop, what, listing)
+
     def attach(self, sandbox_id: str) -> ModalHandle:
-        try:
-            sb = modal.Sandbox.from_id(sandbox_id, client=self.client)
-        except modal_exc.Error as exc:
-            raise _wrap(exc, f"attaching to sandbox {sandbox_id}") from exc
+        sb = retried(
+            self.loop,
+            f"attaching to sandbox {sandbox_id}",
+            lambda: modal.Sandbox.from_id.aio(sandbox_id, client=self.client),
+        )
         return ModalHandle(self, sb)
 
     def from_name(self, name: str) -> ModalHandle | None:
-        try:
-            sb = modal.Sandbox.from_name(
-                self.app_name, name, environment_name=self.environment, client=self.client
-            )
-        except modal_exc.NotFoundError:
+        async def lookup() -> modal.Sandbox | None:
+            try:
+                return await modal.Sandbox.from_name.aio(
+                    self.app_name, name, environment_name=self.environment, client=self.client
+                )
+            except modal_exc.NotFoundError:
+                return None
+
+        sb = retried(self.loop, f"looking up sandbox {name!r}", lookup)
+        if sb is None:
             return None
-        except modal_exc.Error as exc:
-            raise _wrap(exc, f"looking up sandbox {name!r}") from exc
         self.heartbeats.add(sb)
         return ModalHandle(self, sb)
 
     def list(self, tags: Mapping[str, str]) -> list[SandboxInfo]:
-        try:
-            found = list(
-                modal.Sandbox.list(app_id=self.app.app_id, tags=dict(tags), client=self.client)
-            )
-            return [SandboxInfo(sb.object_id, sb.get_tags()) for sb in found]
-        except modal_exc.Error as exc:
-            raise _wrap(exc, f"listing sandboxes of app {self.app_name!r}") from exc
+        app_id = self.app.app_id  # looked up here, not on the loop that runs the listing
+
+        async def listing() -> list[SandboxInfo]:
+            found = modal.Sandbox.list.aio(app_id=app_id, tags=dict(tags), client=self.client)
+            sandboxes = [sb async for sb in found]
+            few = asyncio.Semaphore(16)  # each one's tags are a request of its own
+
+            async def info(sb: modal.Sandbox) -> SandboxInfo:
+                async with few:
+                    return SandboxInfo(sb.object_id, dict(await sb.get_tags.aio()))
+
+            return list(await asyncio.gather(*(info(sb) for sb in sandboxes)))
+
+        what = f"listing sandboxes of app {self.app_name!r}"
+        return retried(self.loop, what, listing, attempt=LONG_POLL_SECONDS)
 
     def terminate(self, sandbox_id: str) -> None:
         self.heartbeats.remove(sandbox_id)
-        try:
-            modal.Sandbox.from_id(sandbox_id, client=self.client).terminate()
-        except modal_exc.NotFoundError:
-            pass
-        except modal_exc.Error as exc:
-            raise _wrap(exc, f"terminating sandbox {sandbox_id}") from exc
+
+        async def end() -> None:
+            try:
+                sb = await modal.Sandbox.from_id.aio(sandbox_id, client=self.client)
+                await sb.terminate.aio()
+            except modal_exc.NotFoundError:
+                pass  # gone already
+
+        retried(self.loop, f"terminating sandbox {sandbox_id}", end)
 
     def close(self) -> None:
         self.heartbeats.close()
+        self.loop.close()
         if self.server_url != "Modal":
             with contextlib.suppress(Exception):
                 self.client.__exit__(None, None, None)  # type: ignore[no-untyped-call]  # own client (explicit URL)

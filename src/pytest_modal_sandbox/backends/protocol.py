@@ -17,8 +17,10 @@ if TYPE_CHECKING:
     from ..spec import SandboxSpec
 
 __all__ = [
+    "ENDINGS",
     "Backend",
     "BackendSandbox",
+    "Ending",
     "Endpoint",
     "NameTaken",
     "NativeReadiness",
@@ -49,6 +51,40 @@ class RawExec:
     stderr: bytes
 
 
+ENDINGS = ("exited", "terminated", "timeout", "idle_timeout", "oom", "unknown")
+"""How a sandbox can end: its main process exited, something terminated it, its ``timeout``,
+its ``idle_timeout``, the kernel's OOM killer, or the backend cannot tell."""
+
+_ENDING_WORDS = {
+    "exited": "exited",
+    "terminated": "terminated",
+    "timeout": "timed out",
+    "idle_timeout": "idle timeout",
+    "oom": "out of memory",
+    "unknown": "ended",
+}
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a sandbox ended, as far as its backend can tell (``how`` is one of ``ENDINGS``)."""
+
+    how: str
+    exit_code: int | None = None
+    detail: str = ""  # the backend's own words, when they add something
+
+    def __post_init__(self) -> None:
+        if self.how not in ENDINGS:
+            raise ValueError(f"unknown ending {self.how!r}; one of {', '.join(ENDINGS)}")
+
+    def __str__(self) -> str:
+        """Short: ``terminated``, ``exited (exit code 3)``, ``out of memory (exit code 137)``."""
+        text = _ENDING_WORDS[self.how]
+        if self.exit_code is not None:
+            text += f" (exit code {self.exit_code})"
+        return f"{text}: {self.detail}" if self.detail else text
+
+
 @dataclass(frozen=True)
 class SandboxInfo:
     """A sandbox as a listing shows it: enough to decide whether to terminate it."""
@@ -73,15 +109,17 @@ class BackendSandbox(Protocol):
         stdin: bytes | None = None,
         timeout: float | None = None,
     ) -> RawExec:
-        """Run ``argv`` to completion; raise ``ExecTimeout`` past ``timeout``."""
+        """Run ``argv`` to completion; raise ``ExecTimeout`` past ``timeout``, ``SandboxGone``
+        when the sandbox is gone (also when it ends while the command runs: never a hang)."""
         ...
 
     def endpoint(self, port: int, kind: str) -> Endpoint:
         """How to reach ``port``; ``kind`` is the spec list it was declared in."""
         ...
 
-    def finished(self) -> str | None:
-        """``None`` while running, else a short description of how it ended."""
+    def finished(self) -> Ending | None:
+        """``None`` while running, else how it ended; raises :class:`SandboxError` when the
+        backend cannot tell (e.g. it did not answer)."""
         ...
 
     def terminate(self, *, wait: bool = False) -> None: ...
@@ -137,11 +175,14 @@ class Backend(Protocol):
         tags: Mapping[str, str],
         name: str | None = None,
         shared: bool = False,
+        quota_wait: float | None = None,
     ) -> BackendSandbox:
         """Create a sandbox (running, not yet checked for readiness).
 
         ``shared`` sandboxes outlive the creating process (they belong to the run, and only
-        the controller terminates them).
+        the controller terminates them).  ``quota_wait``: how long a create refused for a
+        quota waits for a slot before :class:`~..errors.QuotaExceeded` (``None``: the
+        backend's own setting; ``0``: not at all); backends without quotas ignore it.
         """
         ...
 

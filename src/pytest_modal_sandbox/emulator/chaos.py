@@ -13,7 +13,7 @@ A CI matrix against the real Modal meets all of these, so the emulator can injec
   second's worth); the excess gets ``RESOURCE_EXHAUSTED`` with an ``RPCRetryPolicy`` detail
   (``retry_after_secs``: when the next token is due), which the client honours by sleeping and
   retrying with the same idempotency key.
-* **The quota** refuses a create while ``max_sandboxes`` sandboxes are running:
+* **The quota** refuses a create while ``max_sandboxes`` sandboxes run or are being created:
   ``RESOURCE_EXHAUSTED`` *without* a retry policy (a slot frees only when a sandbox ends, which
   no retry-after can promise), so the client raises ``ResourceExhaustedError`` at once.
 

@@ -206,7 +206,8 @@ class EmulatorProcess:
 
     def end_sandbox(self, sandbox_id: str, how: str = "terminated") -> None:
         """End a sandbox from outside, as Modal can: ``terminated`` (the dashboard, another
-        client), ``timeout`` (its timeout) or ``oom`` (the kernel's OOM killer)."""
+        client), ``timeout`` (its timeout), ``idle_timeout`` (its idle timeout, reported as
+        ``--idle-timeout-status`` says) or ``oom`` (the kernel's OOM killer)."""
         call_admin(self.url, "EndSandbox", json.dumps({"sandbox_id": sandbox_id, "how": how}))
 
     def stop(self, timeout: float = 30.0) -> int:

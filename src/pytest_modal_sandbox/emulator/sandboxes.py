@@ -172,6 +172,7 @@ class SandboxManager:
         self._by_id: dict[str, EmuSandbox] = {}
         self._by_task: dict[str, EmuSandbox] = {}
         self._pending_names: set[tuple[str, str]] = set()
+        self._creating = 0  # creates admitted and not yet registered (they count as running)
         self._creates: collections.OrderedDict[str, asyncio.Task[EmuSandbox]] = (
             collections.OrderedDict()
         )
@@ -293,8 +294,10 @@ class SandboxManager:
                 return await asyncio.shield(existing)
         if self._closing:
             raise RpcError("UNAVAILABLE", "the emulator is shutting down")
-        self.chaos.admit_create(running=sum(1 for sb in self._by_id.values() if sb.running))
-        task = self._detached(self._create(req))
+        running = sum(1 for sb in self._by_id.values() if sb.running)
+        self.chaos.admit_create(running=running + self._creating)
+        self._creating += 1
+        task = self._detached(self._admitted(req))
         if idempotency_key:
             self._creates[idempotency_key] = task
             while len(self._creates) > 4096:
@@ -307,6 +310,14 @@ class SandboxManager:
 
             task.add_done_callback(forget_failure)
         return await asyncio.shield(task)
+
+    async def _admitted(self, req: api_pb2.SandboxCreateV2Request) -> EmuSandbox:
+        """A create the quota admitted: it counts against the quota until it is registered (or
+        failed), so creates sent at once cannot all take the last slot."""
+        try:
+            return await self._create(req)
+        finally:
+            self._creating -= 1
 
     def _detached(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run ``coro`` to completion even if the RPC that started it is cancelled."""
@@ -737,12 +748,15 @@ class SandboxManager:
         return None
 
     async def end(self, sb: EmuSandbox, how: str) -> None:
-        """End ``sb`` as something outside the client would (``OUTSIDE_ENDINGS``)."""
+        """End ``sb`` as something outside the client would (``OUTSIDE_ENDINGS``, or its idle
+        timeout firing, as ``--idle-timeout-status`` reports it)."""
         result = OUTSIDE_ENDINGS.get(how)
+        if how == "idle_timeout":  # reported as --idle-timeout-status says
+            result = result_for(ExitStatus("idle_timeout", None, time.time()), self._idle_status)
         if result is None:
+            choices = ", ".join([*OUTSIDE_ENDINGS, "idle_timeout"])
             raise RpcError(
-                "INVALID_ARGUMENT",
-                f"cannot end a sandbox by {how!r}: choose one of {', '.join(OUTSIDE_ENDINGS)}",
+                "INVALID_ARGUMENT", f"cannot end a sandbox by {how!r}: choose one of {choices}"
             )
         if sb.result is not None:
             return

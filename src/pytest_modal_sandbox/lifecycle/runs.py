@@ -24,7 +24,16 @@ from typing import Any
 
 from .._paths import state_root
 
-__all__ = ["Ledger", "RunLock", "RunRecord", "forget_run", "runs_dir", "stale_runs", "sweep"]
+__all__ = [
+    "Ledger",
+    "RunLock",
+    "RunRecord",
+    "Swept",
+    "forget_run",
+    "runs_dir",
+    "stale_runs",
+    "sweep",
+]
 
 
 def runs_dir(root: Path | None = None) -> Path:
@@ -147,32 +156,57 @@ class Ledger:
         return live
 
 
+@dataclass
+class Swept:
+    """What a sweep did: the ids whose termination the backend accepted, and those it could
+    not end (id -> the last error, after the backend's own retries)."""
+
+    ended: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def failures(self, limit: int = 5) -> str:
+        """``sb-1 (RetriesExhausted: ...), sb-2 (...)``: what could not be ended, and why."""
+        parts = [f"{sid} ({why})" for sid, why in list(self.failed.items())[:limit]]
+        more = f", and {len(self.failed) - limit} more" if len(self.failed) > limit else ""
+        return ", ".join(parts) + more
+
+
 def sweep(
     terminate: Callable[[str], None],
     ids: Iterable[str],
     *,
     workers: int = 8,
-) -> list[str]:
+) -> Swept:
     """Terminate every id in parallel; errors and a second Ctrl-C do not stop the others.
 
-    Returns the ids it asked to terminate.
+    ``terminate`` retries transient failures itself until its deadline (the backend's
+    policy); what still fails is in :attr:`Swept.failed`, for the caller to say.
     """
     todo = list(dict.fromkeys(ids))
+    swept = Swept()
     if not todo:
-        return []
+        return swept
 
-    def one(sandbox_id: str) -> None:
-        with contextlib.suppress(Exception):
+    def one(sandbox_id: str) -> str | None:
+        try:
             terminate(sandbox_id)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            return f"{type(exc).__name__}: {first}"
+        return None
 
     pool = ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="pms-sweep")
-    futures = [pool.submit(one, sid) for sid in todo]
-    for fut in futures:
+    futures = [(sid, pool.submit(one, sid)) for sid in todo]
+    for sid, fut in futures:
         while True:
             try:
-                fut.result()
+                error = fut.result()
                 break
             except KeyboardInterrupt:  # keep sweeping; the interrupt already ends the run
                 continue
+        if error is None:
+            swept.ended.append(sid)
+        else:
+            swept.failed[sid] = error
     pool.shutdown(wait=False)
-    return todo
+    return swept

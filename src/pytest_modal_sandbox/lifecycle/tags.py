@@ -10,6 +10,7 @@ import secrets
 import time
 
 __all__ = [
+    "CREATE_TAG",
     "KEEP_TAG",
     "MARK_TAG",
     "RUN_TAG",
@@ -28,6 +29,7 @@ TEST_TAG = "pms-test"
 SPEC_TAG = "pms-spec"
 SHARE_TAG = "pms-share"
 KEEP_TAG = "pms-keep-until"
+CREATE_TAG = "pms-create"  # one create's own token: a retried create finds what it made
 
 
 def new_run_id() -> str:
