@@ -33,6 +33,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # linux.py & co. (stdlib only)
+import egress  # type: ignore[import-not-found]
 import hostview  # type: ignore[import-not-found]
 import linux  # type: ignore[import-not-found]
 import userns  # type: ignore[import-not-found]
@@ -45,6 +46,7 @@ else:
     import _signal as signal  # the enum-free core of `signal`: ~4 ms less start-up
 
 STARTUP_TIMEOUT = 20.0
+NETWORK_TIMEOUT = 10.0
 LOCK_POLL = 0.5
 
 
@@ -150,6 +152,9 @@ class Keeper:
         self.stop_requested = False
         self.last_seen_active = self.start_wall
         self.mounted: list[str] = []
+        self.block_w = -1  # bwrap's --block-fd: the command waits until the network is up
+        self.slirp_pid = 0
+        self.slirp_exit_w = -1  # slirp4netns's --exit-fd: it ends when this closes
 
     # --- start-up -------------------------------------------------------------------------
 
@@ -201,6 +206,9 @@ class Keeper:
             os.write(write, program)  # a few hundred bytes: the pipe holds them
             os.close(write)
             fds[walls["seccomp_fd"]] = read
+        if launch.get("net"):
+            read, self.block_w = os.pipe2(os.O_CLOEXEC)
+            fds[walls["block_fd"]] = read
         return fds
 
     def spawn(self) -> None:
@@ -257,6 +265,8 @@ class Keeper:
             os.close(self.init_pidfd)  # PID 1 already gone and its pid reused: never signal it
             self.init_pidfd = -1
         init_start = _start_time(self.init_pid) if self.init_pidfd >= 0 else None
+        if self.block_w >= 0:
+            self.attach_network()
         self.wait_set_up()
         if self.bwrap_status is not None and os.WIFEXITED(self.bwrap_status):
             error = self.bwrap_error() if os.WEXITSTATUS(self.bwrap_status) == 1 else None
@@ -270,6 +280,91 @@ class Keeper:
                 "bwrap": self.bwrap_pid,
             }
         )
+
+    def attach_network(self) -> None:
+        """Attach slirp4netns to the sandbox's network namespace (``egress.py``), narrow its
+        routes to the allowlist, then let bwrap run the command."""
+        net = self.launch["net"]
+        ready_r, ready_w = os.pipe()
+        exit_r, self.slirp_exit_w = os.pipe()
+        ready_hi, exit_hi = _high_fd(ready_w), _high_fd(exit_r)
+        for fd in (ready_w, exit_r):
+            os.close(fd)
+        argv = egress.slirp_argv(
+            net["slirp"], f"/proc/{self.init_pid}/ns/net", as_root=net["as_root"]
+        )
+        try:
+            self.slirp_pid = os.posix_spawn(
+                argv[0],
+                argv,
+                {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, ready_hi, egress.READY_FD),
+                    (os.POSIX_SPAWN_DUP2, exit_hi, egress.EXIT_FD),
+                    (os.POSIX_SPAWN_OPEN, 2, net["log"], os.O_WRONLY | os.O_CREAT, 0o600),
+                ],
+                setsigdef=[signal.SIGPIPE, signal.SIGINT, signal.SIGHUP, signal.SIGTERM],
+                setsigmask=(),
+            )
+        except OSError as exc:
+            os.close(ready_r)
+            self.fail_start(f"cannot run {argv[0]}: {exc}")
+        finally:
+            os.close(ready_hi)
+            os.close(exit_hi)
+        slirp_pidfd = os.pidfd_open(self.slirp_pid)
+        try:
+            ready = select.select([ready_r], [], [], NETWORK_TIMEOUT)[0]
+            answer = os.read(ready_r, 1) if ready else b""
+        finally:
+            os.close(ready_r)
+            os.close(slirp_pidfd)
+        if answer != b"1":
+            why = "exited" if ready else f"did not report within {NETWORK_TIMEOUT:.0f} s"
+            try:
+                with open(net["log"], "rb") as f:
+                    said = f.read()[-600:].decode("utf-8", "replace").strip()
+            except OSError:
+                said = ""
+            self.fail_start(
+                f"slirp4netns {why} before attaching the sandbox's network"
+                + (f"; it said: {' | '.join(said.splitlines())}" if said else "")
+            )
+        if net.get("routes") is not None:
+            error = self.in_network_namespace(egress.restrict_routes, net["routes"])
+            if error:
+                self.fail_start(f"cannot apply cidr_allowlist to the sandbox's routes: {error}")
+        os.write(self.block_w, b"1")
+        os.close(self.block_w)
+        self.block_w = -1
+
+    def in_network_namespace(self, fn: Any, arg: Any) -> str | None:
+        """Run ``fn(arg)`` in a forked child that joins the sandbox's network namespace (the
+        keeper itself never leaves its own); returns the child's error message, if any."""
+        err_r, err_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(err_r)
+                fd = os.open(f"/proc/{self.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                linux.setns(fd, linux.CLONE_NEWNET)
+                fn(arg)
+                code = 0
+            except BaseException as exc:
+                os.write(err_w, str(exc).encode()[:4000])
+            os._exit(code)
+        os.close(err_w)
+        try:
+            message = b""
+            while chunk := os.read(err_r, 4096):
+                message += chunk
+        finally:
+            os.close(err_r)
+        _, status = os.waitpid(pid, 0)
+        if status == 0:
+            return None
+        return message.decode("utf-8", "replace") or f"exit status {status}"
 
     def read_info(self, fd: int) -> int | None:
         data = b""
@@ -465,7 +560,8 @@ class Keeper:
     # --- the end ---------------------------------------------------------------------------
 
     def kill_tree(self) -> None:
-        """Kill PID 1 (the kernel then kills the whole pid namespace) and bwrap; reap them."""
+        """Kill PID 1 (the kernel then kills the whole pid namespace), bwrap and slirp4netns;
+        reap them."""
         if self.init_pidfd >= 0:
             try:
                 signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
@@ -484,6 +580,20 @@ class Keeper:
             select.select([self.init_pidfd], [], [], 5.0)
             os.close(self.init_pidfd)
             self.init_pidfd = -1
+        if self.block_w >= 0:  # after the kill: on EOF bwrap would run the command
+            os.close(self.block_w)
+            self.block_w = -1
+        if self.slirp_pid:
+            os.close(self.slirp_exit_w)
+            try:
+                os.kill(self.slirp_pid, signal.SIGKILL)  # our unreaped child: pid is stable
+            except OSError:
+                pass
+            try:
+                os.waitpid(self.slirp_pid, 0)
+            except ChildProcessError:
+                pass
+            self.slirp_pid = 0
 
     def end_by_exit(self) -> None:
         status = self.bwrap_status or 0

@@ -19,12 +19,13 @@ from typing import Any
 
 from .. import errors
 from .._paths import state_root
-from . import hostview, owners, rootfs, seccomp
+from . import egress, hostview, owners, rootfs, seccomp
 from .check import Tools, check
 from .config import DEFAULT_ENV, SandboxConfig
 from .errors import InvalidArgument, InvalidConfig, NameTaken, SandboxNotFound
 from .ids import is_sandbox_id, new_sandbox_id
 from .mounts import (
+    BLOCK_FD,
     SECCOMP_FD,
     USERNS2_FD,
     bwrap_argv,
@@ -206,7 +207,15 @@ class LocalRuntime:
                 resolv = rootfs.HOST_RESOLV_CONF
             else:
                 resolv = str(paths.resolv)
-                paths.resolv.write_text(rootfs.RESOLV_CONF)
+                paths.resolv.write_text(egress.RESOLV_CONF if config.egress else rootfs.RESOLV_CONF)
+        net: dict[str, Any] | None = None
+        if config.egress:
+            net = {
+                "slirp": tools.require_slirp4netns(),
+                "as_root": as_root,
+                "log": str(paths.slirp_log),
+                "routes": _routes(config.cidr_allowlist),
+            }
         program = _seccomp_program()
         argv = bwrap_argv(
             bwrap=tools.bwrap,
@@ -223,6 +232,7 @@ class LocalRuntime:
             private_tmp=config.rootfs is not None
             and not (config.rootfs_writable and _has_tmp(config.rootfs)),
             seccomp=program is not None,
+            block=net is not None,
             exists=exists,
             listdir=listdir,
         )
@@ -232,6 +242,7 @@ class LocalRuntime:
             "userns2_fd": USERNS2_FD,
             "seccomp_fd": SECCOMP_FD,
             "seccomp": program,
+            "block_fd": BLOCK_FD,
         }
         pipes.ready_r, pipes.ready_w = os.pipe()
         if config.owner_lock is None:
@@ -256,6 +267,7 @@ class LocalRuntime:
             "cleanup": [str(p) for p in paths.writable() if str(p) != config.rootfs],
             "view": view,
             "walls": walls,
+            "net": net,
         }
         meta: dict[str, Any] = {
             "id": sandbox_id,
@@ -282,6 +294,8 @@ class LocalRuntime:
                 else "copy"
             ),
             "network": config.network,
+            "egress": config.egress,
+            "cidr_allowlist": config.cidr_allowlist,
             "userns": walls["userns"],
             "creator_pid": os.getpid(),
         }
@@ -427,6 +441,19 @@ def _namespace_limits(*, as_root: bool, network: bool) -> dict[str, int]:
     if not as_root:
         limits["mnt"] = 2
     return limits
+
+
+def _routes(allowlist: tuple[str, ...] | None) -> list[tuple[str, int]] | None:
+    """The IPv4 networks an allowlisted sandbox is routed to (None: every one).  IPv6 entries
+    are accepted and have no effect: the sandbox has no IPv6 egress."""
+    if allowlist is None:
+        return None
+    out = []
+    for cidr in allowlist:
+        address, _, prefix = cidr.partition("/")
+        if ":" not in address:
+            out.append((address, int(prefix)))
+    return out
 
 
 def _masked_view(

@@ -21,6 +21,8 @@ User namespaces: ``pair`` (root): bwrap starts in U1 and moves the sandbox into 
 (``--userns2``, see ``userns.py``); ``own`` (anyone else): bwrap nests a new one in the
 keeper's.
 ``share_net`` (builds) leaves out ``--unshare-net``: the sandbox uses the host's network.
+``block`` (egress, ``egress.py``) holds the command until the keeper has attached the network:
+``--block-fd``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import posixpath
 from collections.abc import Callable, Mapping, Sequence
 
 __all__ = [
+    "BLOCK_FD",
     "INFO_FD",
     "PROC_MASKED",
     "PROC_READONLY",
@@ -46,6 +49,7 @@ TMPFS_DIRS = ("/tmp", "/run", "/var/tmp")
 INFO_FD = 3
 USERNS2_FD = 4
 SECCOMP_FD = 5
+BLOCK_FD = 6
 PROC_READONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
 # Files: /dev/null over them; directories: an empty read-only tmpfs.  (Docker also masks
 # kcore, which needs CAP_SYS_RAWIO outside, and keys, sched_debug, latency_stats and
@@ -110,6 +114,7 @@ def bwrap_argv(
     share_net: bool = False,
     private_tmp: bool = True,
     seccomp: bool = True,
+    block: bool = False,
     exists: Callable[[str], bool] = os.path.isdir,
     listdir: Callable[[str], Sequence[str]] = os.listdir,
 ) -> list[str]:
@@ -129,6 +134,8 @@ def bwrap_argv(
     argv += ["--info-fd", str(INFO_FD)]
     if seccomp:
         argv += ["--seccomp", str(SECCOMP_FD)]
+    if block:
+        argv += ["--block-fd", str(BLOCK_FD)]
     if not readonly_root:
         argv += ["--bind", root, "/", "--dev", "/dev", *proc_args()]
         if private_tmp:
