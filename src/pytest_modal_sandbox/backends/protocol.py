@@ -80,6 +80,10 @@ class BackendSandbox(Protocol):
         """How to reach ``port``; ``kind`` is the spec list it was declared in."""
         ...
 
+    def peer(self, port: int, kind: str) -> Endpoint:
+        """Where another sandbox of the run reaches ``port`` (on Modal: the tunnel)."""
+        ...
+
     def finished(self) -> str | None:
         """``None`` while running, else a short description of how it ended."""
         ...

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from modal_proto import api_pb2
 
 from .. import errors
+from ..spec import parse_cidrs
 from ..runtime import (
     ExitStatus,
     InvalidArgument,
@@ -383,6 +384,7 @@ class SandboxManager:
                 secrets=self,
             )
         )
+        block, allowlist = _network_access(d)
         config = SandboxConfig(
             command=list(d.entrypoint_args) or None,
             env=env,
@@ -394,6 +396,8 @@ class SandboxManager:
             tags={t.tag_name: t.tag_value for t in req.tags},
             stdin_pipe=True,
             rootfs=None if image.rootfs is None else str(image.rootfs),
+            block_network=block,
+            cidr_allowlist=allowlist,
         )
         return config, name, ports
 
@@ -923,3 +927,23 @@ class SandboxManager:
             sb.stdin_written += len(fresh)
             sb.stdin_closed = eof
             sb.local.touch()
+
+
+def _network_access(d: api_pb2.Sandbox) -> tuple[bool, list[str] | None]:
+    """``(block_network, cidr_allowlist)`` from the definition's ``network_access``, as Modal
+    applies it (a bad CIDR is the caller's error)."""
+    access = d.network_access
+    kinds = api_pb2.NetworkAccess.NetworkAccessType
+    if not d.HasField("network_access") or access.network_access_type == kinds.OPEN:
+        return False, None
+    if access.network_access_type == kinds.BLOCKED:
+        return True, None
+    if access.network_access_type == kinds.ALLOWLIST:
+        try:
+            parse_cidrs(list(access.allowed_cidrs))
+        except ValueError as exc:
+            raise RpcError("INVALID_ARGUMENT", f"outbound_cidr_allowlist: {exc}") from None
+        return False, list(access.allowed_cidrs)
+    raise RpcError(
+        "INVALID_ARGUMENT", f"unknown network_access_type {access.network_access_type}"
+    )
