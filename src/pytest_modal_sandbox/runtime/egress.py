@@ -10,8 +10,8 @@ bridge or firewall of the host is touched, and it needs no privilege.
 * ``--disable-host-loopback``: 10.0.2.2 does not lead to the host's 127.0.0.1, so the host's
   loopback services (the emulator, a developer's databases) stay out of reach.  127.0.0.1 in
   the sandbox is its own loopback.
-* ``cidr_allowlist``: the default route is replaced by one route per allowed IPv4 network
-  (:func:`restrict_routes`); anything else is unreachable.  The sandbox cannot change its
+* ``cidr_allowlist``: instead of a default route, one route per allowed IPv4 network
+  (:func:`configure`); anything else is unreachable.  The sandbox cannot change its
   routes: its root holds no capability over the network namespace (``userns.py``).
 * As root, slirp4netns runs ``--enable-sandbox`` (every capability dropped, a root of its own)
   and ``--enable-seccomp``; not as root it is already unprivileged (seccomp only).
@@ -25,7 +25,7 @@ import os
 import socket
 import struct
 
-__all__ = ["DEVICE", "DNS", "GATEWAY", "RESOLV_CONF", "restrict_routes", "slirp_argv"]
+__all__ = ["DEVICE", "DNS", "GATEWAY", "RESOLV_CONF", "configure", "slirp_argv"]
 
 DEVICE = "eth0"
 GATEWAY = "10.0.2.2"
@@ -40,7 +40,7 @@ def slirp_argv(slirp: str, netns_path: str, *, as_root: bool) -> list[str]:
     """The slirp4netns command line for the network namespace at ``netns_path`` (with
     ``READY_FD`` and ``EXIT_FD`` open in it).  ``--netns-type=path``: it joins only the
     network namespace, never the sandbox's user namespace, where root inside could reach it."""
-    argv = [slirp, "--configure", f"--mtu={MTU}", "--disable-host-loopback"]
+    argv = [slirp, f"--mtu={MTU}", "--disable-host-loopback"]
     argv += [f"--ready-fd={READY_FD}", f"--exit-fd={EXIT_FD}", "--netns-type=path"]
     if as_root:
         argv += ["--enable-sandbox"]
@@ -48,70 +48,76 @@ def slirp_argv(slirp: str, netns_path: str, *, as_root: bool) -> list[str]:
     return argv
 
 
-# rtnetlink, just what routes need (linux/netlink.h, linux/rtnetlink.h)
+# rtnetlink, just what configuring eth0 needs (linux/netlink.h, rtnetlink.h, if_addr.h)
 _NLMSG_ERROR = 2
+_RTM_NEWLINK = 16
+_RTM_NEWADDR = 20
 _RTM_NEWROUTE = 24
-_RTM_DELROUTE = 25
 _NLM_F_REQUEST = 0x1
 _NLM_F_ACK = 0x4
 _NLM_F_EXCL = 0x200
 _NLM_F_CREATE = 0x400
+_IFF_UP = 0x1
+_IFLA_MTU = 4
+_IFA_ADDRESS = 1
+_IFA_LOCAL = 2
 _RT_TABLE_MAIN = 254
 _RTPROT_STATIC = 4
 _RTN_UNICAST = 1
-_RT_SCOPE_NOWHERE = 255
 _RTA_DST = 1
 _RTA_GATEWAY = 5
+ADDRESS = "10.0.2.100"
+PREFIX = 24
 
 
-def _route_message(kind: int, flags: int, seq: int, dst: bytes, prefix: int) -> bytes:
-    if kind == _RTM_DELROUTE:  # any IPv4 route to dst/prefix in the main table
-        rtmsg = struct.pack(
-            "BBBBBBBBI", socket.AF_INET, prefix, 0, 0, _RT_TABLE_MAIN, 0, _RT_SCOPE_NOWHERE, 0, 0
-        )
-        attrs = b""
-    else:
-        rtmsg = struct.pack(
-            "BBBBBBBBI",
-            *(socket.AF_INET, prefix, 0, 0, _RT_TABLE_MAIN, _RTPROT_STATIC, 0, _RTN_UNICAST, 0),
-        )
-        attrs = struct.pack("HH", 8, _RTA_GATEWAY) + socket.inet_aton(GATEWAY)
-    if prefix:
-        attrs += struct.pack("HH", 8, _RTA_DST) + dst
-    body = rtmsg + attrs
-    header = struct.pack("IHHII", 16 + len(body), kind, flags | _NLM_F_REQUEST | _NLM_F_ACK, seq, 0)
-    return header + body
+def _attr(kind: int, data: bytes) -> bytes:
+    return struct.pack("HH", 4 + len(data), kind) + data + b"\0" * (-len(data) % 4)
 
 
-def _ask(sock: socket.socket, message: bytes, what: str) -> None:
-    sock.send(message)
+def _ask(sock: socket.socket, kind: int, flags: int, body: bytes, what: str) -> None:
+    header = struct.pack("IHHII", 16 + len(body), kind, flags | _NLM_F_REQUEST | _NLM_F_ACK, 1, 0)
+    sock.send(header + body)
     reply = sock.recv(65536)
-    length, kind = struct.unpack_from("IH", reply)
-    if kind == _NLMSG_ERROR:
+    if struct.unpack_from("H", reply, 4)[0] == _NLMSG_ERROR:
         (code,) = struct.unpack_from("i", reply, 16)
         if code:
             raise OSError(-code, f"{what}: {os.strerror(-code)}")
 
 
-def restrict_routes(networks: list[tuple[str, int]]) -> None:
-    """In the sandbox's network namespace (the caller has joined it): drop the default route
-    and route only ``networks`` (IPv4 ``(address, prefix length)``) through the gateway.
-    10.0.2.0/24 (the gateway, DNS) stays on-link."""
+def configure(networks: list[tuple[str, int]] | None) -> None:
+    """In the sandbox's network namespace (the caller has joined it): bring ``eth0`` (made by
+    slirp4netns) up as 10.0.2.100/24 and route ``networks`` (IPv4 ``(address, prefix
+    length)``; None: everything) through the gateway; 10.0.2.0/24 (gateway, DNS) is on-link.
+    Done here rather than by ``slirp4netns --configure``, which also sets up ``lo`` and then
+    races bwrap doing the same."""
+    index = socket.if_nametoindex(DEVICE)
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
     try:
         sock.bind((0, 0))
-        _ask(sock, _route_message(_RTM_DELROUTE, 0, 1, b"", 0), "removing the default route")
-        for seq, (address, prefix) in enumerate(networks, start=2):
-            message = _route_message(
-                _RTM_NEWROUTE,
-                _NLM_F_CREATE | _NLM_F_EXCL,
-                seq,
-                socket.inet_aton(address),
-                prefix,
+        link = struct.pack("BxHiII", socket.AF_UNSPEC, 0, index, _IFF_UP, _IFF_UP)
+        link += _attr(_IFLA_MTU, struct.pack("I", int(MTU)))
+        _ask(sock, _RTM_NEWLINK, 0, link, f"bringing {DEVICE} up")
+        address = socket.inet_aton(ADDRESS)
+        addr = struct.pack("BBBBI", socket.AF_INET, PREFIX, 0, 0, index)
+        addr += _attr(_IFA_LOCAL, address) + _attr(_IFA_ADDRESS, address)
+        _ask(sock, _RTM_NEWADDR, _NLM_F_CREATE | _NLM_F_EXCL, addr, f"addressing {DEVICE}")
+        for address_text, prefix in [("0.0.0.0", 0)] if networks is None else networks:
+            route = struct.pack(
+                "BBBBBBBBI",
+                *(socket.AF_INET, prefix, 0, 0, _RT_TABLE_MAIN, _RTPROT_STATIC, 0, _RTN_UNICAST, 0),
             )
+            route += _attr(_RTA_GATEWAY, socket.inet_aton(GATEWAY))
+            if prefix:
+                route += _attr(_RTA_DST, socket.inet_aton(address_text))
             try:
-                _ask(sock, message, f"adding a route to {address}/{prefix}")
+                _ask(
+                    sock,
+                    _RTM_NEWROUTE,
+                    _NLM_F_CREATE | _NLM_F_EXCL,
+                    route,
+                    f"routing {address_text}/{prefix}",
+                )
             except FileExistsError:
-                pass  # two entries of the list cover the same network
+                pass  # two entries of the allowlist name the same network
     finally:
         sock.close()

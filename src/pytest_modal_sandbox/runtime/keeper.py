@@ -282,8 +282,8 @@ class Keeper:
         )
 
     def attach_network(self) -> None:
-        """Attach slirp4netns to the sandbox's network namespace (``egress.py``), narrow its
-        routes to the allowlist, then let bwrap run the command."""
+        """Attach slirp4netns to the sandbox's network namespace (``egress.py``), configure
+        ``eth0`` and its routes (the allowlist), then let bwrap run the command."""
         net = self.launch["net"]
         ready_r, ready_w = os.pipe()
         exit_r, self.slirp_exit_w = os.pipe()
@@ -326,17 +326,27 @@ class Keeper:
                     said = f.read()[-600:].decode("utf-8", "replace").strip()
             except OSError:
                 said = ""
-            self.fail_start(
+            self.network_failed(
                 f"slirp4netns {why} before attaching the sandbox's network"
                 + (f"; it said: {' | '.join(said.splitlines())}" if said else "")
             )
-        if net.get("routes") is not None:
-            error = self.in_network_namespace(egress.restrict_routes, net["routes"])
-            if error:
-                self.fail_start(f"cannot apply cidr_allowlist to the sandbox's routes: {error}")
-        os.write(self.block_w, b"1")
+        error = self.in_network_namespace(egress.configure, net.get("routes"))
+        if error:
+            self.network_failed(f"cannot configure the sandbox's network: {error}")
+        try:
+            os.write(self.block_w, b"1")
+        except BrokenPipeError:
+            pass  # bwrap failed its set-up: wait_set_up reports why
         os.close(self.block_w)
         self.block_w = -1
+
+    def network_failed(self, message: str) -> NoReturn:
+        """Fail the start; if bwrap is failing its own set-up (which takes the network
+        namespace with it), its complaint is the cause to report."""
+        select.select([self.bwrap_pidfd], [], [], 1.0)
+        if self.reap_bwrap(block=False):
+            self.fail_start(self.bwrap_error() or message)
+        self.fail_start(message)
 
     def in_network_namespace(self, fn: Any, arg: Any) -> str | None:
         """Run ``fn(arg)`` in a forked child that joins the sandbox's network namespace (the
