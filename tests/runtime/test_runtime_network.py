@@ -116,7 +116,7 @@ def test_a_sandbox_reaches_another_through_its_peer_address(rt: LocalRuntime) ->
     app = rt.create(SandboxConfig(block_network=False))
     assert connect(app, host, port) == "db"
     assert connect(app, "127.0.0.1", port) == "ConnectionRefusedError"  # its own loopback
-    with pytest.raises(Exception, match="port 8001 of sandbox .* was not declared"):
+    with pytest.raises(Exception, match=r"port 8001 of sandbox .* was not declared"):
         db.peer(8001)
 
 

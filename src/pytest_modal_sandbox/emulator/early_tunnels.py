@@ -3,9 +3,9 @@
 Modal's ``SandboxCreateV2`` answers at once with the sandbox's encrypted tunnel endpoints,
 while the container is still being scheduled and started.  Here the runtime's tunnel
 listener can only be opened once the container runs, so under a start latency each port gets
-an :class:`EarlyTunnel` at create: a listener on 127.0.0.1 (and, for other sandboxes, on this
-machine's own address with the same port: ``runtime/hostaddr.py``) whose address goes into the create
-response; connections made before the container is up wait, and once it runs every
+an :class:`EarlyTunnel` at create: a listener on 127.0.0.1 (and, for other sandboxes, on
+this machine's own address with the same port: ``runtime/hostaddr.py``) whose address goes
+into the create response; connections made before the container is up wait, and once it runs every
 connection is relayed, byte for byte, to the runtime's listener (which terminates TLS, counts
 the connection as activity, and forwards it into the sandbox).  When the sandbox ends without
 ever starting, waiting connections are closed.

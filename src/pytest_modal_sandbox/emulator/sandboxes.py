@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 from modal_proto import api_pb2
 
 from .. import errors
-from ..spec import parse_cidrs
 from ..runtime import (
     ExitStatus,
     InvalidArgument,
@@ -33,6 +32,7 @@ from ..runtime import (
     LocalSandbox,
     SandboxConfig,
 )
+from ..spec import parse_cidrs
 from . import ids, images, ptys, volume_mounts
 from .build_cache import ImageState
 from .chaos import Chaos, ChaosOptions
@@ -944,6 +944,4 @@ def _network_access(d: api_pb2.Sandbox) -> tuple[bool, list[str] | None]:
         except ValueError as exc:
             raise RpcError("INVALID_ARGUMENT", f"outbound_cidr_allowlist: {exc}") from None
         return False, list(access.allowed_cidrs)
-    raise RpcError(
-        "INVALID_ARGUMENT", f"unknown network_access_type {access.network_access_type}"
-    )
+    raise RpcError("INVALID_ARGUMENT", f"unknown network_access_type {access.network_access_type}")

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -443,7 +443,7 @@ def _namespace_limits(*, as_root: bool, network: bool) -> dict[str, int]:
     return limits
 
 
-def _routes(allowlist: tuple[str, ...] | None) -> list[tuple[str, int]] | None:
+def _routes(allowlist: Sequence[str] | None) -> list[tuple[str, int]] | None:
     """The IPv4 networks an allowlisted sandbox is routed to (None: every one).  IPv6 entries
     are accepted and have no effect: the sandbox has no IPv6 egress."""
     if allowlist is None:
