@@ -3,7 +3,8 @@
 One listener per (sandbox, port) per process, on an ephemeral port; the same port is also
 listened on at this machine's own address for other sandboxes (``hostaddr.py``: ``peer``).
 Each accepted connection gets a fresh socket made inside the sandbox's network namespace
-(see ``netns``), connected to 127.0.0.1:port there (or [::1]:port), and bytes are pumped both ways with half-closes kept.
+(see ``netns``), connected to 127.0.0.1:port there (or [::1]:port), and bytes are pumped
+both ways with half-closes kept.
 While at least one connection is open the sandbox counts as active (``idle_timeout``).
 
 With ``tls``, the first byte of each connection decides: 0x16 (a TLS handshake) means TLS is
