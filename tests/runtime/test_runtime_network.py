@@ -123,25 +123,26 @@ def test_a_sandbox_reaches_another_through_its_peer_address(rt: LocalRuntime) ->
 @pytest.mark.skipif(os.geteuid() != 0, reason="egress needs /dev/net/tun; as root here")
 def test_the_network_stack_ends_with_the_keeper(rt: LocalRuntime) -> None:
     sb = rt.create(SandboxConfig())
-    netns = f"/proc/{sb.init_pid}/ns/net"
-    assert _slirp_for(netns), "no slirp4netns attached"
+    slirps = _slirp_for(os.stat(f"/proc/{sb.init_pid}/ns/net").st_ino)
+    assert len(slirps) == 1, "no slirp4netns attached"
     os.kill(sb._keeper.pid, signal.SIGKILL)  # the keeper's end of --exit-fd closes
     deadline = time.monotonic() + 10
-    while _slirp_for(netns) and time.monotonic() < deadline:
+    while os.path.exists(f"/proc/{slirps[0]}") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _slirp_for(netns)
+    assert not os.path.exists(f"/proc/{slirps[0]}")
 
 
-def _slirp_for(netns: str) -> list[int]:
+def _slirp_for(netns_inode: int) -> list[int]:
+    """slirp4netns processes attached to the network namespace with this inode."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
-        except OSError:
+            if argv[0].endswith(b"slirp4netns") and os.stat(argv[-3]).st_ino == netns_inode:
+                found.append(int(pid))
+        except (OSError, IndexError):
             continue
-        if argv[0].endswith(b"slirp4netns") and netns.encode() in argv:
-            found.append(int(pid))
     return found
 
 

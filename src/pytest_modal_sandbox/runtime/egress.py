@@ -84,16 +84,20 @@ def _ask(sock: socket.socket, kind: int, flags: int, body: bytes, what: str) -> 
             raise OSError(-code, f"{what}: {os.strerror(-code)}")
 
 
-def configure(networks: list[tuple[str, int]] | None) -> None:
+def configure(networks: list[tuple[str, int]] | None, *, loopback: bool = False) -> None:
     """In the sandbox's network namespace (the caller has joined it): bring ``eth0`` (made by
     slirp4netns) up as 10.0.2.100/24 and route ``networks`` (IPv4 ``(address, prefix
     length)``; None: everything) through the gateway; 10.0.2.0/24 (gateway, DNS) is on-link.
-    Done here rather than by ``slirp4netns --configure``, which also sets up ``lo`` and then
-    races bwrap doing the same."""
+    With ``loopback``, ``lo`` is brought up too (the kernel gives it 127.0.0.1 and ::1): bwrap
+    does that only in a network namespace it makes itself.  Done here rather than by
+    ``slirp4netns --configure``, which also sets up ``lo`` and then races bwrap doing the same."""
     index = socket.if_nametoindex(DEVICE)
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
     try:
         sock.bind((0, 0))
+        if loopback:
+            lo = struct.pack("BxHiII", socket.AF_UNSPEC, 0, socket.if_nametoindex("lo"), 1, 1)
+            _ask(sock, _RTM_NEWLINK, 0, lo, "bringing lo up")
         link = struct.pack("BxHiII", socket.AF_UNSPEC, 0, index, _IFF_UP, _IFF_UP)
         link += _attr(_IFLA_MTU, struct.pack("I", int(MTU)))
         _ask(sock, _RTM_NEWLINK, 0, link, f"bringing {DEVICE} up")

@@ -155,6 +155,8 @@ class Keeper:
         self.block_w = -1  # bwrap's --block-fd: the command waits until the network is up
         self.slirp_pid = 0
         self.slirp_exit_w = -1  # slirp4netns's --exit-fd: it ends when this closes
+        self.slirp_ready_r = -1
+        self.own_netns = False  # the keeper made the sandbox's network namespace (as root)
 
     # --- start-up -------------------------------------------------------------------------
 
@@ -184,6 +186,17 @@ class Keeper:
         try:
             if walls["userns"] == "own":
                 userns.enter_own(walls["limits"])
+            elif launch.get("net") and launch["net"].get("early"):
+                # As root the keeper makes the sandbox's network namespace itself (owned by
+                # the host's user namespace: nothing inside holds a capability over it), so
+                # slirp4netns starts now, while the root is built and bwrap sets up.
+                host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWNET)
+                    self.own_netns = True
+                    self.start_slirp(f"/proc/{os.getpid()}/ns/net", host_netns)
+                finally:
+                    os.close(host_netns)
             else:
                 linux.unshare(linux.CLONE_NEWNS)
             linux.mount("none", "/", None, linux.MS_REC | linux.MS_PRIVATE, None)
@@ -281,44 +294,48 @@ class Keeper:
             }
         )
 
-    def attach_network(self) -> None:
-        """Attach slirp4netns to the sandbox's network namespace (``egress.py``), configure
-        ``eth0`` and its routes (the allowlist), then let bwrap run the command."""
+    def start_slirp(self, netns_path: str, host_netns: int = -1) -> None:
+        """Start slirp4netns for the network namespace at ``netns_path``; it joins the host's
+        network namespace ``host_netns`` first when the keeper has already left it."""
         net = self.launch["net"]
-        ready_r, ready_w = os.pipe()
+        self.slirp_ready_r, ready_w = os.pipe()
         exit_r, self.slirp_exit_w = os.pipe()
-        ready_hi, exit_hi = _high_fd(ready_w), _high_fd(exit_r)
-        for fd in (ready_w, exit_r):
+        argv = egress.slirp_argv(net["slirp"], netns_path, as_root=net["as_root"])
+        log = os.open(net["log"], os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        moved = [_high_fd(fd) for fd in (ready_w, exit_r, log)]  # dup2 onto 2-4 always copies
+        for fd in (ready_w, exit_r, log):
             os.close(fd)
-        argv = egress.slirp_argv(
-            net["slirp"], f"/proc/{self.init_pid}/ns/net", as_root=net["as_root"]
-        )
-        try:
-            self.slirp_pid = os.posix_spawn(
-                argv[0],
-                argv,
-                {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, ready_hi, egress.READY_FD),
-                    (os.POSIX_SPAWN_DUP2, exit_hi, egress.EXIT_FD),
-                    (os.POSIX_SPAWN_OPEN, 2, net["log"], os.O_WRONLY | os.O_CREAT, 0o600),
-                ],
-                setsigdef=[signal.SIGPIPE, signal.SIGINT, signal.SIGHUP, signal.SIGTERM],
-                setsigmask=(),
-            )
-        except OSError as exc:
-            os.close(ready_r)
-            self.fail_start(f"cannot run {argv[0]}: {exc}")
-        finally:
-            os.close(ready_hi)
-            os.close(exit_hi)
-        slirp_pidfd = os.pidfd_open(self.slirp_pid)
+        ready_w, exit_r, log = moved
+        pid = os.fork()
+        if pid == 0:  # single-threaded keeper: only plain system calls until the exec
+            try:
+                if host_netns >= 0:
+                    linux.setns(host_netns, linux.CLONE_NEWNET)
+                os.dup2(ready_w, egress.READY_FD)
+                os.dup2(exit_r, egress.EXIT_FD)
+                os.dup2(log, 2)
+                for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+                os.execve(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+            except BaseException as exc:
+                os.write(2, f"keeper: cannot run {argv[0]}: {exc}\n".encode())
+            os._exit(127)
+        self.slirp_pid = pid
+        for fd in (ready_w, exit_r, log):
+            os.close(fd)
+
+    def attach_network(self) -> None:
+        """Wait for slirp4netns (started now unless it already was), configure ``eth0`` and
+        its routes (the allowlist), then let bwrap run the command."""
+        net = self.launch["net"]
+        if not self.slirp_pid:
+            self.start_slirp(f"/proc/{self.init_pid}/ns/net")
+        ready_r, self.slirp_ready_r = self.slirp_ready_r, -1
         try:
             ready = select.select([ready_r], [], [], NETWORK_TIMEOUT)[0]
             answer = os.read(ready_r, 1) if ready else b""
         finally:
             os.close(ready_r)
-            os.close(slirp_pidfd)
         if answer != b"1":
             why = "exited" if ready else f"did not report within {NETWORK_TIMEOUT:.0f} s"
             try:
@@ -330,7 +347,14 @@ class Keeper:
                 f"slirp4netns {why} before attaching the sandbox's network"
                 + (f"; it said: {' | '.join(said.splitlines())}" if said else "")
             )
-        error = self.in_network_namespace(egress.configure, net.get("routes"))
+        if self.own_netns:  # the keeper is in it already; bwrap has not set up loopback
+            try:
+                egress.configure(net.get("routes"), loopback=True)
+                error = None
+            except OSError as exc:
+                error = str(exc)
+        else:
+            error = self.in_network_namespace(egress.configure, net.get("routes"))
         if error:
             self.network_failed(f"cannot configure the sandbox's network: {error}")
         try:

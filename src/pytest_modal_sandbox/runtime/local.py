@@ -215,6 +215,7 @@ class LocalRuntime:
                 "as_root": as_root,
                 "log": str(paths.slirp_log),
                 "routes": _routes(config.cidr_allowlist),
+                "early": as_root,  # the keeper makes the network namespace (keeper.py)
             }
         program = _seccomp_program()
         argv = bwrap_argv(
@@ -229,6 +230,7 @@ class LocalRuntime:
             hosts_path=hosts,
             resolv_path=resolv,
             share_net=config.network,
+            own_net=not (net is not None and as_root),
             private_tmp=config.rootfs is not None
             and not (config.rootfs_writable and _has_tmp(config.rootfs)),
             seccomp=program is not None,
@@ -238,7 +240,9 @@ class LocalRuntime:
         )
         walls = {
             "userns": "pair" if as_root else "own",
-            "limits": _namespace_limits(as_root=as_root, network=config.network),
+            "limits": _namespace_limits(
+                as_root=as_root, network=config.network or (net is not None and as_root)
+            ),
             "userns2_fd": USERNS2_FD,
             "seccomp_fd": SECCOMP_FD,
             "seccomp": program,
@@ -435,7 +439,8 @@ def _seccomp_program() -> bytes | None:
 def _namespace_limits(*, as_root: bool, network: bool) -> dict[str, int]:
     """``user.max_*_namespaces`` of the user namespace the sandbox is nested in: exactly what
     bwrap creates there (not as root, also the keeper's own mount namespace), so the sandbox
-    can create none (``userns.py``)."""
+    can create none (``userns.py``).  ``network``: bwrap makes no network namespace (the
+    host's, for builds; as root with egress, the keeper's own)."""
     limits = {"user": 1, "mnt": 1, "pid": 1, "net": 0 if network else 1, "ipc": 1, "uts": 1}
     limits.update(cgroup=1, time=0)
     if not as_root:

@@ -21,7 +21,8 @@ User namespaces: ``pair`` (root): bwrap starts in U1 and moves the sandbox into 
 (``--userns2``, see ``userns.py``); ``own`` (anyone else): bwrap nests a new one in the
 keeper's.
 ``share_net`` (builds) leaves out ``--unshare-net``: the sandbox uses the host's network.
-``block`` (egress, ``egress.py``) holds the command until the keeper has attached the network:
+``own_net=False``: the sandbox runs in the keeper's network namespace (made by the keeper, as
+root, for egress).  ``block`` (egress, ``egress.py``) holds the command until the keeper has attached the network:
 ``--block-fd``.
 """
 
@@ -112,6 +113,7 @@ def bwrap_argv(
     hosts_path: str | None = None,
     resolv_path: str | None = None,
     share_net: bool = False,
+    own_net: bool = True,
     private_tmp: bool = True,
     seccomp: bool = True,
     block: bool = False,
@@ -127,7 +129,7 @@ def bwrap_argv(
         argv += ["--userns2", str(USERNS2_FD)]  # bwrap starts in U1 (userns.spawn_in_pair)
     else:
         argv += ["--unshare-user", "--uid", "0", "--gid", "0"]
-    if not share_net:
+    if own_net and not share_net:
         argv += ["--unshare-net"]
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup"]
     argv += ["--hostname", hostname, "--die-with-parent", "--new-session"]
