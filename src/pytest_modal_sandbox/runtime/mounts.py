@@ -21,9 +21,9 @@ User namespaces: ``pair`` (root): bwrap starts in U1 and moves the sandbox into 
 (``--userns2``, see ``userns.py``); ``own`` (anyone else): bwrap nests a new one in the
 keeper's.
 ``share_net`` (builds) leaves out ``--unshare-net``: the sandbox uses the host's network.
-``own_net=False``: the sandbox runs in the keeper's network namespace (made by the keeper, as
-root, for egress).  ``block`` (egress, ``egress.py``) holds the command until the keeper has attached the network:
-``--block-fd``.
+``own_net=False``: the sandbox runs in the keeper's network namespace (made by the keeper,
+as root, for egress).  ``block`` (egress, ``egress.py``) holds the command until the keeper
+has attached the network: ``--block-fd``.
 """
 
 from __future__ import annotations
