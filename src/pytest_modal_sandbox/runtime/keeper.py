@@ -1,7 +1,8 @@
 """The keeper: one small process per sandbox that runs bubblewrap and decides when it ends.
 
-Started as ``python -I -S keeper.py <launch.marshal>`` in its own session, so start-up stays
-around 10 ms and a Ctrl-C aimed at pytest's process group does not reach it.  It must only use
+Forked by the keeper server of the creating process (:func:`serve`, started once per process
+as ``python -I -S keeper.py --serve <fd> <padding>``; ``forkserver.py``), in a session of its
+own, so a Ctrl-C aimed at pytest's process group does not reach it.  It must only use
 the standard library: it never imports the package (``linux``, ``userns``, ``hostview`` and
 ``seccomp`` beside it are stdlib-only modules it loads directly).  It
 
@@ -661,10 +662,16 @@ class Keeper:
             _rmtree(path)
 
 
-def main() -> None:
-    with open(sys.argv[1], "rb") as f:
+FD_NAMES = ("ready_fd", "owner_fd", "stdin_fd")
+
+
+def run_keeper(launch_path: str, fds: dict[str, int]) -> None:
+    """Be the keeper of the sandbox whose launch record is ``launch_path``; ``fds`` are the
+    creator's pipe ends as received (``FD_NAMES``).  Returns once the sandbox has ended."""
+    with open(launch_path, "rb") as f:
         launch = marshal.load(f)
-    for key in ("ready_fd", "owner_fd", "stdin_fd"):
+    launch.update(fds)
+    for key in FD_NAMES:
         if launch.get(key) is not None:
             os.set_inheritable(launch[key], False)  # bwrap and the sandbox must not hold them
     keeper = Keeper(launch)
@@ -677,8 +684,71 @@ def main() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     keeper.spawn()
     keeper.run()
-    os._exit(0)  # everything is written and removed: skip the interpreter's teardown
+
+
+def _set_title(text: str) -> None:
+    """Show ``text`` as this process's command line (``ps``, /proc/<pid>/cmdline): written over
+    the argument area inherited from the server, which was padded for it."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (stat 48, 49)
+        data = text.encode()[: end - start - 1]
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(data + b"\0" * (end - start - len(data)))
+    except (OSError, IndexError, ValueError):
+        pass  # a title is a convenience
+
+
+def serve(sock_fd: int) -> None:
+    """The keeper server of one creating process: for each request (a launch record's path,
+    with the creator's pipe ends and the keeper log as SCM_RIGHTS) fork a keeper, which
+    starts a new session, and answer its pid.  A forked keeper starts in about a millisecond
+    and shares the server's memory (copy-on-write); every keeper stays a process of its own,
+    bwrap's parent, with its own ties to its owner, so nothing about how sandboxes end
+    changes.  Exits when the creator closes its end (the creator is gone); the keepers live
+    on until their sandboxes end."""
+    import socket
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the keepers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    sock = socket.socket(fileno=sock_fd)
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(sock, 65536, 8, socket.MSG_CMSG_CLOEXEC)
+        except OSError:
+            return
+        if not message:
+            return
+        path, _, names = message.decode().partition("\0")
+        named = dict(zip(["log_fd", *names.split(",")] if names else ["log_fd"], fds, strict=False))
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                sock.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.setsid()
+                os.dup2(named.pop("log_fd"), 2)
+                _set_title(f"pms-keeper {path}")
+                run_keeper(path, named)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        try:
+            sock.send(str(pid).encode())
+        except OSError:
+            return
 
 
 if __name__ == "__main__":
-    main()
+    serve(int(sys.argv[2]))

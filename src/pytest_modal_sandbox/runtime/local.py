@@ -10,7 +10,6 @@ import marshal
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +22,7 @@ from . import egress, hostview, owners, rootfs, seccomp
 from .check import Tools, check
 from .config import DEFAULT_ENV, SandboxConfig
 from .errors import InvalidArgument, InvalidConfig, NameTaken, SandboxNotFound
+from .forkserver import KeeperProc, start_keeper
 from .ids import is_sandbox_id, new_sandbox_id
 from .mounts import (
     BLOCK_FD,
@@ -38,7 +38,6 @@ from .store import SandboxPaths, read_json, remove_tree, write_json
 
 __all__ = ["KEEP_FINISHED", "LocalRuntime"]
 
-KEEPER = str(Path(__file__).with_name("keeper.py"))
 START_TIMEOUT = 30.0
 KEEP_FINISHED = 15 * 60.0  # how long records of finished sandboxes stay (get() still answers)
 GC_EVERY = 60.0
@@ -100,7 +99,7 @@ class LocalRuntime:
         paths = SandboxPaths(self.root, sandbox_id)
         paths.dir.mkdir(mode=0o700)
         pipes = _Pipes()
-        keeper: subprocess.Popen[bytes] | None = None
+        keeper: KeeperProc | None = None
         try:
             with contextlib.ExitStack() as stack:
                 launch, meta = self._prepare(config, paths, tools, pipes, use_overlay)
@@ -109,15 +108,7 @@ class LocalRuntime:
                 with open(paths.launch, "wb") as f:
                     marshal.dump(launch, f)
                 with open(paths.keeper_log, "ab") as log:
-                    keeper = subprocess.Popen(
-                        [sys.executable or "python3", "-I", "-S", KEEPER, str(paths.launch)],
-                        pass_fds=pipes.child_ends(),
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=log,
-                        start_new_session=True,
-                        cwd="/",
-                    )
+                    keeper = start_keeper(paths.launch, pipes.named_child_ends(), log.fileno())
                 pipes.close_child_ends()
                 ready = _read_ready(pipes, keeper, paths)
                 if "error" in ready and ready.get("overlay_refused"):
@@ -136,8 +127,8 @@ class LocalRuntime:
             pipes.close_all()
             if keeper is not None:
                 with contextlib.suppress(OSError):
-                    os.killpg(keeper.pid, signal.SIGKILL)
-                keeper.wait()
+                    os.killpg(keeper.pid, signal.SIGKILL)  # it leads its own session
+                keeper.wait(10)
             remove_tree(paths.dir)
             raise
 
@@ -507,9 +498,7 @@ def _require_lock_held(path: str) -> None:
     )
 
 
-def _read_ready(
-    pipes: _Pipes, keeper: subprocess.Popen[bytes], paths: SandboxPaths
-) -> dict[str, Any]:
+def _read_ready(pipes: _Pipes, keeper: KeeperProc, paths: SandboxPaths) -> dict[str, Any]:
     """The keeper's start-up report (or its error), read until it closes the pipe."""
     assert pipes.ready_r is not None
     data = b""
@@ -528,10 +517,10 @@ def _read_ready(
             break
         data += chunk
     if not data:
-        code = keeper.wait()
+        keeper.wait(10)
         log = paths.keeper_log.read_text(errors="replace").strip().splitlines()[-5:]
         raise errors.SandboxStartError(
-            f"the sandbox keeper exited ({code}) before the sandbox started: " + " | ".join(log)
+            "the sandbox keeper exited before the sandbox started: " + " | ".join(log)
         )
     report = marshal.loads(data)
     if not isinstance(report, dict):
@@ -556,6 +545,11 @@ class _Pipes:
 
     def child_ends(self) -> list[int]:
         return [fd for fd in (self.ready_w, self.owner_r, self.stdin_r) if fd is not None]
+
+    def named_child_ends(self) -> dict[str, int]:
+        """The keeper's ends by their names in the launch record (``keeper.FD_NAMES``)."""
+        ends = {"ready_fd": self.ready_w, "owner_fd": self.owner_r, "stdin_fd": self.stdin_r}
+        return {name: fd for name, fd in ends.items() if fd is not None}
 
     def close_child_ends(self) -> None:
         for fd in self.child_ends():
