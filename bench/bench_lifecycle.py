@@ -4,10 +4,11 @@
 
 * lifecycle p50: create -> exec("true") -> terminate(wait=True), default spec (egress on),
   with block_network=True (no network stack), and bare ``bwrap --unshare-all ... true`` (one
-  process, no keeper, no exec): the ratio is ours / bare;
+  process, no keeper, no exec), taken in turn in each round: the ratio is ours / bare;
 * memory with ``--alive`` sandboxes running (default 100): the host processes each sandbox
-  adds (keeper, bwrap, the entrypoint's ``sleep``, slirp4netns), as PSS (shared pages split
-  between their users) and RSS, summed and divided by the number of sandboxes.
+  adds (keeper, bwrap, the entrypoint's ``sleep``, slirp4netns) and the keeper server they
+  were forked from, as PSS (shared pages split between their users) and RSS, summed and
+  divided by the number of sandboxes.
 """
 
 from __future__ import annotations
@@ -24,14 +25,18 @@ from collections.abc import Callable
 from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig
 
 
-def p50(fn: Callable[[], object], reps: int) -> float:
-    fn()  # warm
-    samples = []
+def interleaved_p50(cases: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median ms of each case, run in turn in every round: the machine's load (shared with
+    other work) weighs on all of them alike."""
+    for fn in cases.values():
+        fn()  # warm
+    samples: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def bare_bwrap() -> None:
@@ -58,6 +63,15 @@ def descendants(pids: set[int]) -> set[int]:
         found |= more
         grew = bool(more)
     return found
+
+
+def parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return 0
+    return int(raw[raw.rindex(b")") + 2 :].split()[1])
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
@@ -93,14 +107,15 @@ def main() -> None:
 
             return run
 
-        rows = [("ours: default spec", p50(cycle(SandboxConfig()), args.reps))]
+        cases = {"ours: default spec": cycle(SandboxConfig())}
         if "block_network" in SandboxConfig.__dataclass_fields__:  # (absent before egress)
-            no_net = SandboxConfig(block_network=True)
-            rows.append(("ours: block_network=True", p50(cycle(no_net), args.reps)))
-        rows.append(("bare bwrap --unshare-all true", p50(bare_bwrap, args.reps)))
+            cases["ours: block_network=True"] = cycle(SandboxConfig(block_network=True))
+        cases["bare bwrap --unshare-all true"] = bare_bwrap
+        rows = list(interleaved_p50(cases, args.reps).items())
         alive = [rt.create(SandboxConfig()) for _ in range(args.alive)]
         keepers = {sb._keeper.pid for sb in alive}
-        pids = descendants(keepers)
+        servers = {parent_of(pid) for pid in keepers} - {os.getpid(), 1, 0}
+        pids = descendants(keepers) | servers  # the keeper server, once per creating process
         totals = [memory_kib(pid) for pid in pids]
         pss = sum(t[0] for t in totals) / len(alive) / 1024
         rss = sum(t[1] for t in totals) / len(alive) / 1024

@@ -597,6 +597,12 @@ class Keeper:
     def kill_tree(self) -> None:
         """Kill PID 1 (the kernel then kills the whole pid namespace), bwrap and slirp4netns;
         reap them."""
+        if self.slirp_pid:  # first, so that its exit overlaps the sandbox's
+            os.close(self.slirp_exit_w)
+            try:
+                os.kill(self.slirp_pid, signal.SIGKILL)  # our unreaped child: pid is stable
+            except OSError:
+                pass
         if self.init_pidfd >= 0:
             try:
                 signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
@@ -619,11 +625,6 @@ class Keeper:
             os.close(self.block_w)
             self.block_w = -1
         if self.slirp_pid:
-            os.close(self.slirp_exit_w)
-            try:
-                os.kill(self.slirp_pid, signal.SIGKILL)  # our unreaped child: pid is stable
-            except OSError:
-                pass
             try:
                 os.waitpid(self.slirp_pid, 0)
             except ChildProcessError:
