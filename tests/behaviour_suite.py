@@ -157,6 +157,12 @@ def test_block_network_reaches_nothing(sandbox, peer_db):
     assert sandbox.exec("python3", "-c", FETCH, env={"URL": url}).stdout == "unreachable\n"
 
 
+@pytest.mark.sandbox(cidr_allowlist=["198.51.100.0/24"])  # TEST-NET-2: not the peer
+def test_cidr_allowlist_reaches_only_its_networks(sandbox, peer_db):
+    url = peer_db.peer_url(8001)
+    assert sandbox.exec("python3", "-c", FETCH, env={"URL": url}).stdout == "unreachable\n"
+
+
 # -- daemons and readiness -------------------------------------------------------------------
 
 @pytest.mark.sandbox(
@@ -235,4 +241,4 @@ def test_terminate_ends_the_sandbox(sandbox):
 """
 
 
-SUITE_TESTS = 18  # inner tests in SUITE; every one passes on every backend
+SUITE_TESTS = 19  # inner tests in SUITE; every one passes on every backend
