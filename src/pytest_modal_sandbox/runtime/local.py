@@ -174,6 +174,7 @@ class LocalRuntime:
                     workdir=workdir,
                     hosts=hosts_file(hostname).encode(),
                     state_dirs=(str(self.root),),
+                    resolv=egress.RESOLV_CONF.encode() if config.egress else None,
                 )
                 hosts = None  # written into the view, writable
             else:  # the host's root read-only, hidden paths covered
