@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(bubblewrap util-linux redis-server docker-registry busybox-static openssl zstd python3-venv)
+APT_PACKAGES=(bubblewrap util-linux slirp4netns redis-server docker-registry busybox-static openssl zstd python3-venv)
 VENV=${VENV:-.venv}
 
 need_apt() {

@@ -126,6 +126,44 @@ def test_four_sandboxes_listen_on_the_same_port(one, two, three, four):
         assert urllib.request.urlopen(box.url(8000)).read() == name.encode()
 
 
+# -- the network -----------------------------------------------------------------------------
+
+FETCH = (
+    "import os, urllib.request\n"
+    "try:\n"
+    "    print(urllib.request.urlopen(os.environ['URL'], timeout=10).read().decode())\n"
+    "except OSError as e:\n"
+    "    print('unreachable')\n"
+)
+
+peer_db = sandbox_fixture(
+    daemons=[Daemon("db", serve(8001, "from-db"), ready=Probe.http(8001))],
+    unencrypted_ports=[8001],
+)
+
+
+def test_a_sandbox_reaches_another_through_peer(sandbox, peer_db):
+    host, port = peer_db.peer(8001)
+    assert host not in ("127.0.0.1", "localhost", "::1")
+    url = peer_db.peer_url(8001)
+    assert url.startswith("http") and f":{port}" in url
+    assert sandbox.exec("python3", "-c", FETCH, env={"URL": url}).stdout == "from-db\n"
+    with pytest.raises(NotDeclaredError, match="port 9999 is not declared"):
+        peer_db.peer(9999)
+
+
+@pytest.mark.sandbox(block_network=True)
+def test_block_network_reaches_nothing(sandbox, peer_db):
+    url = peer_db.peer_url(8001)
+    assert sandbox.exec("python3", "-c", FETCH, env={"URL": url}).stdout == "unreachable\n"
+
+
+@pytest.mark.sandbox(cidr_allowlist=["198.51.100.0/24"])  # TEST-NET-2: not the peer
+def test_cidr_allowlist_reaches_only_its_networks(sandbox, peer_db):
+    url = peer_db.peer_url(8001)
+    assert sandbox.exec("python3", "-c", FETCH, env={"URL": url}).stdout == "unreachable\n"
+
+
 # -- daemons and readiness -------------------------------------------------------------------
 
 @pytest.mark.sandbox(
@@ -221,4 +259,4 @@ def test_a_sandbox_past_its_timeout_is_a_clear_error(sandbox):
 """
 
 
-SUITE_TESTS = 17  # inner tests in SUITE; every one passes on every backend
+SUITE_TESTS = 20  # inner tests in SUITE; every one passes on every backend

@@ -190,6 +190,20 @@ class Sandbox:
         ep = self.endpoint(port)
         return ep.host, ep.host_port
 
+    def peer(self, port: int) -> tuple[str, int]:
+        """``(host, port)`` where *another sandbox* of this run connects to ``port`` (declared
+        ones only): on Modal the tunnel's public address, locally this machine's own address
+        (never 127.0.0.1, which is each sandbox's own loopback).  E.g. an app sandbox's
+        ``env={"DB_HOST": host, "DB_PORT": str(port)}``."""
+        self.endpoint(port)  # declared? (the error names the fix)
+        ep = self._impl.peer(port, self.spec.port_kind(port) or "")
+        return ep.host, ep.host_port
+
+    def peer_url(self, port: int) -> str:
+        """The URL another sandbox of this run uses for ``port`` (see :meth:`peer`)."""
+        self.endpoint(port)
+        return self._impl.peer(port, self.spec.port_kind(port) or "").url
+
     @property
     def tunnels(self) -> dict[int, Endpoint]:
         """Every declared port's endpoint, keyed by the port inside the sandbox."""

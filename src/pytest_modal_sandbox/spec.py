@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import ipaddress
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ from typing import Any, Literal
 
 from .errors import SpecError
 
-__all__ = ["Daemon", "FrozenMap", "Probe", "SandboxSpec", "spec_from_fields"]
+__all__ = ["Daemon", "FrozenMap", "Probe", "SandboxSpec", "parse_cidrs", "spec_from_fields"]
 
 MAX_TIMEOUT = 24 * 60 * 60  # Modal's maximum sandbox lifetime
 DEFAULT_TIMEOUT = 600
@@ -179,10 +180,19 @@ class SandboxSpec:
     cpu: float | None = None
     memory: int | None = None
     gpu: str | None = None
+    block_network: bool = False
+    cidr_allowlist: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        for name in ("daemons", "encrypted_ports", "unencrypted_ports", "h2_ports", "secrets"):
+        for name in (
+            "daemons",
+            "encrypted_ports",
+            "unencrypted_ports",
+            "h2_ports",
+            "secrets",
+            "cidr_allowlist",
+        ):
             set_(self, name, _maybe_tuple(getattr(self, name)))
         set_(self, "env", _maybe_frozen(self.env))
         set_(self, "secrets", tuple(_maybe_frozen(s) for s in self.secrets))
@@ -255,6 +265,26 @@ def spec_from_fields(fields: Mapping[str, Any]) -> SandboxSpec:
 # -- validation ---------------------------------------------------------------------------
 
 
+def parse_cidrs(value: Any) -> tuple[str, ...] | None:
+    """``value`` (None or a list of CIDR strings) with each network normalised
+    (``"10.1.2.3/8"`` -> ``"10.0.0.0/8"``); a bad value raises ``ValueError`` saying which."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ValueError('must be a list of CIDR strings, e.g. ["10.0.0.0/8"], or None')
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f'{item!r} is not a CIDR string such as "10.0.0.0/8"')
+        try:
+            out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError as exc:
+            raise ValueError(
+                f'{item!r} is not a CIDR such as "10.0.0.0/8" or "1.2.3.4/32" ({exc})'
+            ) from None
+    return tuple(out)
+
+
 class _Validator:
     """Checks a whole spec tree; the first problem raises ``SpecError`` with its field path."""
 
@@ -287,7 +317,30 @@ class _Validator:
             self.fail("memory", s.memory, "must be a positive number of MiB")
         if s.gpu is not None and (not isinstance(s.gpu, str) or not s.gpu):
             self.fail("gpu", s.gpu, "must be a GPU type string such as 'T4'")
+        self.check_network()
         self.check_daemons()
+
+    def check_network(self) -> None:
+        s = self.spec
+        if not isinstance(s.block_network, bool):
+            self.fail("block_network", s.block_network, "must be True or False")
+        try:
+            parse_cidrs(s.cidr_allowlist)
+        except ValueError as exc:
+            self.fail("cidr_allowlist", s.cidr_allowlist, str(exc))
+        if s.block_network and s.cidr_allowlist is not None:
+            self.fail(
+                "cidr_allowlist",
+                s.cidr_allowlist,
+                "cannot be used with block_network=True (as on Modal): drop one of them",
+            )
+        if s.block_network and s.ports:
+            self.fail(
+                "block_network",
+                s.block_network,
+                f"a sandbox without network cannot open ports (declared: {list(s.ports)}); "
+                "as on Modal, drop the ports or block_network",
+            )
 
     def check_ports(self) -> None:
         seen: dict[int, str] = {}

@@ -134,3 +134,24 @@ def test_alpn_offers_h2_only_on_h2_ports(make_sandbox: Any, emulator: Any) -> No
         )
         assert out.returncode == 0, out.stderr
         assert out.stdout == b"web\n"
+
+
+def test_network_access_of_the_create_request_is_applied(make_sandbox: Any) -> None:
+    """Egress by default; ``block_network`` leaves loopback only; ``outbound_cidr_allowlist``
+    routes only its networks (the runtime's slirp4netns, tests/runtime/test_runtime_network)."""
+
+    def routes(sb: Any) -> str:
+        proc = sb.exec("cat", "/proc/net/route")
+        proc.wait()
+        return str(proc.stdout.read())
+
+    open_ = make_sandbox()
+    assert "eth0\t00000000\t0202000A" in routes(open_)  # default via 10.0.2.2
+    blocked = make_sandbox(block_network=True)
+    assert "eth0" not in routes(blocked)
+    allow = make_sandbox(outbound_cidr_allowlist=["198.51.100.0/24"])
+    table = routes(allow)
+    assert "00000000\t0202000A" not in table  # no default route
+    assert "eth0\t006433C6\t0202000A" in table  # 198.51.100.0 via 10.0.2.2
+    with pytest.raises(modal.exception.InvalidError, match="not a CIDR"):
+        make_sandbox(outbound_cidr_allowlist=["not-a-cidr"])

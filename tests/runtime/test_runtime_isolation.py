@@ -19,7 +19,7 @@ def test_hostname_and_pid_namespace(rt: LocalRuntime) -> None:
 
 
 def test_network_namespace_is_private(rt: LocalRuntime) -> None:
-    sb = rt.create(SandboxConfig())
+    sb = rt.create(SandboxConfig(block_network=True))  # egress: test_runtime_network.py
     out = sb.exec(["cat", "/proc/net/dev"]).stdout.decode()
     interfaces = [line.split(":")[0].strip() for line in out.splitlines()[2:]]
     assert interfaces == ["lo"]

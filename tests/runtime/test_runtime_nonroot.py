@@ -85,7 +85,8 @@ SCRIPT = textwrap.dedent("""
     rt = LocalRuntime(sys.argv[1])
     server = ("import socket\\ns = socket.socket(); s.bind(('0.0.0.0', 8000)); s.listen()\\n"
               "while True:\\n    c, _ = s.accept(); c.sendall(b'hi'); c.close()")
-    sb = rt.create(SandboxConfig(command=["python3", "-c", server], ports=[8000], workdir="/w"))
+    sb = rt.create(SandboxConfig(command=["python3", "-c", server], ports=[8000], workdir="/w",
+                                 block_network=True))
     out = {"uid": os.getuid()}
     r = sb.exec(["sh", "-c", "id -u; pwd; touch f && ls"])
     out["exec"] = [r.returncode, r.stdout.decode()]
@@ -154,11 +155,39 @@ def test_everything_works_without_root(shared_state: Path) -> None:
     assert processes_mentioning(str(shared_state)) == []
 
 
+EGRESS_SCRIPT = textwrap.dedent("""
+    import sys
+    from pytest_modal_sandbox.runtime import LocalRuntime, RuntimeUnavailable, SandboxConfig
+    rt = LocalRuntime(sys.argv[1])
+    try:
+        sb = rt.create(SandboxConfig())
+    except RuntimeUnavailable as exc:
+        print("refused:", exc)
+    else:
+        print("eth0:" in sb.exec(["cat", "/proc/net/dev"]).stdout.decode())
+        sb.terminate(wait=True)
+""")
+
+
+def test_egress_without_root_or_a_clear_refusal(shared_state: Path) -> None:
+    """Not as root, slirp4netns needs /dev/net/tun open to the user: a network, or the fix."""
+    python = _python_for_nobody()
+    if python is None:
+        pytest.skip("nobody cannot run a Python of this version that imports this checkout")
+    proc = _as_nobody(python, EGRESS_SCRIPT, str(shared_state), home=shared_state.parent)
+    assert proc.returncode == 0, proc.stderr
+    if _as_nobody(python, "open('/dev/net/tun', 'rb+')", home=Path("/")).returncode == 0:
+        assert proc.stdout.strip() == "True"
+    else:
+        assert "refused: /dev/net/tun is not open to this user" in proc.stdout
+        assert "chmod 0666 /dev/net/tun" in proc.stdout
+
+
 ROOTFS_SCRIPT = textwrap.dedent("""
     import json, sys
     from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig
     rt = LocalRuntime(sys.argv[1])
-    sb = rt.create(SandboxConfig(rootfs=sys.argv[2], workdir="/app"))
+    sb = rt.create(SandboxConfig(rootfs=sys.argv[2], workdir="/app", block_network=True))
     r = sb.exec(["sh", "-c", "id -u; cat data.txt; echo w > /etc/w && cat /etc/w; ls /usr"])
     out = {"mode": sb._meta["rootfs_mode"], "exec": [r.returncode, r.stdout.decode()]}
     sb.terminate(wait=True)

@@ -92,6 +92,14 @@ def test_valid_spec_is_hashable_and_stable():
             "daemons[0] (a).ready.timeout: must be positive (got 0)",
         ),
         ({"daemons": [Daemon("a", "x", ready="tcp")]}, "daemons[0] (a).ready: must be a Probe"),
+        ({"block_network": 1}, "block_network: must be True or False (got 1)"),
+        ({"cidr_allowlist": "10.0.0.0/8"}, "cidr_allowlist: must be a list of CIDR strings"),
+        ({"cidr_allowlist": ["10.0.0.0/8", "10.0.0.300/8"]}, "'10.0.0.300/8' is not a CIDR"),
+        ({"block_network": True, "cidr_allowlist": []}, "cannot be used with block_network"),
+        (
+            {"block_network": True, "unencrypted_ports": [5432]},
+            "block_network: a sandbox without network cannot open ports (declared: [5432])",
+        ),
     ],
 )
 def test_bad_fields_name_field_and_value(fields, message):

@@ -9,7 +9,8 @@ when an image cannot be had (with a warning).  A spec without an image runs on t
 
 Secrets given as dicts are merged into the environment in Modal's order (secrets in order,
 ``env`` last).  ``modal.Secret`` objects cannot be resolved without Modal and are refused.
-Endpoints are plain ``http://127.0.0.1:<port>`` listeners for every port kind.
+Endpoints are plain ``http://127.0.0.1:<port>`` listeners for every port kind; peers (what
+another sandbox connects to) the same listeners on this machine's own non-loopback address.
 """
 
 from __future__ import annotations
@@ -124,6 +125,10 @@ class LocalHandle:
         host, host_port = self._sb.tunnel(port)  # SandboxNotFound (a SandboxGone) once ended
         return Endpoint(port, kind, f"http://{host}:{host_port}", host, host_port)
 
+    def peer(self, port: int, kind: str) -> Endpoint:
+        host, host_port = self._sb.peer(port)
+        return Endpoint(port, kind, f"http://{host}:{host_port}", host, host_port)
+
     def finished(self) -> Ending | None:
         status = self._sb.poll()
         if status is None:
@@ -212,6 +217,8 @@ class LocalBackend:
             name=name,
             tags=dict(tags),
             owner_lock=self.owner_lock if shared else None,
+            block_network=spec.block_network,
+            cidr_allowlist=spec.cidr_allowlist,
         )
         from ..runtime import NameTaken as RuntimeNameTaken
 

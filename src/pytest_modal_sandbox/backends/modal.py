@@ -512,6 +512,19 @@ class ModalHandle:
             url = f"http://{host}:{host_port}"
         return Endpoint(port, kind, url, host, host_port)
 
+    def peer(self, port: int, kind: str) -> Endpoint:
+        """The tunnel's public address: where any other sandbox connects.  The emulator's
+        tunnels also listen on this machine's non-loopback address (same port), which its
+        sandboxes reach; 127.0.0.1 is never reachable from a sandbox."""
+        endpoint = self.endpoint(port, kind)
+        if not self._backend.loopback:
+            return endpoint
+        from ..runtime import peer_host
+
+        host = peer_host()
+        url = f"http://{host}:{endpoint.host_port}"
+        return Endpoint(port, kind, url, host, endpoint.host_port)
+
     def finished(self) -> Ending | None:
         """How it ended, from Modal's result: ``wait()`` raises for TERMINATED and TIMEOUT and
         returns for the rest, whose exit code tells an OOM kill (137: the sandbox's own
@@ -678,6 +691,10 @@ class ModalBackend:
             kwargs["memory"] = spec.memory
         if spec.gpu is not None:
             kwargs["gpu"] = spec.gpu
+        if spec.block_network:
+            kwargs["block_network"] = True
+        if spec.cidr_allowlist is not None:  # Modal's name for `cidr_allowlist` since 1.4
+            kwargs["outbound_cidr_allowlist"] = list(spec.cidr_allowlist)
         token = secrets.token_hex(8)
         requested = time.monotonic()
 

@@ -117,6 +117,10 @@ class BackendSandbox(Protocol):
         """How to reach ``port``; ``kind`` is the spec list it was declared in."""
         ...
 
+    def peer(self, port: int, kind: str) -> Endpoint:
+        """Where another sandbox of the run reaches ``port`` (on Modal: the tunnel)."""
+        ...
+
     def finished(self) -> Ending | None:
         """``None`` while running, else how it ended; raises :class:`SandboxError` when the
         backend cannot tell (e.g. it did not answer)."""

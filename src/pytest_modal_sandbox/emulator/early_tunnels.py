@@ -3,8 +3,9 @@
 Modal's ``SandboxCreateV2`` answers at once with the sandbox's encrypted tunnel endpoints,
 while the container is still being scheduled and started.  Here the runtime's tunnel
 listener can only be opened once the container runs, so under a start latency each port gets
-an :class:`EarlyTunnel` at create: a listener on 127.0.0.1 whose address goes into the create
-response; connections made before the container is up wait, and once it runs every
+an :class:`EarlyTunnel` at create: a listener on 127.0.0.1 (and, for other sandboxes, on
+this machine's own address with the same port: ``runtime/hostaddr.py``) whose address goes
+into the create response; connections made before the container is up wait, and once it runs every
 connection is relayed, byte for byte, to the runtime's listener (which terminates TLS, counts
 the connection as activity, and forwards it into the sandbox).  When the sandbox ends without
 ever starting, waiting connections are closed.
@@ -15,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from ..runtime import bind_pair, from_this_machine
+
 BUFFER = 65536
 
 
@@ -23,6 +26,7 @@ class EarlyTunnel:
 
     def __init__(self) -> None:
         self._server: asyncio.Server | None = None
+        self._peer_server: asyncio.Server | None = None
         self._target: asyncio.Future[tuple[str, int] | None] = (
             asyncio.get_running_loop().create_future()
         )
@@ -32,7 +36,12 @@ class EarlyTunnel:
     @classmethod
     async def open(cls) -> EarlyTunnel:
         tunnel = cls()
-        tunnel._server = await asyncio.start_server(tunnel._accept, "127.0.0.1", 0, limit=BUFFER)
+        loopback, peer = bind_pair()
+        tunnel._server = await asyncio.start_server(tunnel._accept, sock=loopback, limit=BUFFER)
+        if peer is not None:  # the same port at this machine's address, for its sandboxes
+            tunnel._peer_server = await asyncio.start_server(
+                tunnel._accept_local, sock=peer, limit=BUFFER
+            )
         host, port = tunnel._server.sockets[0].getsockname()[:2]
         tunnel.address = (str(host), int(port))
         return tunnel
@@ -46,10 +55,20 @@ class EarlyTunnel:
         """Stop listening; connections still waiting for a container are dropped."""
         if not self._target.done():
             self._target.set_result(None)
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._peer_server):
+            if server is not None:
+                server.close()
         for task in list(self._connections):
             task.cancel()
+
+    async def _accept_local(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is None or not from_this_machine(sock):
+            writer.close()
+            return
+        await self._accept(reader, writer)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

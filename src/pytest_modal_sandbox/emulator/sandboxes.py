@@ -32,6 +32,7 @@ from ..runtime import (
     LocalSandbox,
     SandboxConfig,
 )
+from ..spec import parse_cidrs
 from . import ids, images, ptys, volume_mounts
 from .build_cache import ImageState
 from .chaos import Chaos, ChaosOptions
@@ -394,6 +395,7 @@ class SandboxManager:
                 secrets=self,
             )
         )
+        block, allowlist = _network_access(d)
         config = SandboxConfig(
             command=list(d.entrypoint_args) or None,
             env=env,
@@ -405,6 +407,8 @@ class SandboxManager:
             tags={t.tag_name: t.tag_value for t in req.tags},
             stdin_pipe=True,
             rootfs=None if image.rootfs is None else str(image.rootfs),
+            block_network=block,
+            cidr_allowlist=allowlist,
         )
         return config, name, ports
 
@@ -937,3 +941,21 @@ class SandboxManager:
             sb.stdin_written += len(fresh)
             sb.stdin_closed = eof
             sb.local.touch()
+
+
+def _network_access(d: api_pb2.Sandbox) -> tuple[bool, list[str] | None]:
+    """``(block_network, cidr_allowlist)`` from the definition's ``network_access``, as Modal
+    applies it (a bad CIDR is the caller's error)."""
+    access = d.network_access
+    kinds = api_pb2.NetworkAccess.NetworkAccessType
+    if not d.HasField("network_access") or access.network_access_type == kinds.OPEN:
+        return False, None
+    if access.network_access_type == kinds.BLOCKED:
+        return True, None
+    if access.network_access_type == kinds.ALLOWLIST:
+        try:
+            parse_cidrs(list(access.allowed_cidrs))
+        except ValueError as exc:
+            raise RpcError("INVALID_ARGUMENT", f"outbound_cidr_allowlist: {exc}") from None
+        return False, list(access.allowed_cidrs)
+    raise RpcError("INVALID_ARGUMENT", f"unknown network_access_type {access.network_access_type}")

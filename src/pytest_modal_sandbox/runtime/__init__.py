@@ -25,6 +25,7 @@ its keeper has cleaned up.
 from .config import DEFAULT_ENV, ExecOutcome, ExitStatus, SandboxConfig
 from .errors import InvalidArgument, InvalidConfig, NameTaken, RuntimeUnavailable, SandboxNotFound
 from .execs import kill_exec
+from .hostaddr import bind_pair, from_this_machine, peer_host
 from .local import LocalRuntime
 from .sandbox import LocalSandbox
 from .spawner import spawn as spawn_exec
@@ -41,6 +42,9 @@ __all__ = [
     "RuntimeUnavailable",
     "SandboxConfig",
     "SandboxNotFound",
+    "bind_pair",
+    "from_this_machine",
     "kill_exec",
+    "peer_host",
     "spawn_exec",
 ]

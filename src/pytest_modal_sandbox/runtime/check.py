@@ -30,12 +30,32 @@ USERNS_FIX = (
 class Tools:
     """Absolute paths of the programs the runtime runs, found once."""
 
-    def __init__(self, bwrap: str, nsenter: str, true: str) -> None:
+    def __init__(self, bwrap: str, nsenter: str, true: str, slirp4netns: str | None) -> None:
         self.bwrap = bwrap
         self.nsenter = nsenter
         self.true = true
+        self.slirp4netns = slirp4netns  # needed only by sandboxes with egress
+
+    def require_slirp4netns(self) -> str:
+        """slirp4netns, or :class:`RuntimeUnavailable` with the fix."""
+        if self.slirp4netns is None:
+            raise RuntimeUnavailable(
+                "slirp4netns is not installed (no `slirp4netns` on PATH): local sandboxes "
+                "reach the network through it, as they do on Modal. Fix: `apt-get install "
+                "slirp4netns` (Debian/Ubuntu), `dnf install slirp4netns` (Fedora); or give "
+                "the sandbox block_network=True"
+            )
+        if os.geteuid() != 0 and not os.access(TUN, os.R_OK | os.W_OK):
+            raise RuntimeUnavailable(
+                f"{TUN} is not open to this user, and slirp4netns needs it to give local "
+                "sandboxes a network (as they have on Modal). Fix: `sudo chmod 0666 "
+                f"{TUN}` (what udev does on most distributions), run as root, or give the "
+                "sandbox block_network=True"
+            )
+        return self.slirp4netns
 
 
+TUN = "/dev/net/tun"
 _lock = threading.Lock()
 _result: Tools | RuntimeUnavailable | None = None
 
@@ -76,7 +96,7 @@ def _probe() -> Tools:
         raise RuntimeUnavailable(
             f"bubblewrap cannot start a sandbox here (exit {done.returncode}): {err}"
         )
-    return Tools(bwrap, nsenter, true)
+    return Tools(bwrap, nsenter, true, shutil.which("slirp4netns"))
 
 
 def check() -> Tools:

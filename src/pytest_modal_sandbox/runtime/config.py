@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from ..spec import FrozenMap
+from ..spec import FrozenMap, parse_cidrs
 from .errors import InvalidConfig
 
 __all__ = ["DEFAULT_ENV", "ExecOutcome", "ExitKind", "ExitStatus", "SandboxConfig"]
@@ -95,6 +95,11 @@ class SandboxConfig:
     owns that directory and must not share it); ``network=True`` shares the host's network
     namespace (package indexes are reachable; the host's ``/etc/resolv.conf`` is used), so it
     takes no ``ports``.  A sandbox is never isolated from the network with it: builds only.
+
+    Otherwise a sandbox has a network of its own and, as on Modal, reaches out through a
+    user-mode network stack (``egress.py``): ``block_network=True`` leaves it loopback only
+    (its ``ports`` still reachable through tunnels); ``cidr_allowlist`` (CIDR strings) lets it reach
+    only those networks.  The host's own loopback is never reachable from it.
     """
 
     command: Sequence[str] | None = None
@@ -112,6 +117,13 @@ class SandboxConfig:
     hostname: str | None = None
     rootfs_writable: bool = False
     network: bool = False
+    block_network: bool = False
+    cidr_allowlist: Sequence[str] | None = None
+
+    @property
+    def egress(self) -> bool:
+        """Whether the sandbox gets a network stack of its own (slirp4netns)."""
+        return not self.network and not self.block_network
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -153,7 +165,7 @@ class SandboxConfig:
         put(self, "rootfs", _path("rootfs", self.rootfs))
         if self.rootfs is not None and not self.rootfs.startswith("/"):
             put(self, "rootfs", os.path.abspath(self.rootfs))
-        for flag in ("rootfs_writable", "network"):
+        for flag in ("rootfs_writable", "network", "block_network"):
             if not isinstance(getattr(self, flag), bool):
                 raise _fail(flag, getattr(self, flag), "must be True or False")
         if self.rootfs_writable and self.rootfs is None:
@@ -161,6 +173,17 @@ class SandboxConfig:
         if self.network and self.ports:
             raise _fail(
                 "ports", self.ports, "cannot be forwarded with network=True (the host's network)"
+            )
+        if self.network and self.block_network:
+            raise _fail("block_network", True, "contradicts network=True (the host's network)")
+        try:
+            put(self, "cidr_allowlist", parse_cidrs(self.cidr_allowlist))
+        except ValueError as exc:
+            raise _fail("cidr_allowlist", self.cidr_allowlist, str(exc)) from None
+        if self.cidr_allowlist is not None and (self.block_network or self.network):
+            flag = "block_network" if self.block_network else "network"
+            raise _fail(
+                "cidr_allowlist", list(self.cidr_allowlist), f"cannot be used with {flag}=True"
             )
         if self.hostname is not None and not (
             isinstance(self.hostname, str) and _HOSTNAME.match(self.hostname)

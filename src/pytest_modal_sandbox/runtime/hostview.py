@@ -332,8 +332,11 @@ def overlay_plan(
     hosts: bytes,
     state_dirs: tuple[str, ...],
     mountinfo: str | None = None,
+    resolv: bytes | None = None,
 ) -> dict[str, object]:
-    """Root only: the copy-on-write view of the host's root (see the module docstring)."""
+    """Root only: the copy-on-write view of the host's root (see the module docstring);
+    ``hosts`` (and ``resolv``, for a sandbox with its own network) replace the host's
+    ``/etc/hosts`` (and ``/etc/resolv.conf``) in the view."""
     if mountinfo is None:
         with open("/proc/self/mountinfo") as f:
             mountinfo = f.read()
@@ -353,6 +356,8 @@ def overlay_plan(
     if wd is not None:
         uppers.add(wd, "opaque", hide=False)
     uppers.add("/etc/hosts", "file", hosts, hide=False)
+    if resolv is not None:
+        uppers.add("/etc/resolv.conf", "file", resolv, hide=False)
     for layer, entries in zip(layers, uppers.entries, strict=True):
         layer["entries"] = list(entries.values())
     return {

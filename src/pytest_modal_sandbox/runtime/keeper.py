@@ -1,7 +1,8 @@
 """The keeper: one small process per sandbox that runs bubblewrap and decides when it ends.
 
-Started as ``python -I -S keeper.py <launch.marshal>`` in its own session, so start-up stays
-around 10 ms and a Ctrl-C aimed at pytest's process group does not reach it.  It must only use
+Forked by the keeper server of the creating process (:func:`serve`, started once per process
+as ``python -I -S keeper.py --serve <fd> <padding>``; ``forkserver.py``), in a session of its
+own, so a Ctrl-C aimed at pytest's process group does not reach it.  It must only use
 the standard library: it never imports the package (``linux``, ``userns``, ``hostview`` and
 ``seccomp`` beside it are stdlib-only modules it loads directly).  It
 
@@ -33,6 +34,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # linux.py & co. (stdlib only)
+import egress  # type: ignore[import-not-found]
 import hostview  # type: ignore[import-not-found]
 import linux  # type: ignore[import-not-found]
 import userns  # type: ignore[import-not-found]
@@ -45,6 +47,7 @@ else:
     import _signal as signal  # the enum-free core of `signal`: ~4 ms less start-up
 
 STARTUP_TIMEOUT = 20.0
+NETWORK_TIMEOUT = 10.0
 LOCK_POLL = 0.5
 
 
@@ -150,6 +153,11 @@ class Keeper:
         self.stop_requested = False
         self.last_seen_active = self.start_wall
         self.mounted: list[str] = []
+        self.block_w = -1  # bwrap's --block-fd: the command waits until the network is up
+        self.slirp_pid = 0
+        self.slirp_exit_w = -1  # slirp4netns's --exit-fd: it ends when this closes
+        self.slirp_ready_r = -1
+        self.own_netns = False  # the keeper made the sandbox's network namespace (as root)
 
     # --- start-up -------------------------------------------------------------------------
 
@@ -179,6 +187,17 @@ class Keeper:
         try:
             if walls["userns"] == "own":
                 userns.enter_own(walls["limits"])
+            elif launch.get("net") and launch["net"].get("early"):
+                # As root the keeper makes the sandbox's network namespace itself (owned by
+                # the host's user namespace: nothing inside holds a capability over it), so
+                # slirp4netns starts now, while the root is built and bwrap sets up.
+                host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWNET)
+                    self.own_netns = True
+                    self.start_slirp(f"/proc/{os.getpid()}/ns/net", host_netns)
+                finally:
+                    os.close(host_netns)
             else:
                 linux.unshare(linux.CLONE_NEWNS)
             linux.mount("none", "/", None, linux.MS_REC | linux.MS_PRIVATE, None)
@@ -201,6 +220,9 @@ class Keeper:
             os.write(write, program)  # a few hundred bytes: the pipe holds them
             os.close(write)
             fds[walls["seccomp_fd"]] = read
+        if launch.get("net"):
+            read, self.block_w = os.pipe2(os.O_CLOEXEC)
+            fds[walls["block_fd"]] = read
         return fds
 
     def spawn(self) -> None:
@@ -257,6 +279,8 @@ class Keeper:
             os.close(self.init_pidfd)  # PID 1 already gone and its pid reused: never signal it
             self.init_pidfd = -1
         init_start = _start_time(self.init_pid) if self.init_pidfd >= 0 else None
+        if self.block_w >= 0:
+            self.attach_network()
         self.wait_set_up()
         if self.bwrap_status is not None and os.WIFEXITED(self.bwrap_status):
             error = self.bwrap_error() if os.WEXITSTATUS(self.bwrap_status) == 1 else None
@@ -270,6 +294,112 @@ class Keeper:
                 "bwrap": self.bwrap_pid,
             }
         )
+
+    def start_slirp(self, netns_path: str, host_netns: int = -1) -> None:
+        """Start slirp4netns for the network namespace at ``netns_path``; it joins the host's
+        network namespace ``host_netns`` first when the keeper has already left it."""
+        net = self.launch["net"]
+        self.slirp_ready_r, ready_w = os.pipe()
+        exit_r, self.slirp_exit_w = os.pipe()
+        argv = egress.slirp_argv(net["slirp"], netns_path, as_root=net["as_root"])
+        log = os.open(net["log"], os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        moved = [_high_fd(fd) for fd in (ready_w, exit_r, log)]  # dup2 onto 2-4 always copies
+        for fd in (ready_w, exit_r, log):
+            os.close(fd)
+        ready_w, exit_r, log = moved
+        pid = os.fork()
+        if pid == 0:  # single-threaded keeper: only plain system calls until the exec
+            try:
+                if host_netns >= 0:
+                    linux.setns(host_netns, linux.CLONE_NEWNET)
+                os.dup2(ready_w, egress.READY_FD)
+                os.dup2(exit_r, egress.EXIT_FD)
+                os.dup2(log, 2)
+                for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+                os.execve(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+            except BaseException as exc:
+                os.write(2, f"keeper: cannot run {argv[0]}: {exc}\n".encode())
+            os._exit(127)
+        self.slirp_pid = pid
+        for fd in (ready_w, exit_r, log):
+            os.close(fd)
+
+    def attach_network(self) -> None:
+        """Wait for slirp4netns (started now unless it already was), configure ``eth0`` and
+        its routes (the allowlist), then let bwrap run the command."""
+        net = self.launch["net"]
+        if not self.slirp_pid:
+            self.start_slirp(f"/proc/{self.init_pid}/ns/net")
+        ready_r, self.slirp_ready_r = self.slirp_ready_r, -1
+        try:
+            ready = select.select([ready_r], [], [], NETWORK_TIMEOUT)[0]
+            answer = os.read(ready_r, 1) if ready else b""
+        finally:
+            os.close(ready_r)
+        if answer != b"1":
+            why = "exited" if ready else f"did not report within {NETWORK_TIMEOUT:.0f} s"
+            try:
+                with open(net["log"], "rb") as f:
+                    said = f.read()[-600:].decode("utf-8", "replace").strip()
+            except OSError:
+                said = ""
+            self.network_failed(
+                f"slirp4netns {why} before attaching the sandbox's network"
+                + (f"; it said: {' | '.join(said.splitlines())}" if said else "")
+            )
+        if self.own_netns:  # the keeper is in it already; bwrap has not set up loopback
+            try:
+                egress.configure(net.get("routes"), loopback=True)
+                error = None
+            except OSError as exc:
+                error = str(exc)
+        else:
+            error = self.in_network_namespace(egress.configure, net.get("routes"))
+        if error:
+            self.network_failed(f"cannot configure the sandbox's network: {error}")
+        try:
+            os.write(self.block_w, b"1")
+        except BrokenPipeError:
+            pass  # bwrap failed its set-up: wait_set_up reports why
+        os.close(self.block_w)
+        self.block_w = -1
+
+    def network_failed(self, message: str) -> NoReturn:
+        """Fail the start; if bwrap is failing its own set-up (which takes the network
+        namespace with it), its complaint is the cause to report."""
+        select.select([self.bwrap_pidfd], [], [], 1.0)
+        if self.reap_bwrap(block=False):
+            self.fail_start(self.bwrap_error() or message)
+        self.fail_start(message)
+
+    def in_network_namespace(self, fn: Any, arg: Any) -> str | None:
+        """Run ``fn(arg)`` in a forked child that joins the sandbox's network namespace (the
+        keeper itself never leaves its own); returns the child's error message, if any."""
+        err_r, err_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(err_r)
+                fd = os.open(f"/proc/{self.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                linux.setns(fd, linux.CLONE_NEWNET)
+                fn(arg)
+                code = 0
+            except BaseException as exc:
+                os.write(err_w, str(exc).encode()[:4000])
+            os._exit(code)
+        os.close(err_w)
+        try:
+            message = b""
+            while chunk := os.read(err_r, 4096):
+                message += chunk
+        finally:
+            os.close(err_r)
+        _, status = os.waitpid(pid, 0)
+        if status == 0:
+            return None
+        return message.decode("utf-8", "replace") or f"exit status {status}"
 
     def read_info(self, fd: int) -> int | None:
         data = b""
@@ -465,7 +595,14 @@ class Keeper:
     # --- the end ---------------------------------------------------------------------------
 
     def kill_tree(self) -> None:
-        """Kill PID 1 (the kernel then kills the whole pid namespace) and bwrap; reap them."""
+        """Kill PID 1 (the kernel then kills the whole pid namespace), bwrap and slirp4netns;
+        reap them."""
+        if self.slirp_pid:  # first, so that its exit overlaps the sandbox's
+            os.close(self.slirp_exit_w)
+            try:
+                os.kill(self.slirp_pid, signal.SIGKILL)  # our unreaped child: pid is stable
+            except OSError:
+                pass
         if self.init_pidfd >= 0:
             try:
                 signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
@@ -484,6 +621,15 @@ class Keeper:
             select.select([self.init_pidfd], [], [], 5.0)
             os.close(self.init_pidfd)
             self.init_pidfd = -1
+        if self.block_w >= 0:  # after the kill: on EOF bwrap would run the command
+            os.close(self.block_w)
+            self.block_w = -1
+        if self.slirp_pid:
+            try:
+                os.waitpid(self.slirp_pid, 0)
+            except ChildProcessError:
+                pass
+            self.slirp_pid = 0
 
     def end_by_exit(self) -> None:
         status = self.bwrap_status or 0
@@ -517,10 +663,16 @@ class Keeper:
             _rmtree(path)
 
 
-def main() -> None:
-    with open(sys.argv[1], "rb") as f:
+FD_NAMES = ("ready_fd", "owner_fd", "stdin_fd")
+
+
+def run_keeper(launch_path: str, fds: dict[str, int]) -> None:
+    """Be the keeper of the sandbox whose launch record is ``launch_path``; ``fds`` are the
+    creator's pipe ends as received (``FD_NAMES``).  Returns once the sandbox has ended."""
+    with open(launch_path, "rb") as f:
         launch = marshal.load(f)
-    for key in ("ready_fd", "owner_fd", "stdin_fd"):
+    launch.update(fds)
+    for key in FD_NAMES:
         if launch.get(key) is not None:
             os.set_inheritable(launch[key], False)  # bwrap and the sandbox must not hold them
     keeper = Keeper(launch)
@@ -533,8 +685,71 @@ def main() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     keeper.spawn()
     keeper.run()
-    os._exit(0)  # everything is written and removed: skip the interpreter's teardown
+
+
+def _set_title(text: str) -> None:
+    """Show ``text`` as this process's command line (``ps``, /proc/<pid>/cmdline): written over
+    the argument area inherited from the server, which was padded for it."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (stat 48, 49)
+        data = text.encode()[: end - start - 1]
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(data + b"\0" * (end - start - len(data)))
+    except (OSError, IndexError, ValueError):
+        pass  # a title is a convenience
+
+
+def serve(sock_fd: int) -> None:
+    """The keeper server of one creating process: for each request (a launch record's path,
+    with the creator's pipe ends and the keeper log as SCM_RIGHTS) fork a keeper, which
+    starts a new session, and answer its pid.  A forked keeper starts in about a millisecond
+    and shares the server's memory (copy-on-write); every keeper stays a process of its own,
+    bwrap's parent, with its own ties to its owner, so nothing about how sandboxes end
+    changes.  Exits when the creator closes its end (the creator is gone); the keepers live
+    on until their sandboxes end."""
+    import socket
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the keepers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    sock = socket.socket(fileno=sock_fd)
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(sock, 65536, 8, socket.MSG_CMSG_CLOEXEC)
+        except OSError:
+            return
+        if not message:
+            return
+        path, _, names = message.decode().partition("\0")
+        named = dict(zip(["log_fd", *names.split(",")] if names else ["log_fd"], fds, strict=False))
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                sock.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.setsid()
+                os.dup2(named.pop("log_fd"), 2)
+                _set_title(f"pms-keeper {path}")
+                run_keeper(path, named)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        try:
+            sock.send(str(pid).encode())
+        except OSError:
+            return
 
 
 if __name__ == "__main__":
-    main()
+    serve(int(sys.argv[2]))

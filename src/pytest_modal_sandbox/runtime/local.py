@@ -10,21 +10,22 @@ import marshal
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import errors
 from .._paths import state_root
-from . import hostview, owners, rootfs, seccomp
+from . import egress, hostview, owners, rootfs, seccomp
 from .check import Tools, check
 from .config import DEFAULT_ENV, SandboxConfig
 from .errors import InvalidArgument, InvalidConfig, NameTaken, SandboxNotFound
+from .forkserver import KeeperProc, start_keeper
 from .ids import is_sandbox_id, new_sandbox_id
 from .mounts import (
+    BLOCK_FD,
     SECCOMP_FD,
     USERNS2_FD,
     bwrap_argv,
@@ -37,7 +38,6 @@ from .store import SandboxPaths, read_json, remove_tree, write_json
 
 __all__ = ["KEEP_FINISHED", "LocalRuntime"]
 
-KEEPER = str(Path(__file__).with_name("keeper.py"))
 START_TIMEOUT = 30.0
 KEEP_FINISHED = 15 * 60.0  # how long records of finished sandboxes stay (get() still answers)
 GC_EVERY = 60.0
@@ -99,7 +99,7 @@ class LocalRuntime:
         paths = SandboxPaths(self.root, sandbox_id)
         paths.dir.mkdir(mode=0o700)
         pipes = _Pipes()
-        keeper: subprocess.Popen[bytes] | None = None
+        keeper: KeeperProc | None = None
         try:
             with contextlib.ExitStack() as stack:
                 launch, meta = self._prepare(config, paths, tools, pipes, use_overlay)
@@ -108,15 +108,7 @@ class LocalRuntime:
                 with open(paths.launch, "wb") as f:
                     marshal.dump(launch, f)
                 with open(paths.keeper_log, "ab") as log:
-                    keeper = subprocess.Popen(
-                        [sys.executable or "python3", "-I", "-S", KEEPER, str(paths.launch)],
-                        pass_fds=pipes.child_ends(),
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=log,
-                        start_new_session=True,
-                        cwd="/",
-                    )
+                    keeper = start_keeper(paths.launch, pipes.named_child_ends(), log.fileno())
                 pipes.close_child_ends()
                 ready = _read_ready(pipes, keeper, paths)
                 if "error" in ready and ready.get("overlay_refused"):
@@ -135,8 +127,8 @@ class LocalRuntime:
             pipes.close_all()
             if keeper is not None:
                 with contextlib.suppress(OSError):
-                    os.killpg(keeper.pid, signal.SIGKILL)
-                keeper.wait()
+                    os.killpg(keeper.pid, signal.SIGKILL)  # it leads its own session
+                keeper.wait(10)
             remove_tree(paths.dir)
             raise
 
@@ -182,6 +174,7 @@ class LocalRuntime:
                     workdir=workdir,
                     hosts=hosts_file(hostname).encode(),
                     state_dirs=(str(self.root),),
+                    resolv=egress.RESOLV_CONF.encode() if config.egress else None,
                 )
                 hosts = None  # written into the view, writable
             else:  # the host's root read-only, hidden paths covered
@@ -206,7 +199,16 @@ class LocalRuntime:
                 resolv = rootfs.HOST_RESOLV_CONF
             else:
                 resolv = str(paths.resolv)
-                paths.resolv.write_text(rootfs.RESOLV_CONF)
+                paths.resolv.write_text(egress.RESOLV_CONF if config.egress else rootfs.RESOLV_CONF)
+        net: dict[str, Any] | None = None
+        if config.egress:
+            net = {
+                "slirp": tools.require_slirp4netns(),
+                "as_root": as_root,
+                "log": str(paths.slirp_log),
+                "routes": _routes(config.cidr_allowlist),
+                "early": as_root,  # the keeper makes the network namespace (keeper.py)
+            }
         program = _seccomp_program()
         argv = bwrap_argv(
             bwrap=tools.bwrap,
@@ -220,18 +222,23 @@ class LocalRuntime:
             hosts_path=hosts,
             resolv_path=resolv,
             share_net=config.network,
+            own_net=not (net is not None and as_root),
             private_tmp=config.rootfs is not None
             and not (config.rootfs_writable and _has_tmp(config.rootfs)),
             seccomp=program is not None,
+            block=net is not None,
             exists=exists,
             listdir=listdir,
         )
         walls = {
             "userns": "pair" if as_root else "own",
-            "limits": _namespace_limits(as_root=as_root, network=config.network),
+            "limits": _namespace_limits(
+                as_root=as_root, network=config.network or (net is not None and as_root)
+            ),
             "userns2_fd": USERNS2_FD,
             "seccomp_fd": SECCOMP_FD,
             "seccomp": program,
+            "block_fd": BLOCK_FD,
         }
         pipes.ready_r, pipes.ready_w = os.pipe()
         if config.owner_lock is None:
@@ -256,6 +263,7 @@ class LocalRuntime:
             "cleanup": [str(p) for p in paths.writable() if str(p) != config.rootfs],
             "view": view,
             "walls": walls,
+            "net": net,
         }
         meta: dict[str, Any] = {
             "id": sandbox_id,
@@ -282,6 +290,8 @@ class LocalRuntime:
                 else "copy"
             ),
             "network": config.network,
+            "egress": config.egress,
+            "cidr_allowlist": config.cidr_allowlist,
             "userns": walls["userns"],
             "creator_pid": os.getpid(),
         }
@@ -421,12 +431,26 @@ def _seccomp_program() -> bytes | None:
 def _namespace_limits(*, as_root: bool, network: bool) -> dict[str, int]:
     """``user.max_*_namespaces`` of the user namespace the sandbox is nested in: exactly what
     bwrap creates there (not as root, also the keeper's own mount namespace), so the sandbox
-    can create none (``userns.py``)."""
+    can create none (``userns.py``).  ``network``: bwrap makes no network namespace (the
+    host's, for builds; as root with egress, the keeper's own)."""
     limits = {"user": 1, "mnt": 1, "pid": 1, "net": 0 if network else 1, "ipc": 1, "uts": 1}
     limits.update(cgroup=1, time=0)
     if not as_root:
         limits["mnt"] = 2
     return limits
+
+
+def _routes(allowlist: Sequence[str] | None) -> list[tuple[str, int]] | None:
+    """The IPv4 networks an allowlisted sandbox is routed to (None: every one).  IPv6 entries
+    are accepted and have no effect: the sandbox has no IPv6 egress."""
+    if allowlist is None:
+        return None
+    out = []
+    for cidr in allowlist:
+        address, _, prefix = cidr.partition("/")
+        if ":" not in address:
+            out.append((address, int(prefix)))
+    return out
 
 
 def _masked_view(
@@ -475,9 +499,7 @@ def _require_lock_held(path: str) -> None:
     )
 
 
-def _read_ready(
-    pipes: _Pipes, keeper: subprocess.Popen[bytes], paths: SandboxPaths
-) -> dict[str, Any]:
+def _read_ready(pipes: _Pipes, keeper: KeeperProc, paths: SandboxPaths) -> dict[str, Any]:
     """The keeper's start-up report (or its error), read until it closes the pipe."""
     assert pipes.ready_r is not None
     data = b""
@@ -496,10 +518,10 @@ def _read_ready(
             break
         data += chunk
     if not data:
-        code = keeper.wait()
+        keeper.wait(10)
         log = paths.keeper_log.read_text(errors="replace").strip().splitlines()[-5:]
         raise errors.SandboxStartError(
-            f"the sandbox keeper exited ({code}) before the sandbox started: " + " | ".join(log)
+            "the sandbox keeper exited before the sandbox started: " + " | ".join(log)
         )
     report = marshal.loads(data)
     if not isinstance(report, dict):
@@ -524,6 +546,11 @@ class _Pipes:
 
     def child_ends(self) -> list[int]:
         return [fd for fd in (self.ready_w, self.owner_r, self.stdin_r) if fd is not None]
+
+    def named_child_ends(self) -> dict[str, int]:
+        """The keeper's ends by their names in the launch record (``keeper.FD_NAMES``)."""
+        ends = {"ready_fd": self.ready_w, "owner_fd": self.owner_r, "stdin_fd": self.stdin_r}
+        return {name: fd for name, fd in ends.items() if fd is not None}
 
     def close_child_ends(self) -> None:
         for fd in self.child_ends():

@@ -21,6 +21,9 @@ User namespaces: ``pair`` (root): bwrap starts in U1 and moves the sandbox into 
 (``--userns2``, see ``userns.py``); ``own`` (anyone else): bwrap nests a new one in the
 keeper's.
 ``share_net`` (builds) leaves out ``--unshare-net``: the sandbox uses the host's network.
+``own_net=False``: the sandbox runs in the keeper's network namespace (made by the keeper,
+as root, for egress).  ``block`` (egress, ``egress.py``) holds the command until the keeper
+has attached the network: ``--block-fd``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import posixpath
 from collections.abc import Callable, Mapping, Sequence
 
 __all__ = [
+    "BLOCK_FD",
     "INFO_FD",
     "PROC_MASKED",
     "PROC_READONLY",
@@ -46,6 +50,7 @@ TMPFS_DIRS = ("/tmp", "/run", "/var/tmp")
 INFO_FD = 3
 USERNS2_FD = 4
 SECCOMP_FD = 5
+BLOCK_FD = 6
 PROC_READONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
 # Files: /dev/null over them; directories: an empty read-only tmpfs.  (Docker also masks
 # kcore, which needs CAP_SYS_RAWIO outside, and keys, sched_debug, latency_stats and
@@ -108,8 +113,10 @@ def bwrap_argv(
     hosts_path: str | None = None,
     resolv_path: str | None = None,
     share_net: bool = False,
+    own_net: bool = True,
     private_tmp: bool = True,
     seccomp: bool = True,
+    block: bool = False,
     exists: Callable[[str], bool] = os.path.isdir,
     listdir: Callable[[str], Sequence[str]] = os.listdir,
 ) -> list[str]:
@@ -122,13 +129,15 @@ def bwrap_argv(
         argv += ["--userns2", str(USERNS2_FD)]  # bwrap starts in U1 (userns.spawn_in_pair)
     else:
         argv += ["--unshare-user", "--uid", "0", "--gid", "0"]
-    if not share_net:
+    if own_net and not share_net:
         argv += ["--unshare-net"]
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup"]
     argv += ["--hostname", hostname, "--die-with-parent", "--new-session"]
     argv += ["--info-fd", str(INFO_FD)]
     if seccomp:
         argv += ["--seccomp", str(SECCOMP_FD)]
+    if block:
+        argv += ["--block-fd", str(BLOCK_FD)]
     if not readonly_root:
         argv += ["--bind", root, "/", "--dev", "/dev", *proc_args()]
         if private_tmp:

@@ -1,4 +1,4 @@
-"""What only the creating process holds: the keeper's Popen, the owner pipe, the stdin pipe.
+"""What only the creating process holds: the keeper's handle, the owner pipe, the stdin pipe.
 
 The owner pipe's write end lives here, in a module-level table, for as long as the sandbox
 runs: the keeper reads EOF when this process dies (however it dies) and ends the sandbox.  A
@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 import threading
+
+from .forkserver import KeeperProc
 
 __all__ = ["Owned", "forget", "get", "reap", "register"]
 
 
 @dataclasses.dataclass
 class Owned:
-    keeper: subprocess.Popen[bytes]
+    keeper: KeeperProc
     owner_w: int | None
     stdin_w: int | None
     stdin_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -69,7 +70,7 @@ def forget(sandbox_id: str) -> None:
             _exited_later.append(owned.keeper)
 
 
-_exited_later: list[subprocess.Popen[bytes]] = []
+_exited_later: list[KeeperProc] = []
 
 
 def reap() -> None:

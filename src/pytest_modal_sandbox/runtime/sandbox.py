@@ -448,6 +448,14 @@ class LocalSandbox:
         init = self._require_running("open a tunnel")
         return tunnels.open_tunnel(self, init, port, tls)
 
+    def peer(self, port: int) -> tuple[str, int]:
+        """Where another sandbox connects to ``port``: this process's tunnel for it, at this
+        machine's own non-loopback address (``hostaddr.py``); valid while the tunnel is."""
+        from .hostaddr import peer_host
+
+        host = peer_host()  # first: a machine without one gets that error, not a tunnel
+        return host, self.tunnel(port)[1]
+
 
 def _release_on_exit(proc: subprocess.Popen[bytes], token: activity.ActivityToken) -> None:
     """Release ``token`` once ``proc`` exits, without reaping it (the caller still waits)."""

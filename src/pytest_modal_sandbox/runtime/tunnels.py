@@ -1,8 +1,10 @@
 """Tunnels: listeners on 127.0.0.1 in the calling process, forwarding into a sandbox.
 
-One listener per (sandbox, port) per process, on an ephemeral port.  Each accepted connection
-gets a fresh socket made inside the sandbox's network namespace (see ``netns``), connected to
-127.0.0.1:port there (or [::1]:port), and bytes are pumped both ways with half-closes kept.
+One listener per (sandbox, port) per process, on an ephemeral port; the same port is also
+listened on at this machine's own address for other sandboxes (``hostaddr.py``: ``peer``).
+Each accepted connection gets a fresh socket made inside the sandbox's network namespace
+(see ``netns``), connected to 127.0.0.1:port there (or [::1]:port), and bytes are pumped
+both ways with half-closes kept.
 While at least one connection is open the sandbox counts as active (``idle_timeout``).
 
 With ``tls``, the first byte of each connection decides: 0x16 (a TLS handshake) means TLS is
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import procs
 from .activity import ActivityToken
+from .hostaddr import bind_pair, from_this_machine
 from .netns import Connector, make_connector
 
 if TYPE_CHECKING:
@@ -62,10 +65,10 @@ class _Listener:
         self.token: ActivityToken | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.closed = False
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
+        self.sock, self.peer_sock = bind_pair()
         self.sock.setblocking(False)
+        if self.peer_sock is not None:
+            self.peer_sock.setblocking(False)
         self.address: tuple[str, int] = self.sock.getsockname()[:2]
         self.pidfd: int | None = None
 
@@ -76,22 +79,27 @@ class _Listener:
             self.close()
             return
         loop.add_reader(self.pidfd, self.close)
-        self._spawn(self._accept_loop())
+        self._spawn(self._accept_loop(self.sock))
+        if self.peer_sock is not None:
+            self._spawn(self._accept_loop(self.peer_sock, local_only=True))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _accept_loop(self) -> None:
+    async def _accept_loop(self, sock: socket.socket, *, local_only: bool = False) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                conn, _ = await loop.sock_accept(self.sock)
+                conn, _ = await loop.sock_accept(sock)
             except OSError:
                 if self.closed:
                     return
                 await asyncio.sleep(0.05)  # e.g. EMFILE: back off, do not spin
+                continue
+            if local_only and not from_this_machine(conn):
+                conn.close()  # the peer address is for this machine's sandboxes only
                 continue
             self._spawn(self._handle(conn))
 
@@ -161,6 +169,8 @@ class _Listener:
             os.close(self.pidfd)
             self.pidfd = None
         self.sock.close()
+        if self.peer_sock is not None:
+            self.peer_sock.close()
         for task in list(self.tasks):
             task.cancel()
         if self.token is not None:

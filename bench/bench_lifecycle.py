@@ -1,0 +1,139 @@
+"""Lifecycle and weight of a local sandbox, side by side with bare bubblewrap in the same run.
+
+    .venv/bin/python bench/bench_lifecycle.py [--reps N] [--alive N]
+
+* lifecycle p50: create -> exec("true") -> terminate(wait=True), default spec (egress on),
+  with block_network=True (no network stack), and bare ``bwrap --unshare-all ... true`` (one
+  process, no keeper, no exec), taken in turn in each round: the ratio is ours / bare;
+* memory with ``--alive`` sandboxes running (default 100): the host processes each sandbox
+  adds (keeper, bwrap, the entrypoint's ``sleep``, slirp4netns) and the keeper server they
+  were forked from, as PSS (shared pages split between their users) and RSS, summed and
+  divided by the number of sandboxes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+
+from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig
+
+
+def interleaved_p50(cases: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median ms of each case, run in turn in every round: the machine's load (shared with
+    other work) weighs on all of them alike."""
+    for fn in cases.values():
+        fn()  # warm
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(reps):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def bare_bwrap() -> None:
+    bwrap = shutil.which("bwrap") or "bwrap"
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "true"]
+    subprocess.run(argv, check=True)
+
+
+def descendants(pids: set[int]) -> set[int]:
+    """``pids`` and every process below them."""
+    parents: dict[int, int] = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        parents[int(name)] = int(raw[raw.rindex(b")") + 2 :].split()[1])
+    found = set(pids)
+    grew = True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= more
+        grew = bool(more)
+    return found
+
+
+def parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return 0
+    return int(raw[raw.rindex(b")") + 2 :].split()[1])
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(PSS, RSS) of one process in KiB."""
+    pss = rss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+                elif line.startswith("Rss:"):
+                    rss = int(line.split()[1])
+    except OSError:
+        pass
+    return pss, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--alive", type=int, default=100)
+    args = parser.parse_args()
+    LocalRuntime.check()
+    with tempfile.TemporaryDirectory(prefix="pms-bench-lifecycle-") as tmp:
+        rt = LocalRuntime(tmp)
+
+        def cycle(config: SandboxConfig) -> Callable[[], None]:
+            def run() -> None:
+                sb = rt.create(config)
+                if sb.exec(["true"]).returncode != 0:
+                    raise RuntimeError("exec true failed")
+                sb.terminate(wait=True)
+
+            return run
+
+        cases = {"ours: default spec": cycle(SandboxConfig())}
+        if "block_network" in SandboxConfig.__dataclass_fields__:  # (absent before egress)
+            cases["ours: block_network=True"] = cycle(SandboxConfig(block_network=True))
+        cases["bare bwrap --unshare-all true"] = bare_bwrap
+        rows = list(interleaved_p50(cases, args.reps).items())
+        alive = [rt.create(SandboxConfig()) for _ in range(args.alive)]
+        keepers = {sb._keeper.pid for sb in alive}
+        servers = {parent_of(pid) for pid in keepers} - {os.getpid(), 1, 0}
+        pids = descendants(keepers) | servers  # the keeper server, once per creating process
+        totals = [memory_kib(pid) for pid in pids]
+        pss = sum(t[0] for t in totals) / len(alive) / 1024
+        rss = sum(t[1] for t in totals) / len(alive) / 1024
+        for sb in alive:
+            sb.terminate()
+        for sb in alive:
+            sb.wait(60)
+        rt.close()
+
+    bare = rows[-1][1]
+    print(f"lifecycle create -> exec(true) -> terminate(wait=True), p50 of {args.reps}")
+    for name, ms in rows:
+        print(f"  {name:<36} {ms:7.1f} ms  {ms / bare:5.1f}x bare bwrap")
+    print(
+        f"host memory with {args.alive} sandboxes alive ({len(pids)} processes): "
+        f"{pss:.1f} MiB PSS, {rss:.1f} MiB RSS per sandbox"
+    )
+
+
+if __name__ == "__main__":
+    main()
