@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from . import interruptible
 from .errors import QuotaExceeded
 from .fixtures import FixtureInstance, ImageOverride, instances_of_item
 from .sandbox import Sandbox
@@ -347,7 +348,7 @@ class Scheduler:
             return self.start(instance, ahead=False)
         self._refill()  # a place in the bound is free
         try:
-            sb = entry.future.result()
+            sb = interruptible.result(entry.future)
         except QuotaExceeded:  # refused at once, ahead: this setup waits for a slot itself
             return self.start(instance, ahead=False)
         finally:

@@ -55,6 +55,7 @@ import modal.exception as modal_exc
 from grpclib.exceptions import StreamTerminatedError
 from h2.exceptions import ProtocolError as H2ProtocolError
 
+from .. import interruptible
 from ..errors import (
     BackendUnavailable,
     ExecTimeout,
@@ -210,7 +211,7 @@ class LoopThread:
             loop = self._loop
         future = asyncio.run_coroutine_threadsafe(coro, loop)
         try:
-            return future.result()
+            return interruptible.result(future)
         except BaseException:
             future.cancel()  # e.g. Ctrl-C: the exec's coroutines are cancelled, not left
             raise
