@@ -95,6 +95,10 @@ class SandboxConfig:
     owns that directory and must not share it); ``network=True`` shares the host's network
     namespace (package indexes are reachable; the host's ``/etc/resolv.conf`` is used), so it
     takes no ``ports``.  A sandbox is never isolated from the network with it: builds only.
+
+    ``layers`` start the sandbox from a snapshot (``runtime/snapshot.py``): ``(target, dir)``
+    pairs, newest first, each a captured copy-on-write layer stacked over the root's layer that
+    is mounted at ``target`` (``/`` for an image root).  They need overlayfs.
     """
 
     command: Sequence[str] | None = None
@@ -112,6 +116,7 @@ class SandboxConfig:
     hostname: str | None = None
     rootfs_writable: bool = False
     network: bool = False
+    layers: Sequence[tuple[str, str]] = ()
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -162,6 +167,19 @@ class SandboxConfig:
             raise _fail(
                 "ports", self.ports, "cannot be forwarded with network=True (the host's network)"
             )
+        if isinstance(self.layers, (str, bytes)) or not isinstance(self.layers, Sequence):
+            raise _fail("layers", self.layers, "must be a sequence of (target, directory) pairs")
+        layers: list[tuple[str, str]] = []
+        for pair in self.layers:
+            if not isinstance(pair, Sequence) or len(pair) != 2:
+                raise _fail("layers", self.layers, f"{pair!r} is not a (target, directory) pair")
+            target, directory = _text("layers", pair[0]), _path("layers", pair[1])
+            if not target.startswith("/") or directory is None or not directory.startswith("/"):
+                raise _fail("layers", self.layers, f"{pair!r}: both must be absolute paths")
+            layers.append((target, directory))
+        put(self, "layers", tuple(layers))
+        if self.layers and self.rootfs_writable:
+            raise _fail("layers", self.layers, "cannot be stacked under rootfs_writable")
         if self.hostname is not None and not (
             isinstance(self.hostname, str) and _HOSTNAME.match(self.hostname)
         ):

@@ -57,9 +57,12 @@ def remember_overlay_failure(reason: str) -> None:
         _overlay_failure = reason
 
 
-def prepare(rootfs: str, paths: SandboxPaths, *, overlay: bool) -> dict[str, Any] | None:
+def prepare(
+    rootfs: str, paths: SandboxPaths, *, overlay: bool, snapshot: tuple[str, ...] = ()
+) -> dict[str, Any] | None:
     """Make ``paths.rootfs`` the sandbox's future ``/``; returns the keeper's overlay plan, or
-    None when the root was copied."""
+    None when the root was copied.  ``snapshot``: captured layers (newest first) stacked over
+    the image root; they need overlayfs."""
     if not os.path.isdir(rootfs):
         raise errors.SandboxStartError(f"rootfs {rootfs!r} is not a directory")
     paths.rootfs.mkdir()
@@ -70,9 +73,22 @@ def prepare(rootfs: str, paths: SandboxPaths, *, overlay: bool) -> dict[str, Any
             "root": str(paths.rootfs),
             "ovl": str(paths.ovl),
             "xattr": "trusted" if os.geteuid() == 0 else "user",
-            "layers": [{"lower": rootfs, "target": "/", "mode": "overlay", "entries": []}],
-            "copy_fallback": True,  # refused: the creator copies the root instead
+            "layers": [
+                {
+                    "lower": [*snapshot, rootfs] if snapshot else rootfs,
+                    "target": "/",
+                    "mode": "overlay",
+                    "entries": [],
+                }
+            ],
+            # refused: the creator copies the root instead (a snapshot cannot be copied in)
+            "copy_fallback": not snapshot,
         }
+    if snapshot:
+        raise errors.SandboxStartError(
+            "a sandbox from a snapshot needs overlayfs over its image root, which is not "
+            f"usable here ({os.environ.get(MODE_ENV) or _overlay_failure or 'refused'})"
+        )
     copy_tree(rootfs, paths.rootfs)
     return None
 

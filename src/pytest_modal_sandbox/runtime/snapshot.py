@@ -1,0 +1,111 @@
+"""Filesystem snapshots of local sandboxes: what a sandbox wrote, kept as overlayfs layers.
+
+A sandbox's root is an overlayfs whose upper directories (one per layer of the root, see
+``hostview.py`` and ``rootfs.py``) hold everything it wrote - new files, whiteouts for deleted
+ones, opaque directories - and nothing of the image.  They live on a tmpfs in the keeper's
+private mount namespace, which the host reaches through ``/proc/<keeper>/root``.  A snapshot is
+a copy of those upper directories (``cp -a``: owners, modes, xattrs, whiteouts kept), plus, for
+an image root, the sandbox's private ``/tmp`` (a tmpfs of its own, reached through
+``/proc/<PID 1>/root/tmp``) written into the root layer as an opaque directory, so a clone sees
+``/tmp`` as the sandbox left it, as on Modal.  The image itself is never copied.
+
+A clone is started with ``SandboxConfig.layers``.  Over an image root they are stacked, newest
+first, between the clone's own fresh upper and the image: nothing is copied per clone, and a
+snapshot of a clone adds its own layer on top of the ones it was started from.  Over the host's
+root (host-image mode) overlayfs refuses a lower layer inside ``/``, so the clone's upper starts
+as a copy of the snapshot's (``hostview.overlay_plan``); it then holds the whole difference from
+the host, and a snapshot of it is that layer alone.
+
+Taken while the sandbox runs (as Modal does): a file being written at that moment may be caught
+half-written, so let a daemon flush first (e.g. ``redis-cli save``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .. import errors
+
+__all__ = ["capture"]
+
+
+def capture(
+    meta: Mapping[str, Any],
+    *,
+    keeper_pid: int,
+    init_pid: int,
+    state_dir: Path,
+    dest: Path,
+    still_running: Callable[[], None],
+) -> tuple[tuple[str, str], ...]:
+    """Copy what the sandbox wrote into ``dest`` (created); returns the clone's ``layers``:
+    ``(target, dir)`` pairs, newest first (these, then those the sandbox was started from).
+
+    ``still_running`` raises if the sandbox ended (checked after the copy, so a pid reused
+    meanwhile cannot have lent us someone else's files)."""
+    uppers: list[str | None] | None = meta.get("uppers")
+    if uppers is None:
+        why = (
+            "its root is a copy of the image (overlayfs was refused here)"
+            if meta.get("rootfs")
+            else "not as root, the host's root is read-only in a sandbox"
+        )
+        raise errors.SandboxError(
+            f"cannot snapshot sandbox {meta['id']}: {why}; snapshots need a copy-on-write root "
+            "(overlayfs), as root or with an image the user owns"
+        )
+    dest.mkdir(parents=True)
+    try:
+        layers: list[tuple[str, str]] = []
+        ovl = f"/proc/{keeper_pid}/root{state_dir}/ovl/upper"
+        for index, target in enumerate(uppers):
+            if target is None:
+                continue
+            layer = dest / str(index)
+            layer.mkdir()
+            _copy(f"{ovl}/{index}", layer)
+            if target == "/" and meta.get("private_tmp"):
+                _capture_tmp(f"/proc/{init_pid}/root/tmp", layer / "tmp")
+            layers.append((target, str(layer)))
+        still_running()
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    if meta.get("rootfs") is None:  # host view: the upper was seeded with the older layers
+        return tuple(layers)
+    return (*layers, *(tuple(pair) for pair in meta.get("layers", ())))  # type: ignore[misc]
+
+
+def _capture_tmp(source: str, target: Path) -> None:
+    """The sandbox's private ``/tmp`` as an opaque directory of the root layer (it hid the
+    image's ``/tmp``, so the snapshot does too)."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
+    target.mkdir()
+    _copy(source, target)
+    st = os.stat(source)
+    os.chmod(target, st.st_mode & 0o7777)
+    os.chown(target, st.st_uid, st.st_gid)
+    xattr = "trusted" if os.geteuid() == 0 else "user"
+    os.setxattr(target, f"{xattr}.overlay.opaque", b"y")
+
+
+def _copy(source: str, target: Path) -> None:
+    cp = shutil.which("cp") or "/bin/cp"
+    done = subprocess.run(
+        [cp, "-a", "--reflink=auto", "--", f"{source}/.", str(target)],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode != 0:
+        detail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+        raise errors.SandboxError(
+            "cannot copy a sandbox's files for a snapshot: " + " | ".join(detail)
+        )
