@@ -25,6 +25,7 @@ import modal
 import modal.exception as modal_exc
 
 from ..errors import BackendUnavailable, ExecTimeout, SandboxError, SandboxGone
+from ..snapshot import Snapshot, memory_refused
 from ..spec import SandboxSpec
 from .protocol import Endpoint, NameTaken, RawExec, SandboxInfo
 
@@ -36,6 +37,8 @@ __all__ = ["SUPPORTED_MODAL", "ModalBackend", "ModalHandle"]
 SUPPORTED_MODAL = ((1, 6, 3), (1, 7, 0))
 DEFAULT_LEASE = 60.0
 DEFAULT_IDLE = 60  # lease + idle: an orphan ends within ~2 minutes (bound: 3)
+RUN_TTL = 24 * 3600  # a snapshot not kept: as long as a sandbox may live
+KEPT_TTL = 30 * 24 * 3600  # Modal's default
 
 _CREDENTIALS_HELP = (
     "Modal credentials are not configured: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or run "
@@ -249,6 +252,17 @@ class ModalHandle:
     def shell_command(self) -> str | None:
         return None if self._backend.loopback else f"modal shell {self.id}"
 
+    def snapshot(self, *, memory: bool, keep: bool, base: str | None = None) -> Snapshot:
+        """``snapshot_filesystem()``: an Image id; kept for Modal's default 30 days with
+        ``keep``, else for a day (Modal deletes it then; there is no delete call)."""
+        if memory:
+            raise SandboxError(memory_refused(self._backend.name))
+        try:
+            image = self._sb.snapshot_filesystem(ttl=KEPT_TTL if keep else RUN_TTL)
+        except modal_exc.Error as exc:
+            raise _wrap(exc, f"snapshotting sandbox {self.id}") from exc
+        return Snapshot(self._backend.name, image.object_id, self.id, kept=keep)
+
     def keep(self, seconds: float) -> None:
         """Hold the sandbox for ``seconds`` more with one long exec, then let it idle out."""
         self._backend.heartbeats.remove(self.id)
@@ -327,6 +341,15 @@ class ModalBackend:
     def _image(self, image: Any) -> modal.Image | None:
         if image is None or isinstance(image, modal.Image):
             return image
+        if isinstance(image, Snapshot):
+            image.require_backend(self.name)
+            try:
+                return modal.Image.from_id(image.id, client=self.client)
+            except modal_exc.NotFoundError as exc:
+                raise SandboxError(
+                    f"{image.label()} is gone (its ttl passed, or the emulator that took it "
+                    "was restarted); take it again"
+                ) from exc
         with self._lock:
             if image not in self._images:
                 self._images[image] = modal.Image.from_registry(image)

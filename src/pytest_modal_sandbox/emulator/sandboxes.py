@@ -394,6 +394,7 @@ class SandboxManager:
             tags={t.tag_name: t.tag_value for t in req.tags},
             stdin_pipe=True,
             rootfs=None if image.rootfs is None else str(image.rootfs),
+            layers=image.layers,
         )
         return config, name, ports
 

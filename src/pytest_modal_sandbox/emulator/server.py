@@ -41,6 +41,7 @@ from .router import Router
 from .rpc_error import RpcError
 from .sandboxes import SandboxManager
 from .servicer import Instrumented, Stats
+from .snapshots import Snapshots
 from .tls import TlsMaterial, make_tls_material
 from .volumes import VolumeStore
 
@@ -249,7 +250,9 @@ class Emulator:
             list_page_size=opts.list_page_size,
             mounts=mounts,
         )
-        router = Router(self.sandboxes)  # type: ignore[abstract]
+        snapshots = Snapshots(self.sandboxes, image_service)
+        control.snapshots = snapshots
+        router = Router(self.sandboxes, snapshots)  # type: ignore[abstract]
         latency = opts.latency_ms / 1000.0
 
         def check_control(stream: Any) -> None:

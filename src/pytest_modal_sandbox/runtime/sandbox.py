@@ -304,7 +304,7 @@ class LocalSandbox:
             init_pid=init.pid,
             state_dir=self._paths.dir,
             dest=dest,
-            still_running=lambda: self._require_running("snapshot it") and None,
+            still_running=lambda: self._require_running("snapshot it"),
         )
 
     # --- activity -------------------------------------------------------------------------

@@ -22,16 +22,18 @@ half-written, so let a daemon flush first (e.g. ``redis-cli save``).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .. import errors
 
-__all__ = ["capture"]
+__all__ = ["capture", "remove", "store_dir", "take"]
 
 
 def capture(
@@ -41,7 +43,7 @@ def capture(
     init_pid: int,
     state_dir: Path,
     dest: Path,
-    still_running: Callable[[], None],
+    still_running: Callable[[], object],
 ) -> tuple[tuple[str, str], ...]:
     """Copy what the sandbox wrote into ``dest`` (created); returns the clone's ``layers``:
     ``(target, dir)`` pairs, newest first (these, then those the sandbox was started from).
@@ -78,7 +80,7 @@ def capture(
         raise
     if meta.get("rootfs") is None:  # host view: the upper was seeded with the older layers
         return tuple(layers)
-    return (*layers, *(tuple(pair) for pair in meta.get("layers", ())))  # type: ignore[misc]
+    return (*layers, *((str(t), str(d)) for t, d in meta.get("layers", ())))
 
 
 def _capture_tmp(source: str, target: Path) -> None:
@@ -109,3 +111,50 @@ def _copy(source: str, target: Path) -> None:
         raise errors.SandboxError(
             "cannot copy a sandbox's files for a snapshot: " + " | ".join(detail)
         )
+
+
+# --- the store: one directory per snapshot, beside the runtime's state dir --------------------
+
+
+def store_dir(runtime_root: Path) -> Path:
+    """Where the snapshots of the runtime at ``runtime_root`` are kept (not inside it: the
+    runtime's own directory holds only sandboxes)."""
+    return runtime_root.parent / f"{runtime_root.name}-snapshots"
+
+
+def take(
+    store: Path,
+    snapshot_id: str,
+    take_layers: Callable[[Path], tuple[tuple[str, str], ...]],
+    *,
+    run: str,
+    kept: bool,
+    source: str,
+) -> tuple[tuple[str, str], ...]:
+    """Capture into ``store/<snapshot_id>`` with its record (``run``, ``kept``)."""
+    store.mkdir(mode=0o700, parents=True, exist_ok=True)
+    home = store / snapshot_id
+    layers = take_layers(home / "layers")
+    record = {"id": snapshot_id, "run": run, "kept": kept, "source": source}
+    (home / "snapshot.json").write_text(json.dumps({**record, "created_at": time.time()}))
+    return layers
+
+
+def remove(store: Path, *, run: str | None = None, in_use: Iterable[str] = ()) -> list[str]:
+    """Remove snapshots: with ``run``, that run's that were not kept; without, every one
+    (``images prune``).  Those under a directory in ``in_use`` (layers of running sandboxes)
+    stay.  Returns the ids removed."""
+    used = [Path(d) for d in in_use]
+    removed: list[str] = []
+    for home in sorted(store.glob("snap-*")) if store.is_dir() else []:
+        try:
+            record = json.loads((home / "snapshot.json").read_text())
+        except (OSError, ValueError):
+            record = {}
+        if run is not None and (record.get("run") != run or record.get("kept")):
+            continue
+        if any(home == d or home in d.parents for d in used):
+            continue
+        shutil.rmtree(home, ignore_errors=True)
+        removed.append(home.name)
+    return removed
