@@ -90,6 +90,13 @@ class Run:
     def end_run(self) -> None:
         """Release the run lock and forget the run - unless it kept a sandbox on failure: the
         record stays, so a later run's stale sweep ends that sandbox after its deadline."""
+        if self.backend_started or self.backend_name == "local":
+            from .backends.protocol import SnapshotsCleanup
+
+            backend = self.backend
+            if isinstance(backend, SnapshotsCleanup):
+                with contextlib.suppress(Exception):  # `images prune` removes what stays
+                    backend.remove_snapshots(self.run_id)
         if self._run_lock is not None:
             self._run_lock.release()
             self._run_lock = None

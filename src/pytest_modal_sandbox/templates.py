@@ -1,0 +1,170 @@
+"""Templates and their clones: ``sandbox_fixture(snapshot_of="db_template")``.
+
+A template is a wider-scoped sandbox fixture with a ``prepare`` step.  The first clone that
+needs it sets the template up (``request.getfixturevalue``), runs ``prepare`` on it and takes a
+snapshot (:meth:`Sandbox.snapshot`); every clone is then a new sandbox started from that
+snapshot with the template's spec, so its daemons start again with their probes.  For a
+``share="run"`` template, preparing and snapshotting happen once per run, under the same file
+lock as the claim on the shared sandbox, and the snapshot is handed to the other xdist workers as
+a JSON record beside the claim.  Clones are started at their setup, not ahead (their spec is
+known only once the template's snapshot is).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from filelock import FileLock
+
+from .errors import SandboxError, SpecError
+from .fixtures import (
+    DECLARATION_ATTR,
+    NOT_GIVEN,
+    Declaration,
+    FixtureInstance,
+    ImageOverride,
+    fixture_instance,
+    scope_node,
+)
+from .snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from .run import Run
+    from .sandbox import Sandbox
+
+__all__ = ["Templates"]
+
+
+@dataclass(frozen=True)
+class _Template:
+    name: str
+    declaration: Declaration
+    scope: str
+    baseid: str
+
+
+def _template(node: pytest.Item, clone: str, declaration: Declaration) -> _Template:
+    """The fixture ``snapshot_of`` names, checked: a sandbox fixture with a wider scope."""
+    name = declaration.snapshot_of or ""
+    chain = [clone]
+    current = declaration
+    while current.snapshot_of is not None:
+        name = current.snapshot_of
+        if name in chain:
+            cycle = " -> ".join([*chain, name])
+            raise SpecError(f"snapshot_of={declaration.snapshot_of!r}: a cycle ({cycle})")
+        chain.append(name)
+        defs = node.session._fixturemanager.getfixturedefs(name, node)
+        if not defs:
+            known = sorted(
+                n
+                for n, ds in node.session._fixturemanager._arg2fixturedefs.items()
+                if any(hasattr(d.func, DECLARATION_ATTR) for d in ds)
+            )
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpecError(
+                f"snapshot_of={name!r} names no fixture visible here{hint}; sandbox fixtures: "
+                f"{', '.join(known) or 'none'}"
+            )
+        found = getattr(defs[-1].func, DECLARATION_ATTR, None)
+        if not isinstance(found, Declaration):
+            raise SpecError(
+                f"snapshot_of={name!r} is not a sandbox fixture; a template is made with "
+                "sandbox_fixture(scope='session', prepare=...)"
+            )
+        if found.snapshot_of is None:
+            if defs[-1].scope == "function":
+                raise SpecError(
+                    f"snapshot_of={name!r}: the template has function scope, so it would be "
+                    "prepared and snapshotted for every test; give it a wider scope "
+                    "(scope='session', share='run')"
+                )
+            return _Template(name, found, defs[-1].scope, defs[-1].baseid)
+        current = found
+    raise SpecError(f"snapshot_of={name!r}: not a template")  # pragma: no cover
+
+
+def _template_instance(item: pytest.Item, template: _Template, images: ImageOverride) -> Any:
+    return fixture_instance(
+        template.declaration,
+        fixture=template.name,
+        scope=template.scope,
+        node=scope_node(item, template.scope, template.baseid),
+        param=NOT_GIVEN,
+        images=images,
+    )
+
+
+def _clone(
+    item: pytest.Item,
+    clone: str,
+    declaration: Declaration,
+    template_instance: FixtureInstance,
+    snapshot: Snapshot,
+) -> FixtureInstance:
+    fields = {**template_instance.spec.as_fields(), **(declaration.fields or {})}
+    spec = template_instance.spec.replace(**{**fields, "image": snapshot})
+    return FixtureInstance(clone, "function", item.nodeid, "function", spec)
+
+
+class Templates:
+    """This process's templates' snapshots, by the template instance's key."""
+
+    def __init__(self, run: Run, images: ImageOverride) -> None:
+        self.run = run
+        self.images = images
+        self._snapshots: dict[str, Snapshot] = {}
+
+    def clone_instance(
+        self, request: pytest.FixtureRequest, declaration: Declaration
+    ) -> FixtureInstance:
+        """The clone this request asks for: the template set up, prepared and snapshotted
+        first if need be.  Mistakes are :class:`SpecError` naming the fixture."""
+        item = request.node
+        assert isinstance(item, pytest.Item)
+        clone = request.fixturename or "sandbox"
+        template = _template(item, clone, declaration)
+        sandbox: Sandbox = request.getfixturevalue(template.name)
+        instance = _template_instance(item, template, self.images)
+        snapshot = self._snapshot(sandbox, instance, template.declaration.prepare)
+        return _clone(item, clone, declaration, instance, snapshot)
+
+    def _key(self, instance: FixtureInstance) -> str:
+        return instance.key if instance.share == "run" else "|".join(instance.ident)
+
+    def _snapshot(self, sandbox: Sandbox, instance: FixtureInstance, prepare: Any) -> Snapshot:
+        key = self._key(instance)
+        if key in self._snapshots:
+            return self._snapshots[key]
+        if instance.share == "run":
+            claims = self.run.runs / f"{self.run.run_id}.d"
+            claims.mkdir(exist_ok=True)
+            name = self.run.shared_name(instance.key, instance.spec)
+            record = claims / f"{name}.snapshot.json"
+            with FileLock(str(claims / f"{name}.lock")):
+                if record.exists():
+                    snapshot = Snapshot.from_json(record.read_text())
+                else:
+                    snapshot = _prepare_and_take(sandbox, instance.fixture, prepare)
+                    record.write_text(snapshot.to_json())
+        else:
+            snapshot = _prepare_and_take(sandbox, instance.fixture, prepare)
+        self._snapshots[key] = snapshot
+        return snapshot
+
+
+def _prepare_and_take(sandbox: Sandbox, template: str, prepare: Any) -> Snapshot:
+    if prepare is not None:
+        try:
+            if callable(prepare):
+                prepare(sandbox)
+            else:
+                for command in [prepare] if isinstance(prepare, str) else list(prepare):
+                    sandbox.sh(command).check()
+        except SandboxError as exc:
+            raise SandboxError(f"template {template!r}: its prepare step failed: {exc}") from exc
+    return sandbox.snapshot()
