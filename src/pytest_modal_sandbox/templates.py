@@ -59,10 +59,13 @@ def _template(node: pytest.Item, clone: str, declaration: Declaration) -> _Templ
         chain.append(name)
         defs = node.session._fixturemanager.getfixturedefs(name, node)
         if not defs:
+            manager = node.session._fixturemanager
             known = sorted(
                 n
-                for n, ds in node.session._fixturemanager._arg2fixturedefs.items()
-                if any(hasattr(d.func, DECLARATION_ATTR) for d in ds)
+                for n in getattr(manager, "_arg2fixturedefs", {})
+                if any(
+                    hasattr(d.func, DECLARATION_ATTR) for d in manager.getfixturedefs(n, node) or ()
+                )
             )
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
