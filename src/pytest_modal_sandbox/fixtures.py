@@ -199,6 +199,14 @@ def instances_of_item(item: pytest.Item, images: ImageOverride) -> Iterator[Fixt
             continue
 
 
+def clone_declarations(item: pytest.Item) -> Iterator[tuple[str, Declaration]]:
+    """(name, declaration) of each clone fixture (``snapshot_of=``) ``item`` uses."""
+    for name, fixturedef in _fixture_defs(item):
+        declaration = getattr(fixturedef.func, DECLARATION_ATTR, None)
+        if isinstance(declaration, Declaration) and declaration.snapshot_of is not None:
+            yield name, declaration
+
+
 def _fixture_defs(item: pytest.Item) -> Iterator[tuple[str, Any]]:
     """(name, definition) of each fixture the item uses: the closest definition of each name.
     pytest keeps this on the item's fixture info; it has no public accessor."""

@@ -90,18 +90,23 @@ class Run:
     def end_run(self) -> None:
         """Release the run lock and forget the run - unless it kept a sandbox on failure: the
         record stays, so a later run's stale sweep ends that sandbox after its deadline."""
-        if self.backend_started or self.backend_name == "local":
-            from .backends.protocol import SnapshotsCleanup
-
-            backend = self.backend
-            if isinstance(backend, SnapshotsCleanup):
-                with contextlib.suppress(Exception):  # `images prune` removes what stays
-                    backend.remove_snapshots(self.run_id)
-        if self._run_lock is not None:
+        if self._run_lock is not None:  # the run's owner, once every worker is done
+            self._remove_snapshots(self.run_id)
             self._run_lock.release()
             self._run_lock = None
             if self.backend_name == "emulator" or not self.kept_ids():
                 forget_run(self.runs, self.run_id)  # the emulator's sandboxes end with it
+
+    def _remove_snapshots(self, run_id: str) -> None:
+        """A run's local snapshots that were not kept (``images prune`` removes the rest)."""
+        from .backends.protocol import SnapshotsCleanup
+
+        if self.backend_name != "local":
+            return
+        backend = self.backend
+        if isinstance(backend, SnapshotsCleanup):
+            with contextlib.suppress(Exception):
+                backend.remove_snapshots(run_id)
 
     def _portable_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.backend_options.items() if isinstance(v, (str, int, float))}
@@ -380,6 +385,8 @@ class Run:
                 )
             elif record.backend != "local":
                 continue  # another backend's run: leave it for a run that can reach it
+            if record.backend == "local":
+                self._remove_snapshots(record.run_id)
             forget_run(self.runs, record.run_id)
         self.swept.extend(swept)
         return swept

@@ -114,6 +114,7 @@ class Session:
                 images=settings.images,
                 upcoming=self._upcoming,
                 on_taken=self._taken,
+                clones=self.templates.clones_of,
             )
 
     # -- configure and unconfigure -------------------------------------------------------------

@@ -6,8 +6,8 @@ snapshot (:meth:`Sandbox.snapshot`); every clone is then a new sandbox started f
 snapshot with the template's spec, so its daemons start again with their probes.  For a
 ``share="run"`` template, preparing and snapshotting happen once per run, under the same file
 lock as the claim on the shared sandbox, and the snapshot is handed to the other xdist workers as
-a JSON record beside the claim.  Clones are started at their setup, not ahead (their spec is
-known only once the template's snapshot is).
+a JSON record beside the claim.  Once this process knows a template's snapshot, the scheduler
+starts the coming tests' clones ahead (:meth:`Templates.clones_of`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .fixtures import (
     Declaration,
     FixtureInstance,
     ImageOverride,
+    clone_declarations,
     fixture_instance,
     scope_node,
 )
@@ -135,6 +136,22 @@ class Templates:
         instance = _template_instance(item, template, self.images)
         snapshot = self._snapshot(sandbox, instance, template.declaration.prepare)
         return _clone(item, clone, declaration, instance, snapshot)
+
+    def clones_of(self, item: pytest.Item) -> list[FixtureInstance]:
+        """For the scheduler: the clones ``item`` will ask for whose template's snapshot this
+        process knows already (so they are started ahead, like any function-scoped sandbox);
+        the first clone of a template starts at its setup."""
+        found: list[FixtureInstance] = []
+        for clone, declaration in clone_declarations(item):
+            try:
+                template = _template(item, clone, declaration)
+                instance = _template_instance(item, template, self.images)
+            except SpecError:
+                continue  # reported at its setup
+            snapshot = self._snapshots.get(self._key(instance))
+            if snapshot is not None:
+                found.append(_clone(item, clone, declaration, instance, snapshot))
+        return found
 
     def _key(self, instance: FixtureInstance) -> str:
         return instance.key if instance.share == "run" else "|".join(instance.ident)

@@ -68,9 +68,13 @@ def test_clones_of_a_run_template(sbtester, backend, workers, tmp_path):
         pytest.skip("-n 2 runs on the local backend (the emulator run covers the Modal path)")
     prepares = tmp_path / "prepares"
     sbtester.makepyfile(test_clones=CLONES.replace("/tmp/prepares", str(prepares)))
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-p", "xdist", *workers)
+    result = sbtester.runpytest_subprocess(
+        f"--modal-sandbox={backend}", "--modal-sandbox-ahead=2", "-p", "xdist", *workers
+    )
     result.assert_outcomes(passed=5)
     assert len(prepares.read_text().split()) == 1  # once per run, for every worker
+    if not workers:  # the template, 3 clones (all but the first) and the `sandbox` of the last
+        result.stdout.fnmatch_lines(["*started ahead: 5, used 5, wasted 0*"])
 
 
 def test_mistakes_are_clean_per_test_errors(sbtester):

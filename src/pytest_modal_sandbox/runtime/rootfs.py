@@ -93,8 +93,9 @@ def prepare(
     return None
 
 
-def copy_tree(source: str, target: Path) -> None:
-    """``cp -a --reflink=auto source/. target`` (keeps modes, links, times; owners as root)."""
+def copy_tree(source: str, target: Path, *, what: str = "") -> None:
+    """``cp -a --reflink=auto source/. target`` (keeps modes, links, times, xattrs, device
+    nodes; owners as root).  ``what`` names the copy in the error."""
     cp = shutil.which("cp") or "/bin/cp"
     done = subprocess.run(
         [cp, "-a", "--reflink=auto", "--", f"{source.rstrip('/')}/.", str(target)],
@@ -103,6 +104,5 @@ def copy_tree(source: str, target: Path) -> None:
     )
     if done.returncode != 0:
         detail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
-        raise errors.SandboxStartError(
-            f"cannot copy the image root {source!r} for a sandbox: " + " | ".join(detail)
-        )
+        what = what or f"the image root {source!r} for a sandbox"
+        raise errors.SandboxStartError(f"cannot copy {what}: " + " | ".join(detail))

@@ -25,13 +25,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .. import errors
+from .rootfs import copy_tree
 
 __all__ = ["capture", "remove", "store_dir", "take"]
 
@@ -100,17 +100,10 @@ def _capture_tmp(source: str, target: Path) -> None:
 
 
 def _copy(source: str, target: Path) -> None:
-    cp = shutil.which("cp") or "/bin/cp"
-    done = subprocess.run(
-        [cp, "-a", "--reflink=auto", "--", f"{source}/.", str(target)],
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-    )
-    if done.returncode != 0:
-        detail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
-        raise errors.SandboxError(
-            "cannot copy a sandbox's files for a snapshot: " + " | ".join(detail)
-        )
+    try:
+        copy_tree(source, target, what="a sandbox's files for a snapshot")
+    except errors.SandboxStartError as exc:  # not starting anything: a snapshot failed
+        raise errors.SandboxError(str(exc)) from None
 
 
 # --- the store: one directory per snapshot, beside the runtime's state dir --------------------
@@ -140,10 +133,18 @@ def take(
     return layers
 
 
-def remove(store: Path, *, run: str | None = None, in_use: Iterable[str] = ()) -> list[str]:
-    """Remove snapshots: with ``run``, that run's that were not kept; without, every one
-    (``images prune``).  Those under a directory in ``in_use`` (layers of running sandboxes)
-    stay.  Returns the ids removed."""
+def remove(
+    store: Path,
+    *,
+    run: str | None = None,
+    in_use: Iterable[str] = (),
+    older_than: float = 0.0,
+    dry_run: bool = False,
+) -> list[str]:
+    """Remove snapshots: with ``run``, that run's that were not kept; without, every one taken
+    more than ``older_than`` seconds ago, kept or not (``images prune``).  Those under a
+    directory in ``in_use`` (layers of running sandboxes) stay.  Returns the ids removed (that
+    would be, with ``dry_run``)."""
     used = [Path(d) for d in in_use]
     removed: list[str] = []
     for home in sorted(store.glob("snap-*")) if store.is_dir() else []:
@@ -155,6 +156,9 @@ def remove(store: Path, *, run: str | None = None, in_use: Iterable[str] = ()) -
             continue
         if any(home == d or home in d.parents for d in used):
             continue
-        shutil.rmtree(home, ignore_errors=True)
+        if older_than and time.time() - float(record.get("created_at", 0)) < older_than:
+            continue
+        if not dry_run:
+            shutil.rmtree(home, ignore_errors=True)
         removed.append(home.name)
     return removed
