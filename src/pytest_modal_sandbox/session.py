@@ -287,6 +287,12 @@ class Session:
         try:
             with self.view.waiting(instance.label):
                 sb = self._obtain(instance)
+                if declaration.prepare is not None:  # a template (templates.py)
+                    try:
+                        self.templates.prepare(sb, instance, declaration.prepare)
+                    except BaseException:
+                        self.run.finish(sb, share=instance.share, test=instance.test)
+                        raise
         except SandboxError as exc:  # a daemon's log tail may hold a secret: scrubbed
             error = self.scrubber.text(f"{error_origin(request, declaration, 'start')}: {exc}")
         if error:

@@ -1,19 +1,23 @@
 """Templates and their clones: ``sandbox_fixture(snapshot_of="db_template")``.
 
-A template is a wider-scoped sandbox fixture with a ``prepare`` step.  The first clone that
-needs it sets the template up (``request.getfixturevalue``), runs ``prepare`` on it and takes a
-snapshot (:meth:`Sandbox.snapshot`); every clone is then a new sandbox started from that
-snapshot with the template's spec, so its daemons start again with their probes.  For a
-``share="run"`` template, preparing and snapshotting happen once per run, under the same file
-lock as the claim on the shared sandbox, and the snapshot is handed to the other xdist workers as
-a JSON record beside the claim.  Once this process knows a template's snapshot, the scheduler
+A template is a wider-scoped sandbox fixture with a ``prepare`` step, run when the template is
+set up (:meth:`Templates.prepare`).  The first clone that needs it sets the template up
+(``request.getfixturevalue``) and takes a snapshot of it (:meth:`Sandbox.snapshot`); every clone
+is then a new sandbox started from that snapshot with the template's spec, so its daemons start
+again with their probes.  For a ``share="run"`` template, preparing and snapshotting happen once
+per run, under the same file lock as the claim on the shared sandbox: a marker file says it was
+prepared, and the snapshot is handed to the other xdist workers as a JSON record beside the
+claim.  Once this process knows a template's snapshot, the scheduler
 starts the coming tests' clones ahead (:meth:`Templates.clones_of`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -122,6 +126,7 @@ class Templates:
         self.run = run
         self.images = images
         self._snapshots: dict[str, Snapshot] = {}
+        self._prepared: set[str] = set()
 
     def clone_instance(
         self, request: pytest.FixtureRequest, declaration: Declaration
@@ -156,35 +161,59 @@ class Templates:
     def _key(self, instance: FixtureInstance) -> str:
         return instance.key if instance.share == "run" else "|".join(instance.ident)
 
+    def prepare(self, sandbox: Sandbox, instance: FixtureInstance, prepare: Any) -> None:
+        """A template's setup: run its ``prepare`` step on it, once per template sandbox (once
+        per run for ``share="run"``: the first worker to get there runs it, under the claim's
+        lock, and the others wait for it)."""
+        key = self._key(instance)
+        if key in self._prepared:
+            return
+        with self._claim(instance) as (claims, name):
+            marker = claims / f"{name}.prepared" if claims is not None else None
+            if marker is None or not marker.exists():
+                _run_prepare(sandbox, instance.fixture, prepare)
+                if marker is not None:
+                    marker.touch()
+        self._prepared.add(key)
+
     def _snapshot(self, sandbox: Sandbox, instance: FixtureInstance, prepare: Any) -> Snapshot:
         key = self._key(instance)
         if key in self._snapshots:
             return self._snapshots[key]
-        if instance.share == "run":
-            claims = self.run.runs / f"{self.run.run_id}.d"
-            claims.mkdir(exist_ok=True)
-            name = self.run.shared_name(instance.key, instance.spec)
-            record = claims / f"{name}.snapshot.json"
-            with FileLock(str(claims / f"{name}.lock")):
-                if record.exists():
-                    snapshot = Snapshot.from_json(record.read_text())
-                else:
-                    snapshot = _prepare_and_take(sandbox, instance.fixture, prepare)
+        self.prepare(sandbox, instance, prepare)
+        with self._claim(instance) as (claims, name):
+            record = claims / f"{name}.snapshot.json" if claims is not None else None
+            if record is not None and record.exists():
+                snapshot = Snapshot.from_json(record.read_text())
+            else:
+                snapshot = sandbox.snapshot()
+                if record is not None:
                     record.write_text(snapshot.to_json())
-        else:
-            snapshot = _prepare_and_take(sandbox, instance.fixture, prepare)
         self._snapshots[key] = snapshot
         return snapshot
 
+    @contextlib.contextmanager
+    def _claim(self, instance: FixtureInstance) -> Iterator[tuple[Path | None, str]]:
+        """For a ``share="run"`` template: its claim's directory and name, locked (the lock
+        of the claim on the shared sandbox); else nothing to share."""
+        if instance.share != "run":
+            yield None, ""
+            return
+        claims = self.run.runs / f"{self.run.run_id}.d"
+        claims.mkdir(exist_ok=True)
+        name = self.run.shared_name(instance.key, instance.spec)
+        with FileLock(str(claims / f"{name}.lock")):
+            yield claims, name
 
-def _prepare_and_take(sandbox: Sandbox, template: str, prepare: Any) -> Snapshot:
-    if prepare is not None:
-        try:
-            if callable(prepare):
-                prepare(sandbox)
-            else:
-                for command in [prepare] if isinstance(prepare, str) else list(prepare):
-                    sandbox.sh(command).check()
-        except SandboxError as exc:
-            raise SandboxError(f"template {template!r}: its prepare step failed: {exc}") from exc
-    return sandbox.snapshot()
+
+def _run_prepare(sandbox: Sandbox, template: str, prepare: Any) -> None:
+    if prepare is None:
+        return
+    try:
+        if callable(prepare):
+            prepare(sandbox)
+        else:
+            for command in [prepare] if isinstance(prepare, str) else list(prepare):
+                sandbox.sh(command).check()
+    except SandboxError as exc:
+        raise SandboxError(f"template {template!r}: its prepare step failed: {exc}") from exc

@@ -4,6 +4,8 @@ start fresh and independent from a prepared template, on every backend, under ``
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 CLONES = r"""
@@ -46,12 +48,19 @@ def test_snapshot_as_image(sandbox):
         assert clone.read_file("/srv/one") == b"1"
     with pytest.raises(Exception, match="taken on the local backend.*on the emulator backend"):
         snap.require_backend("emulator")  # what every backend's create checks first
+    import dataclasses
+    forged = dataclasses.replace(snap, layers=(("/", "/root"),))
+    with pytest.raises(Exception, match="/root is not a layer of a snapshot taken on this machine"):
+        with start(image=forged, backend="local", local_images="host"):
+            pass
 """
 
 MISTAKES = r"""
 from pytest_modal_sandbox import sandbox_fixture
 
 per_test = sandbox_fixture(prepare="true")
+broken = sandbox_fixture(scope="module", prepare=["true", "echo no-such-table >&2; exit 3"])
+d = sandbox_fixture(snapshot_of="broken")
 a = sandbox_fixture(snapshot_of="db_templat")
 b = sandbox_fixture(snapshot_of="per_test")
 c = sandbox_fixture(snapshot_of="c")
@@ -59,6 +68,7 @@ c = sandbox_fixture(snapshot_of="c")
 def test_unknown(a): pass
 def test_function_scope(b): pass
 def test_cycle(c): pass
+def test_prepare_fails(d): pass
 """
 
 
@@ -80,12 +90,34 @@ def test_clones_of_a_run_template(sbtester, backend, workers, tmp_path):
 def test_mistakes_are_clean_per_test_errors(sbtester):
     sbtester.makepyfile(test_mistakes=MISTAKES)
     result = sbtester.runpytest_subprocess("--modal-sandbox=local")
-    result.assert_outcomes(errors=3)
+    result.assert_outcomes(errors=4)
     result.stdout.fnmatch_lines(
         [
             "*snapshot_of='db_templat' names no fixture visible here*",
             "*snapshot_of='per_test': the template has function scope*",
             "*snapshot_of='c': a cycle (c -> c)*",
+            "*sandbox fixture 'broken': template 'broken': its prepare step failed*",
+            "*no-such-table*",
         ]
     )
     assert "Traceback" not in result.stdout.str()
+
+
+KEEP = r"""
+def test_snapshots(sandbox):
+    sandbox.write_file("/srv/x", "x")
+    sandbox.snapshot()
+    sandbox.snapshot(keep=True)
+"""
+
+
+def test_snapshots_go_with_the_run_unless_kept_and_prune_removes_those(sbtester, state_dir):
+    sbtester.makepyfile(test_keep=KEEP)
+    sbtester.runpytest_subprocess("--modal-sandbox=local").assert_outcomes(passed=1)
+    store = state_dir / "local-snapshots"
+    assert len(list(store.glob("snap-*"))) == 1  # the kept one
+    cache = ["--cache-dir", str(state_dir / "image-cache")]  # not this machine's image cache
+    prune = sbtester.run(sys.executable, "-m", "pytest_modal_sandbox", "images", *cache, "prune")
+    assert prune.ret == 0
+    prune.stdout.fnmatch_lines(["removed 1 snapshot(s)"])
+    assert not list(store.glob("snap-*"))

@@ -237,7 +237,12 @@ class LocalBackend:
         layers: tuple[tuple[str, str], ...] = ()
         image = spec.image
         if isinstance(image, Snapshot):
+            from ..runtime.snapshot import problem
+
             image.require_backend(self.name)
+            why = problem(image.layers)
+            if why is not None:
+                raise SpecError(f"image: {image.label()}: {why}")
             layers, image = image.layers, image.image
         root = self.images.resolve(image)
         env: dict[str, str] = dict(root.env) if root is not None else {}

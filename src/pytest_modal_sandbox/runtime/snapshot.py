@@ -33,7 +33,7 @@ from typing import Any
 from .. import errors
 from .rootfs import copy_tree
 
-__all__ = ["capture", "remove", "store_dir", "take"]
+__all__ = ["capture", "problem", "remove", "store_dir", "take"]
 
 
 def capture(
@@ -131,6 +131,22 @@ def take(
     record = {"id": snapshot_id, "run": run, "kept": kept, "source": source}
     (home / "snapshot.json").write_text(json.dumps({**record, "created_at": time.time()}))
     return layers
+
+
+def problem(layers: Iterable[tuple[str, str]]) -> str | None:
+    """Why ``layers`` cannot start a clone (None: they can): each must be a layer of a
+    snapshot taken on this machine, still there - never any other directory of the host."""
+    for _, directory in layers:
+        layer = Path(directory)
+        home = layer.parent.parent
+        if layer.parent.name != "layers" or not home.name.startswith("snap-"):
+            return f"{directory} is not a layer of a snapshot taken on this machine"
+        if not (home / "snapshot.json").is_file() or not layer.is_dir():
+            return (
+                f"its files are gone ({home}): removed at the end of the run that took it, or "
+                "by `images prune`; take it again, or keep it with snapshot(keep=True)"
+            )
+    return None
 
 
 def remove(
