@@ -29,14 +29,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
-from bench_ahead import start_emulator
+from bench_ahead import bench_environment, inner_pytest
 
 SUITE = """
 import pytest
@@ -81,24 +78,7 @@ def run_suite(root: Path, variant: str, opts: argparse.Namespace, env: dict[str,
         (path / "test_suite.py").write_text(
             textwrap.dedent(SUITE).format(variant=variant, tests=opts.tests, prepare=opts.prepare)
         )
-        args = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            f"--modal-sandbox={opts.backend}",
-            "--modal-sandbox-progress=off",
-            "--modal-sandbox-local-images=host",
-        ]
-        run_env = {**env, "PYTEST_MODAL_SANDBOX_STATE_DIR": str(path / "state")}
-        start = time.perf_counter()
-        proc = subprocess.run(args, cwd=path, env=run_env, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise SystemExit(f"inner pytest failed:\n{proc.stdout}\n{proc.stderr}")
-        return wall
+        return inner_pytest(path, opts.backend, [], env)
 
 
 def main() -> None:
@@ -110,41 +90,24 @@ def main() -> None:
     parser.add_argument("--tests", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3)
     opts = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="pms-bench-snap-") as tmp:
-        root = Path(tmp)
-        config = root / "modal.toml"  # a developer's ~/.modal.toml stays out of it
-        config.touch()
-        env = {**os.environ, "PYTEST_ADDOPTS": "", "MODAL_CONFIG_PATH": str(config)}
-        emulator = None
-        where = "local backend"
-        if opts.backend == "modal":
-            emulator = start_emulator(opts, root)
-            env.update(emulator.client_env())
-            where = (
-                f"modal backend against an emulator: {opts.latency_ms:g} ms per RPC, "
-                f"{opts.start_latency_ms:g} ms container start"
-            )
-        try:
-            print(
-                f"{where}; {opts.tests} tests; prepare {opts.prepare:g} s; median of "
-                f"{opts.reps}; {os.cpu_count()} cores"
-            )
-            samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
-            for _ in range(opts.reps):  # interleaved: a busy moment hits every variant alike
-                for variant in VARIANTS:
-                    samples[variant].append(run_suite(root, variant, opts, env))
-            walls = {v: statistics.median(s) for v, s in samples.items()}
-            print(f"{'variant':>8}  {'wall':>7}  {'per test above shared':>21}")
+    with bench_environment(opts, "pms-bench-snap-") as (root, env, where):
+        print(
+            f"{where}; {opts.tests} tests; prepare {opts.prepare:g} s; median of "
+            f"{opts.reps}; {os.cpu_count()} cores"
+        )
+        samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for _ in range(opts.reps):  # interleaved: a busy moment hits every variant alike
             for variant in VARIANTS:
-                extra = (walls[variant] - walls["shared"]) / opts.tests
-                print(f"{variant:>8}  {walls[variant]:>6.2f}s  {extra:>20.2f}s")
-            print(
-                f"fresh / clone: {walls['fresh'] / walls['clone']:.2f}; "
-                f"clone / shared: {walls['clone'] / walls['shared']:.2f}"
-            )
-        finally:
-            if emulator is not None:
-                emulator.stop()
+                samples[variant].append(run_suite(root, variant, opts, env))
+        walls = {v: statistics.median(s) for v, s in samples.items()}
+        print(f"{'variant':>8}  {'wall':>7}  {'per test above shared':>21}")
+        for variant in VARIANTS:
+            extra = (walls[variant] - walls["shared"]) / opts.tests
+            print(f"{variant:>8}  {walls[variant]:>6.2f}s  {extra:>20.2f}s")
+        print(
+            f"fresh / clone: {walls['fresh'] / walls['clone']:.2f}; "
+            f"clone / shared: {walls['clone'] / walls['shared']:.2f}"
+        )
 
 
 if __name__ == "__main__":
