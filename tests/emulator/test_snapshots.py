@@ -5,6 +5,7 @@ memory snapshots are refused with a clear error."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,14 +35,20 @@ def test_a_snapshot_is_an_image_that_clones_start_from(make_sandbox: Any, client
     assert _sh(second, "cat /srv/db/data") == "seeded\n"  # clones are independent
 
 
-def test_a_snapshot_is_gone_after_its_ttl(make_sandbox: Any, client: Any) -> None:
+def test_a_snapshot_is_gone_after_its_ttl(
+    make_sandbox: Any, client: Any, emulator_state: Path
+) -> None:
     import modal
 
-    image = make_sandbox().snapshot_filesystem(ttl=1)
+    sb = make_sandbox()
+    image = sb.snapshot_filesystem(ttl=1)
+    assert list(emulator_state.rglob(f"snap-{image.object_id}"))
     modal.Image.from_id(image.object_id, client=client)  # found while it lives
     time.sleep(1.2)
     with pytest.raises(modal.exception.NotFoundError, match="expired"):
         make_sandbox(image=image)
+    sb.snapshot_filesystem()  # the next snapshot removes the files of expired ones
+    assert not list(emulator_state.rglob(f"snap-{image.object_id}"))
 
 
 def test_the_legacy_snapshot_call_works_too(

@@ -164,6 +164,7 @@ class Emulator:
         self._tmp: str | None = None
         self.sandboxes: SandboxManager | None = None
         self.images: images.ImageService | None = None
+        self.snapshots: Snapshots | None = None
         self.blobs: BlobStore | None = None
 
     @property
@@ -250,7 +251,7 @@ class Emulator:
             list_page_size=opts.list_page_size,
             mounts=mounts,
         )
-        snapshots = Snapshots(self.sandboxes, image_service)
+        snapshots = self.snapshots = Snapshots(self.sandboxes, image_service)
         control.snapshots = snapshots
         router = Router(self.sandboxes, snapshots)  # type: ignore[abstract]
         latency = opts.latency_ms / 1000.0
@@ -338,6 +339,8 @@ class Emulator:
         if self.sandboxes is not None:
             await self.sandboxes.close()
             await asyncio.to_thread(self.sandboxes.volumes.close)
+        if self.snapshots is not None:  # its Images are gone with it
+            await asyncio.to_thread(self.snapshots.close)
         if self.blobs is not None:
             await self.blobs.close()
         if self._server is not None:

@@ -44,6 +44,8 @@ class Snapshots:
         self.sandboxes = sandboxes
         self.images = images
         self.store: Path = store_dir(sandboxes.runtime.root)
+        self._layers: dict[str, tuple[tuple[str, str], ...]] = {}  # live Images' (by id)
+        self._taking: set[str] = set()  # snapshots being copied now (their directories)
 
     async def of_task(self, task_id: str, ttl_seconds: int) -> str:
         return await self._take(self.sandboxes.running_task(task_id).id, ttl_seconds)
@@ -54,7 +56,7 @@ class Snapshots:
     async def _take(self, sandbox_id: str, ttl_seconds: int) -> str:
         if ttl_seconds == 0 or ttl_seconds < NO_EXPIRY:
             raise RpcError("INVALID_ARGUMENT", f"ttl_seconds={ttl_seconds}: must be positive")
-        await asyncio.to_thread(self.expire)
+        await self.expire()
         sb = self.sandboxes.get(sandbox_id)
         if not sb.running:
             raise RpcError("FAILED_PRECONDITION", f"Sandbox {sb.id} has finished")
@@ -87,9 +89,20 @@ class Snapshots:
             raise RpcError("NOT_FOUND", f"Image {image_id!r} not found")
         return api_pb2.ImageFromIdResponse(image_id=image_id)
 
-    def expire(self) -> list[str]:
-        """Remove the files of expired snapshots no sandbox runs on."""
-        gone = {f"snap-{i}" for i in self.images.expired()}
+    async def expire(self) -> list[str]:
+        """Remove the files of expired snapshots that neither a sandbox runs on nor a live
+        snapshot stacks on (a snapshot of a clone keeps the layers it was started from)."""
+        for image_id in self.images.expired():
+            self._layers.pop(image_id, None)
+        keep = [d for layers in self._layers.values() for _, d in layers]
+        keep += self._taking
+        return await asyncio.to_thread(self._remove_unused, keep)
+
+    def _remove_unused(self, keep: list[str]) -> list[str]:
         in_use = [d for sb in self.sandboxes.runtime.list() for _, d in sb.layers]
-        kept = [str(p) for p in self.store.glob("snap-*") if p.name not in gone]
-        return remove(self.store, in_use=[*in_use, *kept])
+        return remove(self.store, in_use=[*in_use, *keep])
+
+    def close(self) -> None:
+        """The emulator stops: its Images go, and so do their files."""
+        self._layers.clear()
+        remove(self.store)
