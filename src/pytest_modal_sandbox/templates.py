@@ -52,7 +52,9 @@ class _Template:
 
 
 def _template(node: pytest.Item, clone: str, declaration: Declaration) -> _Template:
-    """The fixture ``snapshot_of`` names, checked: a sandbox fixture with a wider scope."""
+    """The template ``snapshot_of`` names, checked: a sandbox fixture with a wider scope.  A
+    clone fixture named there stands for its own template (a clone of a clone is a fresh clone
+    of the same template); a chain that comes back to where it started is a cycle."""
     name = declaration.snapshot_of or ""
     chain = [clone]
     current = declaration
@@ -96,7 +98,9 @@ def _template(node: pytest.Item, clone: str, declaration: Declaration) -> _Templ
     raise SpecError(f"snapshot_of={name!r}: not a template")  # pragma: no cover
 
 
-def _template_instance(item: pytest.Item, template: _Template, images: ImageOverride) -> Any:
+def _template_instance(
+    item: pytest.Item, template: _Template, images: ImageOverride
+) -> FixtureInstance:
     return fixture_instance(
         template.declaration,
         fixture=template.name,
