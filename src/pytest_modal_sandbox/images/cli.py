@@ -122,8 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _prune_snapshots(older_than: float, dry_run: bool) -> list[str]:
     """The local backend's snapshots (``Sandbox.snapshot(keep=True)`` ones, and those of runs
-    that died), but not those a running sandbox was started from."""
+    that died), but not those a running sandbox was started from, nor a live run's."""
     from .._paths import state_root
+    from ..lifecycle.runs import RunLock, runs_dir
     from ..runtime import LocalRuntime
     from ..runtime.snapshot import remove, store_dir
 
@@ -132,7 +133,14 @@ def _prune_snapshots(older_than: float, dry_run: bool) -> list[str]:
     if not store.is_dir():
         return []
     in_use = [d for sb in LocalRuntime(root).list() for _, d in sb.layers]
-    return remove(store, in_use=in_use, older_than=older_than, dry_run=dry_run)
+    runs = runs_dir()
+    return remove(
+        store,
+        in_use=in_use,
+        older_than=older_than,
+        dry_run=dry_run,
+        live=lambda run_id: RunLock.is_held(runs / f"{run_id}.lock"),
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -156,9 +156,11 @@ def remove(
     in_use: Iterable[str] = (),
     older_than: float = 0.0,
     dry_run: bool = False,
+    live: Callable[[str], bool] = lambda _run: False,
 ) -> list[str]:
     """Remove snapshots: with ``run``, that run's that were not kept; without, every one taken
-    more than ``older_than`` seconds ago, kept or not (``images prune``).  Those under a
+    more than ``older_than`` seconds ago, kept or not (``images prune``), except those of runs
+    still going (``live(run_id)``: a test may start a clone of it any moment).  Those under a
     directory in ``in_use`` (layers of running sandboxes) stay.  Returns the ids removed (that
     would be, with ``dry_run``)."""
     used = [Path(d) for d in in_use]
@@ -169,6 +171,8 @@ def remove(
         except (OSError, ValueError):
             record = {}
         if run is not None and (record.get("run") != run or record.get("kept")):
+            continue
+        if run is None and not record.get("kept") and record.get("run") and live(record["run"]):
             continue
         if any(home == d or home in d.parents for d in used):
             continue
