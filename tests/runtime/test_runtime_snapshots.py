@@ -69,3 +69,21 @@ def test_a_copied_root_cannot_be_snapshotted(
     with pytest.raises(SandboxError, match="its root is a copy of the image"):
         sb.snapshot(tmp_path / "snap" / "layers")
     assert not (tmp_path / "snap" / "layers").exists()
+
+
+def test_what_a_run_end_and_prune_remove(tmp_path: Path) -> None:
+    from pytest_modal_sandbox.runtime.snapshot import remove, take
+
+    def fake(run: str, kept: bool) -> str:
+        name = f"snap-{run}-{'kept' if kept else 'not'}"
+        take(
+            tmp_path, name, lambda d: (d.mkdir(parents=True), ())[1], run=run, kept=kept, source=""
+        )
+        return name
+
+    a, a_kept, b, c = fake("a", False), fake("a", True), fake("b", False), fake("c", False)
+    assert remove(tmp_path, run="a") == [a]  # the run's end: not what it kept
+    in_use = [str(tmp_path / c / "layers" / "0")]  # a sandbox runs on c
+    assert remove(tmp_path, in_use=in_use, live=lambda run: run == "b", dry_run=True) == [a_kept]
+    assert remove(tmp_path, in_use=in_use, live=lambda run: run == "b") == [a_kept]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [b, c]
