@@ -20,6 +20,7 @@ second after it starts, which charges the same second per sandbox the same way.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,25 +70,57 @@ def run_suite(
                 scope=scope, tests=opts.tests, work=opts.work, ready_delay=opts.ready_delay
             )
         )
-        args = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            f"--modal-sandbox={opts.backend}",
-            f"--modal-sandbox-ahead={ahead}",
-            "--modal-sandbox-progress=off",
-            "--modal-sandbox-local-images=host",
-        ]
-        run_env = {**env, "PYTEST_MODAL_SANDBOX_STATE_DIR": str(path / "state")}
-        start = time.perf_counter()
-        proc = subprocess.run(args, cwd=path, env=run_env, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise SystemExit(f"inner pytest failed:\n{proc.stdout}\n{proc.stderr}")
-        return wall
+        return inner_pytest(path, opts.backend, [f"--modal-sandbox-ahead={ahead}"], env)
+
+
+def inner_pytest(path: Path, backend: str, extra: list[str], env: dict[str, str]) -> float:
+    """Wall seconds of ``pytest`` run in ``path`` (images on the host, a state dir there)."""
+    args = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--modal-sandbox={backend}",
+        "--modal-sandbox-progress=off",
+        "--modal-sandbox-local-images=host",
+        *extra,
+    ]
+    run_env = {**env, "PYTEST_MODAL_SANDBOX_STATE_DIR": str(path / "state")}
+    start = time.perf_counter()
+    proc = subprocess.run(args, cwd=path, env=run_env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"inner pytest failed:\n{proc.stdout}\n{proc.stderr}")
+    return wall
+
+
+@contextlib.contextmanager
+def bench_environment(
+    opts: argparse.Namespace, prefix: str
+) -> Iterator[tuple[Path, dict[str, str], str]]:
+    """A scratch directory, the inner runs' environment and a line saying where they run: on
+    the local backend, or (``opts.backend == "modal"``) against an emulator started here."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        root = Path(tmp)
+        config = root / "modal.toml"  # a developer's ~/.modal.toml stays out of it
+        config.touch()
+        env = {**os.environ, "PYTEST_ADDOPTS": "", "MODAL_CONFIG_PATH": str(config)}
+        emulator = None
+        where = "local backend"
+        if opts.backend == "modal":
+            emulator = start_emulator(opts, root)
+            env.update(emulator.client_env())
+            where = (
+                f"modal backend against an emulator: {opts.latency_ms:g} ms per RPC, "
+                f"{opts.start_latency_ms:g} ms container start"
+            )
+        try:
+            yield root, env, where
+        finally:
+            if emulator is not None:
+                emulator.stop()
 
 
 def start_emulator(opts: argparse.Namespace, root: Path) -> Any:
@@ -123,40 +157,20 @@ def main() -> None:
     parser.add_argument("--work", type=float, default=0.3)
     parser.add_argument("--reps", type=int, default=3)
     opts = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="pms-bench-ahead-") as tmp:
-        root = Path(tmp)
-        config = root / "modal.toml"  # a developer's ~/.modal.toml stays out of it
-        config.touch()
-        env = {**os.environ, "PYTEST_ADDOPTS": "", "MODAL_CONFIG_PATH": str(config)}
-        emulator = None
-        where = "local backend"
-        if opts.backend == "modal":
-            emulator = start_emulator(opts, root)
-            env.update(emulator.client_env())
-            where = (
-                f"modal backend against an emulator: {opts.latency_ms:g} ms per RPC, "
-                f"{opts.start_latency_ms:g} ms container start"
-            )
-        try:
-            print(
-                f"{where}; {opts.tests} tests of one exec + {opts.work:g} s"
-                + (f"; a daemon ready after {opts.ready_delay:g} s" if opts.ready_delay else "")
-                + f"; median of {opts.reps}; {os.cpu_count()} cores"
-            )
-            print(f"{'ahead':>6}  {'function':>9}  {'session':>8}  ratio")
-            for ahead in opts.ahead:
-                walls: dict[str, float] = {}
-                for scope in ("function", "session"):
-                    samples = [run_suite(root, scope, ahead, opts, env) for _ in range(opts.reps)]
-                    walls[scope] = statistics.median(samples)
-                ratio = walls["function"] / walls["session"]
-                print(
-                    f"{ahead:>6}  {walls['function']:>8.2f}s  {walls['session']:>7.2f}s  "
-                    f"{ratio:.2f}"
-                )
-        finally:
-            if emulator is not None:
-                emulator.stop()
+    with bench_environment(opts, "pms-bench-ahead-") as (root, env, where):
+        print(
+            f"{where}; {opts.tests} tests of one exec + {opts.work:g} s"
+            + (f"; a daemon ready after {opts.ready_delay:g} s" if opts.ready_delay else "")
+            + f"; median of {opts.reps}; {os.cpu_count()} cores"
+        )
+        print(f"{'ahead':>6}  {'function':>9}  {'session':>8}  ratio")
+        for ahead in opts.ahead:
+            walls: dict[str, float] = {}
+            for scope in ("function", "session"):
+                samples = [run_suite(root, scope, ahead, opts, env) for _ in range(opts.reps)]
+                walls[scope] = statistics.median(samples)
+            ratio = walls["function"] / walls["session"]
+            print(f"{ahead:>6}  {walls['function']:>8.2f}s  {walls['session']:>7.2f}s  {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -34,12 +34,10 @@ PASSING = [
     "tests/live/test_live_reap.py::test_reap_stale_ends_killed_runs_sandboxes_and_spares_a_live_run",
     "tests/live/test_live_termination.py::test_dead_man_switch_after_sigkill_of_every_pytest_process",
     "tests/live/test_live_termination.py::test_a_sandbox_ended_from_outside_is_a_clear_error",
+    "tests/live/test_live_coming.py::test_a_snapshot_starts_a_clone_of_the_prepared_sandbox",
 ]
 # Strict xfails in tests/live until their feature is built (the reason names it).
 NOT_BUILT = {
-    "tests/live/test_live_coming.py::test_a_snapshot_starts_a_clone_of_the_prepared_sandbox": (
-        "sandbox.snapshot()"
-    ),
     "tests/live/test_live_coming.py::test_a_connect_token_reaches_the_sandbox": (
         "sandbox.connect_token()"
     ),

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .fixtures import sandbox_fixture
     from .launch import start
     from .sandbox import ExecResult, Sandbox
+    from .snapshot import Snapshot
     from .spec import Daemon, Probe, SandboxSpec
 
 _WHERE = {
@@ -47,6 +48,7 @@ _WHERE = {
     "start": "launch",
     "ExecResult": "sandbox",
     "Sandbox": "sandbox",
+    "Snapshot": "snapshot",
     "Daemon": "spec",
     "Probe": "spec",
     "SandboxSpec": "spec",
@@ -69,6 +71,7 @@ __all__ = [
     "SandboxGone",
     "SandboxSpec",
     "SandboxStartError",
+    "Snapshot",
     "SpecError",
     "sandbox_fixture",
     "start",

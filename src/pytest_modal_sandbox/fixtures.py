@@ -11,7 +11,7 @@ session's (``session.py``), reached through :data:`PROVIDER_KEY`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
@@ -52,6 +52,8 @@ class Declaration:
 
     fields: Mapping[str, Any] | None
     share: Share = "function"
+    prepare: Any = None  # a template's: a callable taking the sandbox, or shell commands
+    snapshot_of: str | None = None  # a clone's template fixture (templates.py)
 
 
 DECLARATION_ATTR = "_pytest_modal_sandbox_declaration"
@@ -161,7 +163,7 @@ def instance_of_request(
     )
 
 
-def _scope_node(item: pytest.Item, scope: str, baseid: str) -> pytest.Item | pytest.Collector:
+def scope_node(item: pytest.Item, scope: str, baseid: str) -> pytest.Item | pytest.Collector:
     """The node a fixture of ``scope`` belongs to for ``item`` (what ``request.node`` is)."""
     if scope == "function":
         return item
@@ -181,9 +183,9 @@ def instances_of_item(item: pytest.Item, images: ImageOverride) -> Iterator[Fixt
     params: Mapping[str, Any] = callspec.params if callspec is not None else {}
     for name, fixturedef in _fixture_defs(item):
         declaration = getattr(fixturedef.func, DECLARATION_ATTR, None)
-        if not isinstance(declaration, Declaration):
-            continue
-        node = _scope_node(item, fixturedef.scope, fixturedef.baseid)
+        if not isinstance(declaration, Declaration) or declaration.snapshot_of is not None:
+            continue  # a clone's spec is known once its template's snapshot is (templates.py)
+        node = scope_node(item, fixturedef.scope, fixturedef.baseid)
         try:
             yield fixture_instance(
                 declaration,
@@ -195,6 +197,14 @@ def instances_of_item(item: pytest.Item, images: ImageOverride) -> Iterator[Fixt
             )
         except SpecError:
             continue
+
+
+def clone_declarations(item: pytest.Item) -> Iterator[tuple[str, Declaration]]:
+    """(name, declaration) of each clone fixture (``snapshot_of=``) ``item`` uses."""
+    for name, fixturedef in _fixture_defs(item):
+        declaration = getattr(fixturedef.func, DECLARATION_ATTR, None)
+        if isinstance(declaration, Declaration) and declaration.snapshot_of is not None:
+            yield name, declaration
 
 
 def _fixture_defs(item: pytest.Item) -> Iterator[tuple[str, Any]]:
@@ -264,6 +274,8 @@ def sandbox_fixture(
     scope: Literal["function", "class", "module", "package", "session"] = "function",
     share: Literal["worker", "run"] = "worker",
     name: str | None = None,
+    prepare: Callable[[Sandbox], object] | str | Sequence[str] | None = None,
+    snapshot_of: str | None = None,
     **fields: Any,
 ) -> Any:
     """A named sandbox fixture: ``redis = sandbox_fixture(image="redis:7", scope="session", ...)``.
@@ -272,6 +284,12 @@ def sandbox_fixture(
     shared by every xdist worker and terminated only at the end of the run;
     ``share="worker"`` gives each process its own.  Spec fields are validated at setup, so a
     mistake is reported on the tests that use the fixture.
+
+    ``snapshot_of="db_template"`` makes a function-scoped fixture of fresh clones of the
+    template fixture ``db_template`` (a wider-scoped sandbox fixture): its ``prepare`` step (a
+    callable taking the template sandbox, or shell commands) runs once, then a snapshot is
+    taken (once per run for a ``share="run"`` template) and every test gets a new sandbox
+    started from it, its daemons started again with their probes (docs/how-to/snapshots.md).
     """
     if scope not in SCOPES:
         raise SpecError(f"sandbox_fixture: scope must be one of {', '.join(SCOPES)}, got {scope!r}")
@@ -279,7 +297,24 @@ def sandbox_fixture(
         raise SpecError(f"sandbox_fixture: share must be 'worker' or 'run', got {share!r}")
     if share == "run" and scope == "function":
         raise SpecError("sandbox_fixture: share='run' needs a wider scope than 'function'")
-    declaration = Declaration(dict(fields), "function" if scope == "function" else share)
+    if snapshot_of is not None and (not isinstance(snapshot_of, str) or not snapshot_of):
+        raise SpecError(f"sandbox_fixture: snapshot_of must be a fixture name, got {snapshot_of!r}")
+    if snapshot_of is not None and scope != "function":
+        raise SpecError(
+            f"sandbox_fixture: snapshot_of={snapshot_of!r} gives a fresh clone per test, so its "
+            f"scope is 'function' (got {scope!r}); share the template instead"
+        )
+    if snapshot_of is not None and prepare is not None:
+        raise SpecError(
+            "sandbox_fixture: prepare belongs to the template (the fixture snapshot_of names), "
+            "not to its clones"
+        )
+    declaration = Declaration(
+        dict(fields),
+        "function" if scope == "function" else share,
+        prepare=prepare,
+        snapshot_of=snapshot_of,
+    )
 
     def fixture(request: pytest.FixtureRequest) -> Generator[Sandbox, None, None]:
         yield from _provide(request, declaration)

@@ -102,13 +102,25 @@ class Run:
         """Release the run lock and forget the run - unless it kept a sandbox on failure, or a
         sweep could not end (or list) its sandboxes: the record stays, so a later run's stale
         sweep ends them (a kept one after its deadline)."""
-        if self._run_lock is not None:
+        if self._run_lock is not None:  # the run's owner, once every worker is done
+            self._remove_snapshots(self.run_id)
             self._run_lock.release()
             self._run_lock = None
             if self.backend_name == "emulator" or not (
                 self.kept_ids() or self.unended or self.unlisted
             ):
                 forget_run(self.runs, self.run_id)  # the emulator's sandboxes end with it
+
+    def _remove_snapshots(self, run_id: str) -> None:
+        """A run's local snapshots that were not kept (``images prune`` removes the rest)."""
+        from .backends.protocol import SnapshotsCleanup
+
+        if self.backend_name != "local":
+            return
+        backend = self.backend
+        if isinstance(backend, SnapshotsCleanup):
+            with contextlib.suppress(Exception):
+                backend.remove_snapshots(run_id)
 
     def _portable_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.backend_options.items() if isinstance(v, (str, int, float))}
@@ -424,6 +436,8 @@ class Run:
                     continue
             elif record.backend != "local":
                 continue  # another backend's run: leave it for a run that can reach it
+            if record.backend == "local":
+                self._remove_snapshots(record.run_id)
             forget_run(self.runs, record.run_id)
         self.swept.extend(swept)
         return swept

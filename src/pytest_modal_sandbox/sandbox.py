@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from typing import Literal
 
     from .backends.protocol import BackendSandbox, Ending, Endpoint
+    from .snapshot import Snapshot
 
 __all__ = ["DAEMON_DIR", "ExecResult", "Sandbox"]
 
@@ -237,6 +238,26 @@ class Sandbox:
                 f"no daemon named {daemon!r} in sandbox {self.id} (daemons: {listed})"
             )
         return _text(self.read_file(f"{DAEMON_DIR}/{daemon}/log"))
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def snapshot(self, *, memory: bool = False, keep: bool = False) -> Snapshot:
+        """A snapshot of everything the sandbox wrote (its whole root, ``/tmp`` included),
+        usable as ``image=`` to start fresh clones of it on the same backend.
+
+        Taken while the sandbox runs: let daemons flush their files first.  The snapshot is
+        removed with the run unless ``keep`` (docs/how-to/snapshots.md).  ``memory=True``
+        (running processes too) is refused where the backend cannot do it faithfully.
+        """
+        from .backends.protocol import Snapshots
+        from .snapshot import Snapshot
+
+        if not isinstance(self._impl, Snapshots):
+            raise SandboxError(f"the {self.backend} backend cannot snapshot sandboxes")
+        base = self.spec.image.image if isinstance(self.spec.image, Snapshot) else self.spec.image
+        return self._impl.snapshot(
+            memory=memory, keep=keep, base=base if isinstance(base, str) else None
+        )
 
     # -- lifetime --------------------------------------------------------------------------
 

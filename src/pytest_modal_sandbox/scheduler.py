@@ -160,6 +160,8 @@ class Scheduler:
         upcoming: Callable[[pytest.Item, pytest.Item | None], Sequence[pytest.Item]],
         # -> the tests this process runs after the first, in order (a bounded look ahead)
         on_taken: Callable[[FixtureInstance], None] = lambda instance: None,
+        clones: Callable[[pytest.Item], list[FixtureInstance]] = lambda item: [],
+        # -> the clones (snapshot_of=) it will ask for, once their templates' snapshots exist
     ) -> None:
         self.start = start
         self.discard = discard
@@ -168,6 +170,7 @@ class Scheduler:
         self.images = images
         self.upcoming = upcoming
         self.on_taken = on_taken
+        self.clones = clones
         self.entries: dict[tuple[str, str, str], Entry] = {}
         self.no_ahead: set[str] = set()  # fixtures a spec hook changed: started at setup only
         self._instances: dict[str, list[FixtureInstance]] = {}  # test node id -> its instances
@@ -186,7 +189,10 @@ class Scheduler:
         if found is None:
             found = list(instances_of_item(item, self.images)) if may_run(item) else []
             self._instances[item.nodeid] = found
-        return found
+        if not may_run(item):
+            return found
+        # not kept: a clone's spec is known once its template's snapshot is taken
+        return found + self.clones(item)
 
     def collection_finished(self, items: Sequence[pytest.Item]) -> None:
         """Start the session-scoped instances the collected tests use."""

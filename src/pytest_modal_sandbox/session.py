@@ -43,6 +43,7 @@ from .scheduler import LOOKAHEAD_ITEMS, Cancelled, Scheduler
 from .scrub import Scrubber
 from .settings import Settings
 from .spec import SandboxSpec
+from .templates import Templates
 
 __all__ = ["Session", "role_of", "session_of"]
 
@@ -98,6 +99,7 @@ class Session:
             on_event=self.emit,
         )
         self.reports = Reports(config, settings, self.run, self.scrubber)
+        self.templates = Templates(self.run, settings.images)
         self.view = make_view(
             config, settings.progress, owner=self.run.owns_run, controller=self.role == "controller"
         )
@@ -112,6 +114,7 @@ class Session:
                 images=settings.images,
                 upcoming=self._upcoming,
                 on_taken=self._taken,
+                clones=self.templates.clones_of,
             )
 
     # -- configure and unconfigure -------------------------------------------------------------
@@ -279,11 +282,19 @@ class Session:
             instance = self._instance(request, declaration)
         except SpecError as exc:
             error = f"{error_origin(request, declaration, 'spec')}: {exc}"
+        except SandboxError as exc:  # a clone's template failed to prepare or snapshot
+            error = self.scrubber.text(f"{error_origin(request, declaration, 'start')}: {exc}")
         if error:  # failed outside the except block: no "during handling" chain in the report
             pytest.fail(error, pytrace=False)
         try:
             with self.view.waiting(instance.label):
                 sb = self._obtain(instance)
+                if declaration.prepare is not None:  # a template (templates.py)
+                    try:
+                        self.templates.prepare(sb, instance, declaration.prepare)
+                    except BaseException:
+                        self.run.finish(sb, share=instance.share, test=instance.test)
+                        raise
         except SandboxError as exc:  # a daemon's log tail may hold a secret: scrubbed
             error = self.scrubber.text(f"{error_origin(request, declaration, 'start')}: {exc}")
         if error:
@@ -311,7 +322,10 @@ class Session:
     ) -> FixtureInstance:
         """This setup's instance, after the ``pytest_modal_sandbox_spec`` hook.  When the hook
         changes the spec, what was started ahead for the instance is not this setup's."""
-        instance = instance_of_request(request, declaration, self.settings.images)
+        if declaration.snapshot_of is not None:
+            instance = self.templates.clone_instance(request, declaration)
+        else:
+            instance = instance_of_request(request, declaration, self.settings.images)
         hooked = self.config.hook.pytest_modal_sandbox_spec(spec=instance.spec, request=request)
         if hooked is None or hooked == instance.spec:
             return instance

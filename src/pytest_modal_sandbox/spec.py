@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from .errors import SpecError
+from .snapshot import Snapshot
 
 __all__ = ["Daemon", "FrozenMap", "Probe", "SandboxSpec", "parse_cidrs", "spec_from_fields"]
 
@@ -233,6 +234,8 @@ class SandboxSpec:
             return "(default image)"
         if isinstance(self.image, str):
             return self.image
+        if isinstance(self.image, Snapshot):
+            return self.image.label()
         return f"{type(self.image).__name__} object"
 
     def __repr__(self) -> str:
@@ -297,8 +300,14 @@ class _Validator:
     def run(self) -> None:
         s = self.spec
         image = s.image
-        if image is not None and not isinstance(image, str) and not _is_modal(image, "Image"):
-            self.fail("image", image, "must be an image reference string or a modal.Image")
+        if (
+            image is not None
+            and not isinstance(image, (str, Snapshot))
+            and not _is_modal(image, "Image")
+        ):
+            self.fail(
+                "image", image, "must be an image reference string, a modal.Image or a Snapshot"
+            )
         if isinstance(image, str) and (not image.strip() or any(c.isspace() for c in image)):
             self.fail("image", image, "must be a non-empty image reference without spaces")
         self.check_ports()
@@ -502,6 +511,8 @@ def _canonical(value: Any) -> Any:
             for s in value.secrets
         ]
         return out
+    if isinstance(value, Snapshot):
+        return f"snapshot:{value.backend}:{value.id}"
     if isinstance(value, (Daemon, Probe)):
         return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):

@@ -13,8 +13,12 @@ from registry import LocalRegistry, file
 
 
 def test_pull_list_prune(
-    registry: LocalRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    registry: LocalRegistry,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("PYTEST_MODAL_SANDBOX_STATE_DIR", str(tmp_path / "state"))  # its snapshots
     image = registry.push_image("cli/app", "v1", [[file("x", "y")]])
     cache = str(tmp_path / "c")
     assert main(["--cache-dir", cache, "pull", image.reference]) == 0

@@ -33,7 +33,10 @@ def test_valid_spec_is_hashable_and_stable():
     ("fields", "message"),
     [
         ({"imgae": "x"}, "unknown field 'imgae' (did you mean 'image'?)"),
-        ({"image": 3}, "image: must be an image reference string or a modal.Image (got 3)"),
+        (
+            {"image": 3},
+            "image: must be an image reference string, a modal.Image or a Snapshot (got 3)",
+        ),
         ({"image": "has space"}, "image: must be a non-empty image reference"),
         ({"unencrypted_ports": [0]}, "unencrypted_ports[0]: is outside 1..65535 (got 0)"),
         ({"encrypted_ports": [70000]}, "encrypted_ports[0]: is outside 1..65535 (got 70000)"),

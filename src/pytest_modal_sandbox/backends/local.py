@@ -20,9 +20,11 @@ import fnmatch
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ExecTimeout, SandboxGone, SpecError
+from ..errors import ExecTimeout, SandboxError, SandboxGone, SpecError
+from ..snapshot import Snapshot, memory_refused
 from .protocol import Ending, Endpoint, NameTaken, RawExec, SandboxInfo
 
 if TYPE_CHECKING:
@@ -92,10 +94,43 @@ class LocalImages:
 class LocalHandle:
     """A runtime sandbox seen through the backend protocol."""
 
-    def __init__(self, sandbox: LocalSandbox, hold: contextlib.ExitStack | None = None) -> None:
+    def __init__(
+        self,
+        sandbox: LocalSandbox,
+        hold: contextlib.ExitStack | None = None,
+        *,
+        snapshots: Path | None = None,
+    ) -> None:
         self._sb = sandbox
         self._hold = hold or contextlib.ExitStack()  # e.g. the image root's in-use lock
+        self._snapshots = snapshots
         self.id = sandbox.id
+
+    def snapshot(self, *, memory: bool, keep: bool, base: str | None = None) -> Snapshot:
+        """Capture the sandbox's copy-on-write layers (``runtime/snapshot.py``)."""
+        import uuid
+
+        from ..lifecycle.tags import RUN_TAG
+        from ..runtime import SandboxNotFound
+        from ..runtime import snapshot as snapshots
+
+        if memory:
+            raise SandboxError(memory_refused("local"))
+        if self._snapshots is None:
+            raise SandboxError(f"sandbox {self.id}: this handle cannot store snapshots")
+        snapshot_id = f"snap-{uuid.uuid4().hex[:16]}"
+        try:
+            layers = snapshots.take(
+                self._snapshots,
+                snapshot_id,
+                self._sb.snapshot,
+                run=self._sb.tags().get(RUN_TAG, ""),
+                kept=keep,
+                source=self.id,
+            )
+        except SandboxNotFound as exc:
+            raise SandboxGone(str(exc)) from None
+        return Snapshot("local", snapshot_id, self.id, image=base, layers=layers, kept=keep)
 
     def exec(
         self,
@@ -181,6 +216,16 @@ class LocalBackend:
         self.images = LocalImages(local_images, host_images)
         self.owner_lock = None if owner_lock is None else str(owner_lock)
         self.runtime: LocalRuntime = LocalRuntime(state_dir)
+        from ..runtime.snapshot import store_dir
+
+        self.snapshots = store_dir(self.runtime.root)
+
+    def remove_snapshots(self, run_id: str) -> list[str]:
+        """The run's snapshots that were not kept (those clones still run on stay)."""
+        from ..runtime.snapshot import remove
+
+        in_use = [d for sb in self.runtime.list() for _, d in sb.layers]
+        return remove(self.snapshots, run=run_id, in_use=in_use)
 
     def header(self) -> str:
         return f"local (bubblewrap); {self.images.describe()}"
@@ -196,7 +241,17 @@ class LocalBackend:
     ) -> LocalHandle:
         from ..runtime import SandboxConfig
 
-        root = self.images.resolve(spec.image)
+        layers: tuple[tuple[str, str], ...] = ()
+        image = spec.image
+        if isinstance(image, Snapshot):
+            from ..runtime.snapshot import problem
+
+            image.require_backend(self.name)
+            why = problem(image.layers)
+            if why is not None:
+                raise SpecError(f"image: {image.label()}: {why}")
+            layers, image = image.layers, image.image
+        root = self.images.resolve(image)
         env: dict[str, str] = dict(root.env) if root is not None else {}
         for i, secret in enumerate(spec.secrets):
             if not isinstance(secret, Mapping):
@@ -219,6 +274,7 @@ class LocalBackend:
             owner_lock=self.owner_lock if shared else None,
             block_network=spec.block_network,
             cidr_allowlist=spec.cidr_allowlist,
+            layers=layers,
         )
         from ..runtime import NameTaken as RuntimeNameTaken
 
@@ -226,7 +282,7 @@ class LocalBackend:
         if root is not None:
             hold.enter_context(root.use())  # `images prune` leaves a root in use alone
         try:
-            return LocalHandle(self.runtime.create(config), hold)
+            return LocalHandle(self.runtime.create(config), hold, snapshots=self.snapshots)
         except RuntimeNameTaken as exc:
             hold.close()
             raise NameTaken(str(exc)) from exc
@@ -235,13 +291,13 @@ class LocalBackend:
             raise
 
     def attach(self, sandbox_id: str) -> LocalHandle:
-        return LocalHandle(self.runtime.get(sandbox_id))
+        return LocalHandle(self.runtime.get(sandbox_id), snapshots=self.snapshots)
 
     def from_name(self, name: str) -> LocalHandle | None:
         from ..runtime import SandboxNotFound
 
         try:
-            return LocalHandle(self.runtime.from_name(self.app, name))
+            return LocalHandle(self.runtime.from_name(self.app, name), snapshots=self.snapshots)
         except SandboxNotFound:
             return None
 

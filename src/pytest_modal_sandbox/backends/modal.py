@@ -65,6 +65,7 @@ from ..errors import (
     SandboxGone,
 )
 from ..lifecycle.tags import CREATE_TAG
+from ..snapshot import Snapshot, memory_refused
 from ..spec import SandboxSpec
 from .protocol import Ending, Endpoint, NameTaken, RawExec, SandboxInfo
 from .retry import Backoff, retrying
@@ -93,6 +94,8 @@ LONG_POLL_SECONDS = 75.0  # one attempt of a call that long-polls (tunnels: 50 s
 CREATE_SECONDS = 60.0  # a create, retried (without duplicates) through transient errors
 DEFAULT_QUOTA_WAIT = 60.0  # a create refused for a quota waits this long for a slot
 WATCH_AFTER = 1.0  # an exec still running after this long has its sandbox watched
+RUN_TTL = 24 * 3600  # a snapshot not kept: as long as a sandbox may live
+KEPT_TTL = 30 * 24 * 3600  # Modal's default
 
 T = TypeVar("T")
 
@@ -580,6 +583,17 @@ class ModalHandle:
     def shell_command(self) -> str | None:
         return None if self._backend.loopback else f"modal shell {self.id}"
 
+    def snapshot(self, *, memory: bool, keep: bool, base: str | None = None) -> Snapshot:
+        """``snapshot_filesystem()``: an Image id; kept for Modal's default 30 days with
+        ``keep``, else for a day (Modal deletes it then; there is no delete call)."""
+        if memory:
+            raise SandboxError(memory_refused(self._backend.name))
+        try:
+            image = self._sb.snapshot_filesystem(ttl=KEPT_TTL if keep else RUN_TTL)
+        except modal_exc.Error as exc:
+            raise _wrap(exc, f"snapshotting sandbox {self.id}") from exc
+        return Snapshot(self._backend.name, image.object_id, self.id, kept=keep)
+
     def keep(self, seconds: float) -> None:
         """Hold the sandbox for ``seconds`` more with one long exec, then let it idle out."""
         self._backend.heartbeats.remove(self.id)
@@ -662,6 +676,15 @@ class ModalBackend:
     def _image(self, image: Any) -> modal.Image | None:
         if image is None or isinstance(image, modal.Image):
             return image
+        if isinstance(image, Snapshot):
+            image.require_backend(self.name)
+            try:
+                return modal.Image.from_id(image.id, client=self.client)
+            except modal_exc.NotFoundError as exc:
+                raise SandboxError(
+                    f"{image.label()} is gone (its ttl passed, or the emulator that took it "
+                    "was restarted); take it again"
+                ) from exc
         with self._lock:
             if image not in self._images:
                 self._images[image] = modal.Image.from_registry(image)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from ..errors import SandboxError
 
 if TYPE_CHECKING:
+    from ..snapshot import Snapshot
     from ..spec import SandboxSpec
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "NativeReadiness",
     "RawExec",
     "SandboxInfo",
+    "Snapshots",
+    "SnapshotsCleanup",
 ]
 
 
@@ -162,6 +165,25 @@ class NativeReadiness(Protocol):
 
     def wait_native_ready(self, timeout: float) -> bool:
         """True once the backend's probe passed, False if it has not within ``timeout``."""
+        ...
+
+
+@runtime_checkable
+class Snapshots(Protocol):
+    """Optional for a :class:`BackendSandbox`: filesystem snapshots (``Sandbox.snapshot``)."""
+
+    def snapshot(self, *, memory: bool, keep: bool, base: str | None = None) -> Snapshot:
+        """Snapshot what the sandbox wrote; ``keep``: outlive the run that took it; ``base``:
+        the image reference the sandbox was started from (a clone starts from it again)."""
+        ...
+
+
+@runtime_checkable
+class SnapshotsCleanup(Protocol):
+    """Optional for a :class:`Backend` whose snapshots are this machine's to remove."""
+
+    def remove_snapshots(self, run_id: str) -> list[str]:
+        """Remove run ``run_id``'s snapshots that were not kept; returns their ids."""
         ...
 
 

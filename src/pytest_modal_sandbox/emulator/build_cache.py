@@ -48,6 +48,7 @@ class ImageState:
     shell: tuple[str, ...] = DEFAULT_SHELL
     lock_path: Path | None = None  # hold a shared flock on it while the root is in use
     description: str = ""  # the base it came from, for log lines
+    layers: tuple[tuple[str, str], ...] = ()  # a filesystem snapshot's (``snapshots.py``)
 
     @contextlib.contextmanager
     def use(self) -> Iterator[None]:

@@ -26,6 +26,7 @@ from .registry import Registry
 from .rpc_error import RpcError
 from .sandboxes import SandboxManager
 from .servicer import fill_unimplemented
+from .snapshots import MEMORY_REFUSED, NO_EXPIRY, Snapshots
 from .stdio import follow_buffer, follow_file
 
 Stream = Any  # grpclib.server.Stream[Request, Response]
@@ -62,6 +63,7 @@ class ControlPlane(api_grpc.ModalClientBase):
         self.sandboxes = sandboxes
         self.volumes = sandboxes.volumes
         self.signer = signer
+        self.snapshots = Snapshots(sandboxes, image_store)  # the server shares the router's
         self.router_url = ""  # set once the server knows its port
         self.list_page_size = list_page_size
 
@@ -122,6 +124,25 @@ class ControlPlane(api_grpc.ModalClientBase):
             resp.result.CopyFrom(result)
             resp.metadata.image_builder_version = IMAGE_BUILDER_VERSION
         await stream.send_message(resp)
+
+    async def ImageFromId(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        await stream.send_message(self.snapshots.from_id(req.image_id))
+
+    async def SandboxSnapshotFs(self, stream: Stream) -> None:
+        """The legacy path (``MODAL_USE_LEGACY_FILESYSTEM_SNAPSHOT=1``): no ttl, kept."""
+        req = await stream.recv_message()
+        image_id = await self.snapshots.of_sandbox(req.sandbox_id, NO_EXPIRY)
+        await stream.send_message(
+            api_pb2.SandboxSnapshotFsResponse(
+                image_id=image_id,
+                result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS),
+            )
+        )
+
+    async def SandboxSnapshot(self, stream: Stream) -> None:
+        await stream.recv_message()
+        raise RpcError("FAILED_PRECONDITION", MEMORY_REFUSED)
 
     async def ImageJoinStreaming(self, stream: Stream) -> None:
         """The build's log from ``last_entry_id`` as it is written, then its result (``eof``);

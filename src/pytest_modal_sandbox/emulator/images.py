@@ -144,6 +144,7 @@ class _Build(BuildLog):
 class _Record:
     layer: ImageLayer
     build: _Build = field(default_factory=_Build)
+    expires_at: float | None = None  # a snapshot's ttl
 
 
 class ImageService:
@@ -199,7 +200,21 @@ class ImageService:
         return layer, None
 
     def known(self, image_id: str) -> bool:
-        return image_id in self._by_id
+        record = self._by_id.get(image_id)
+        return record is not None and not _expired(record)
+
+    def add_built(self, image_id: str, state: ImageState, *, expires_at: float | None) -> None:
+        """Record an Image made here without a build (a filesystem snapshot)."""
+        record = _Record(ImageLayer(image_id, (), ()), expires_at=expires_at)
+        record.build.finish(_R(status=_R.GENERIC_STATUS_SUCCESS), state)
+        self._by_id[image_id] = record
+
+    def expired(self) -> list[str]:
+        """Ids of Images past their ttl, forgotten now."""
+        gone = [i for i, record in self._by_id.items() if _expired(record)]
+        for image_id in gone:
+            del self._by_id[image_id]
+        return gone
 
     def chain(self, image_id: str) -> list[ImageLayer]:
         """The layers from the base to ``image_id``; unknown (stale) ids contribute nothing."""
@@ -229,6 +244,8 @@ class ImageService:
         record = self._by_id.get(image_id)
         if record is None:
             return HOST
+        if _expired(record):
+            raise RpcError("NOT_FOUND", f"Image {image_id} has expired (its ttl has passed)")
         await record.build.done.wait()
         if record.build.state is None:
             raise RpcError(
@@ -400,6 +417,10 @@ class ImageService:
             lock_path=root.lock_path,
             description=ref,
         )
+
+
+def _expired(record: _Record) -> bool:
+    return record.expires_at is not None and time.time() >= record.expires_at
 
 
 def _host(ref: str) -> ImageState:

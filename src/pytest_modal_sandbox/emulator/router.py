@@ -18,6 +18,7 @@ from .records import EmuSandbox
 from .rpc_error import RpcError
 from .sandboxes import SandboxManager
 from .servicer import fill_unimplemented
+from .snapshots import MEMORY_REFUSED, Snapshots
 from .stdio import follow_file
 
 Stream = Any  # grpclib.server.Stream[Request, Response]
@@ -27,8 +28,21 @@ Stream = Any  # grpclib.server.Stream[Request, Response]
 class Router(task_command_router_grpc.TaskCommandRouterBase):
     """Modal's task command router, backed by a :class:`SandboxManager`."""
 
-    def __init__(self, sandboxes: SandboxManager) -> None:
+    def __init__(self, sandboxes: SandboxManager, snapshots: Snapshots | None = None) -> None:
         self.sandboxes = sandboxes
+        self.snapshots = snapshots or Snapshots(sandboxes, sandboxes.images)
+
+    # -- filesystem snapshots (snapshots.py) -------------------------------------------------
+    async def TaskSnapshotFilesystem(self, stream: Stream) -> None:
+        req = await stream.recv_message()
+        if req.container_id:
+            raise RpcError("INVALID_ARGUMENT", "the emulator's sandboxes have no sidecars")
+        image_id = await self.snapshots.of_task(req.task_id, req.ttl_seconds)
+        await stream.send_message(tcr.TaskSnapshotFilesystemResponse(image_id=image_id))
+
+    async def TaskSnapshotMemory(self, stream: Stream) -> None:
+        await stream.recv_message()
+        raise RpcError("FAILED_PRECONDITION", MEMORY_REFUSED)
 
     # -- exec --------------------------------------------------------------------------------
     async def TaskExecStart(self, stream: Stream) -> None:

@@ -409,6 +409,7 @@ class SandboxManager:
             rootfs=None if image.rootfs is None else str(image.rootfs),
             block_network=block,
             cidr_allowlist=allowlist,
+            layers=image.layers,
         )
         return config, name, ports
 

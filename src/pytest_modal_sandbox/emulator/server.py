@@ -40,6 +40,7 @@ from .router import Router
 from .rpc_error import RpcError
 from .sandboxes import SandboxManager
 from .servicer import Instrumented, Stats
+from .snapshots import Snapshots
 from .status_details import CODEC as STATUS_DETAILS
 from .tls import TlsMaterial, make_tls_material
 from .volumes import VolumeStore
@@ -163,6 +164,7 @@ class Emulator:
         self._tmp: str | None = None
         self.sandboxes: SandboxManager | None = None
         self.images: images.ImageService | None = None
+        self.snapshots: Snapshots | None = None
         self.blobs: BlobStore | None = None
 
     @property
@@ -249,7 +251,9 @@ class Emulator:
             list_page_size=opts.list_page_size,
             mounts=mounts,
         )
-        router = Router(self.sandboxes)  # type: ignore[abstract]
+        snapshots = self.snapshots = Snapshots(self.sandboxes, image_service)
+        control.snapshots = snapshots
+        router = Router(self.sandboxes, snapshots)  # type: ignore[abstract]
         latency = opts.latency_ms / 1000.0
 
         def check_control(stream: Any) -> None:
@@ -335,6 +339,8 @@ class Emulator:
         if self.sandboxes is not None:
             await self.sandboxes.close()
             await asyncio.to_thread(self.sandboxes.volumes.close)
+        if self.snapshots is not None:  # its Images are gone with it
+            await asyncio.to_thread(self.snapshots.close)
         if self.blobs is not None:
             await self.blobs.close()
         if self._server is not None:

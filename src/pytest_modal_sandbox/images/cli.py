@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     pull = sub.add_parser("pull", help="pull and unpack images now (re-resolving tags)")
     pull.add_argument("references", nargs="+", metavar="REFERENCE")
     pull.add_argument("--platform", help="os/arch[/variant] (default: this machine)")
-    prune = sub.add_parser("prune", help="remove images not in use (and their blobs)")
+    prune = sub.add_parser(
+        "prune", help="remove images and local snapshots not in use (and their blobs)"
+    )
     prune.add_argument(
         "--unused-for",
         type=_duration,
@@ -105,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             refs = ", ".join(image.references) or "-"
             print(f"{verb} {image.config_digest[:19]}  {_size(image.size)}  {refs}")
         print(f"{verb} {len(removed)} image(s)")
+        snapshots = _prune_snapshots(args.unused_for, args.dry_run)
+        for snapshot_id in snapshots:
+            print(f"{verb} {snapshot_id}")
+        print(f"{verb} {len(snapshots)} snapshot(s)")
         return 0
     except ImageError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -112,6 +118,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: image cache: {exc}", file=sys.stderr)
         return 1
+
+
+def _prune_snapshots(older_than: float, dry_run: bool) -> list[str]:
+    """The local backend's snapshots (``Sandbox.snapshot(keep=True)`` ones, and those of runs
+    that died), but not those a running sandbox was started from, nor a live run's."""
+    from .._paths import state_root
+    from ..lifecycle.runs import RunLock, runs_dir
+    from ..runtime import LocalRuntime
+    from ..runtime.snapshot import remove, store_dir
+
+    root = state_root() / "local"
+    store = store_dir(root)
+    if not store.is_dir():
+        return []
+    in_use = [d for sb in LocalRuntime(root).list() for _, d in sb.layers]
+    runs = runs_dir()
+    return remove(
+        store,
+        in_use=in_use,
+        older_than=older_than,
+        dry_run=dry_run,
+        live=lambda run_id: RunLock.is_held(runs / f"{run_id}.lock"),
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

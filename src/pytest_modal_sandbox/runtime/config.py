@@ -100,6 +100,10 @@ class SandboxConfig:
     user-mode network stack (``egress.py``): ``block_network=True`` leaves it loopback only
     (its ``ports`` still reachable through tunnels); ``cidr_allowlist`` (CIDR strings) lets it reach
     only those networks.  The host's own loopback is never reachable from it.
+
+    ``layers`` start the sandbox from a snapshot (``runtime/snapshot.py``): ``(target, dir)``
+    pairs, newest first, each a captured copy-on-write layer stacked over the root's layer that
+    is mounted at ``target`` (``/`` for an image root).  They need overlayfs.
     """
 
     command: Sequence[str] | None = None
@@ -124,6 +128,8 @@ class SandboxConfig:
     def egress(self) -> bool:
         """Whether the sandbox gets a network stack of its own (slirp4netns)."""
         return not self.network and not self.block_network
+
+    layers: Sequence[tuple[str, str]] = ()
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -185,6 +191,19 @@ class SandboxConfig:
             raise _fail(
                 "cidr_allowlist", list(self.cidr_allowlist), f"cannot be used with {flag}=True"
             )
+        if isinstance(self.layers, (str, bytes)) or not isinstance(self.layers, Sequence):
+            raise _fail("layers", self.layers, "must be a sequence of (target, directory) pairs")
+        layers: list[tuple[str, str]] = []
+        for pair in self.layers:
+            if not isinstance(pair, Sequence) or len(pair) != 2:
+                raise _fail("layers", self.layers, f"{pair!r} is not a (target, directory) pair")
+            target, directory = _text("layers", pair[0]), _path("layers", pair[1])
+            if not target.startswith("/") or directory is None or not directory.startswith("/"):
+                raise _fail("layers", self.layers, f"{pair!r}: both must be absolute paths")
+            layers.append((target, directory))
+        put(self, "layers", tuple(layers))
+        if self.layers and self.rootfs_writable:
+            raise _fail("layers", self.layers, "cannot be stacked under rootfs_writable")
         if self.hostname is not None and not (
             isinstance(self.hostname, str) and _HOSTNAME.match(self.hostname)
         ):

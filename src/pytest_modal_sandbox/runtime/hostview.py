@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 try:
     from . import linux
@@ -333,10 +334,19 @@ def overlay_plan(
     state_dirs: tuple[str, ...],
     mountinfo: str | None = None,
     resolv: bytes | None = None,
+    snapshot: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, object]:
     """Root only: the copy-on-write view of the host's root (see the module docstring);
     ``hosts`` (and ``resolv``, for a sandbox with its own network) replace the host's
-    ``/etc/hosts`` (and ``/etc/resolv.conf``) in the view."""
+    ``/etc/hosts`` (and ``/etc/resolv.conf``) in the view.
+
+    ``snapshot`` (``(target, dir)`` pairs) seeds each layer's upper with a captured one: a
+    copy of it, made by the keeper before the entries (overlayfs refuses a lower layer inside
+    the host's ``/``, which is a lower layer here).  What the seed already has is left to it
+    (a whiteout or an opaque directory there is what the snapshotted sandbox left, a ``/tmp``
+    it filled), except the files written for every sandbox (its ``/etc/hosts``, sanitised
+    shadow files).  The upper is thus the whole difference from the host, and a snapshot of
+    such a sandbox is its upper alone."""
     if mountinfo is None:
         with open("/proc/self/mountinfo") as f:
             mountinfo = f.read()
@@ -360,6 +370,9 @@ def overlay_plan(
         uppers.add("/etc/resolv.conf", "file", resolv, hide=False)
     for layer, entries in zip(layers, uppers.entries, strict=True):
         layer["entries"] = list(entries.values())
+        seed = next((d for target, d in snapshot if target == layer["target"]), None)
+        if seed is not None and layer["mode"] == "overlay":
+            layer["seed"] = seed
     return {
         "kind": "overlay",
         "root": root,
@@ -397,6 +410,10 @@ def _option(path: str) -> str:
 def _apply(upper: str, entry: list[object], xattr: str) -> None:
     kind, rel = entry[0], str(entry[1])
     path = f"{upper}/{rel}" if rel else upper
+    if rel and os.path.lexists(path):  # seeded from a snapshot: it has its own
+        if kind != "file":
+            return
+        os.unlink(path)
     if kind == "whiteout":
         os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
         return
@@ -416,6 +433,19 @@ def _apply(upper: str, entry: list[object], xattr: str) -> None:
         os.setxattr(path, f"{xattr}.overlay.opaque", b"y")
 
 
+def _seed(source: str, upper: str) -> None:
+    """Copy a snapshot's upper layer into a new one (owners, modes, xattrs, whiteouts kept)."""
+    done = subprocess.run(
+        ["cp", "-a", "--reflink=auto", "--", f"{source}/.", upper],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    if done.returncode != 0:
+        detail = done.stderr.decode("utf-8", "replace").strip()[-300:]
+        raise OSError(f"cannot copy the snapshot layer {source}: {detail}")
+
+
 def _build_overlay(plan: dict[str, object]) -> list[str]:
     root, ovl, xattr = str(plan["root"]), str(plan["ovl"]), str(plan["xattr"])
     layers: list[dict[str, object]] = plan["layers"]  # type: ignore[assignment]
@@ -430,21 +460,25 @@ def _build_overlay(plan: dict[str, object]) -> list[str]:
                 upper, work = f"{ovl}/upper/{index}", f"{ovl}/work/{index}"
                 os.makedirs(upper)
                 os.makedirs(work)
+                if layer.get("seed"):
+                    _seed(str(layer["seed"]), upper)
                 for entry in layer["entries"]:  # type: ignore[attr-defined]
                     _apply(upper, entry, xattr)
         for index, layer in enumerate(layers):
             target = root + ("" if layer["target"] == "/" else str(layer["target"]))
-            lower = str(layer["lower"])
+            lower = layer["lower"]
             try:
                 if layer["mode"] == "overlay":
-                    options = f"lowerdir={_option(lower)}"
+                    # a list: snapshot layers (newest first) over the root's own lower layer
+                    lowers = lower if isinstance(lower, list) else [lower]
+                    options = "lowerdir=" + ":".join(_option(str(d)) for d in lowers)
                     options += f",upperdir={_option(f'{ovl}/upper/{index}')}"
                     options += f",workdir={_option(f'{ovl}/work/{index}')}"
                     if xattr == "user":
                         options += ",userxattr"
                     linux.mount("overlay", target, "overlay", 0, options)
                 else:
-                    linux.mount(lower, target, None, linux.MS_BIND, None)
+                    linux.mount(str(lower), target, None, linux.MS_BIND, None)
             except OSError:
                 if index == 0:
                     raise

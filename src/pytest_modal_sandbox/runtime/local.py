@@ -175,9 +175,15 @@ class LocalRuntime:
                     hosts=hosts_file(hostname).encode(),
                     state_dirs=(str(self.root),),
                     resolv=egress.RESOLV_CONF.encode() if config.egress else None,
+                    snapshot=tuple(config.layers),
                 )
                 hosts = None  # written into the view, writable
             else:  # the host's root read-only, hidden paths covered
+                if config.layers:
+                    raise InvalidConfig(
+                        "SandboxConfig.layers: a snapshot of the host's root needs root "
+                        "(not as root the host view is read-only); give the sandbox an image"
+                    )
                 paths.empty.touch(mode=0o444)
                 view = hostview.masks_plan(
                     root=root, empty_file=str(paths.empty), state_dirs=(str(self.root),)
@@ -191,7 +197,8 @@ class LocalRuntime:
         elif config.rootfs_writable:  # an image build: the root itself, changes kept
             root = config.rootfs
         else:
-            view = rootfs.prepare(config.rootfs, paths, overlay=use_overlay)
+            stacked = tuple(d for target, d in config.layers if target == "/")
+            view = rootfs.prepare(config.rootfs, paths, overlay=use_overlay, snapshot=stacked)
             root = str(paths.rootfs)
         resolv = None
         if config.rootfs is not None:
@@ -210,6 +217,12 @@ class LocalRuntime:
                 "early": as_root,  # the keeper makes the network namespace (keeper.py)
             }
         program = _seccomp_program()
+        # a snapshot's /tmp is in its layers (captured with the rest of the root)
+        private_tmp = (
+            config.rootfs is not None
+            and not config.layers
+            and not (config.rootfs_writable and _has_tmp(config.rootfs))
+        )
         argv = bwrap_argv(
             bwrap=tools.bwrap,
             command=command,
@@ -223,8 +236,7 @@ class LocalRuntime:
             resolv_path=resolv,
             share_net=config.network,
             own_net=not (net is not None and as_root),
-            private_tmp=config.rootfs is not None
-            and not (config.rootfs_writable and _has_tmp(config.rootfs)),
+            private_tmp=private_tmp,
             seccomp=program is not None,
             block=net is not None,
             exists=exists,
@@ -292,6 +304,9 @@ class LocalRuntime:
             "network": config.network,
             "egress": config.egress,
             "cidr_allowlist": config.cidr_allowlist,
+            "layers": [list(pair) for pair in config.layers],
+            "uppers": _upper_targets(view),
+            "private_tmp": private_tmp,
             "userns": walls["userns"],
             "creator_pid": os.getpid(),
         }
@@ -419,6 +434,15 @@ class LocalRuntime:
 
 
 _program: list[bytes | None] = []
+
+
+def _upper_targets(view: dict[str, Any] | None) -> list[str | None] | None:
+    """Where each upper layer of an overlay view is mounted (by index; None: not an overlay),
+    for a snapshot to find what the sandbox wrote; None when the root is no overlay."""
+    if view is None or view.get("kind") != "overlay":
+        return None
+    layers: list[dict[str, Any]] = view["layers"]
+    return [str(layer["target"]) if layer["mode"] == "overlay" else None for layer in layers]
 
 
 def _seccomp_program() -> bytes | None:

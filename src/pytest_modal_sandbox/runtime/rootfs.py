@@ -57,9 +57,12 @@ def remember_overlay_failure(reason: str) -> None:
         _overlay_failure = reason
 
 
-def prepare(rootfs: str, paths: SandboxPaths, *, overlay: bool) -> dict[str, Any] | None:
+def prepare(
+    rootfs: str, paths: SandboxPaths, *, overlay: bool, snapshot: tuple[str, ...] = ()
+) -> dict[str, Any] | None:
     """Make ``paths.rootfs`` the sandbox's future ``/``; returns the keeper's overlay plan, or
-    None when the root was copied."""
+    None when the root was copied.  ``snapshot``: captured layers (newest first) stacked over
+    the image root; they need overlayfs."""
     if not os.path.isdir(rootfs):
         raise errors.SandboxStartError(f"rootfs {rootfs!r} is not a directory")
     paths.rootfs.mkdir()
@@ -70,15 +73,29 @@ def prepare(rootfs: str, paths: SandboxPaths, *, overlay: bool) -> dict[str, Any
             "root": str(paths.rootfs),
             "ovl": str(paths.ovl),
             "xattr": "trusted" if os.geteuid() == 0 else "user",
-            "layers": [{"lower": rootfs, "target": "/", "mode": "overlay", "entries": []}],
-            "copy_fallback": True,  # refused: the creator copies the root instead
+            "layers": [
+                {
+                    "lower": [*snapshot, rootfs] if snapshot else rootfs,
+                    "target": "/",
+                    "mode": "overlay",
+                    "entries": [],
+                }
+            ],
+            # refused: the creator copies the root instead (a snapshot cannot be copied in)
+            "copy_fallback": not snapshot,
         }
+    if snapshot:
+        raise errors.SandboxStartError(
+            "a sandbox from a snapshot needs overlayfs over its image root, which is not "
+            f"usable here ({os.environ.get(MODE_ENV) or _overlay_failure or 'refused'})"
+        )
     copy_tree(rootfs, paths.rootfs)
     return None
 
 
-def copy_tree(source: str, target: Path) -> None:
-    """``cp -a --reflink=auto source/. target`` (keeps modes, links, times; owners as root)."""
+def copy_tree(source: str, target: Path, *, what: str = "") -> None:
+    """``cp -a --reflink=auto source/. target`` (keeps modes, links, times, xattrs, device
+    nodes; owners as root).  ``what`` names the copy in the error."""
     cp = shutil.which("cp") or "/bin/cp"
     done = subprocess.run(
         [cp, "-a", "--reflink=auto", "--", f"{source.rstrip('/')}/.", str(target)],
@@ -87,6 +104,5 @@ def copy_tree(source: str, target: Path) -> None:
     )
     if done.returncode != 0:
         detail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
-        raise errors.SandboxStartError(
-            f"cannot copy the image root {source!r} for a sandbox: " + " | ".join(detail)
-        )
+        what = what or f"the image root {source!r} for a sandbox"
+        raise errors.SandboxStartError(f"cannot copy {what}: " + " | ".join(detail))

@@ -285,6 +285,28 @@ class LocalSandbox:
             raise SandboxNotFound(f"sandbox {self.id} is shutting down; cannot {doing}")
         return self._init
 
+    # --- snapshots ------------------------------------------------------------------------
+
+    @property
+    def layers(self) -> tuple[tuple[str, str], ...]:
+        """The snapshot layers this sandbox was started from (``SandboxConfig.layers``)."""
+        return tuple((str(t), str(d)) for t, d in self._meta.get("layers", ()))
+
+    def snapshot(self, dest: Path) -> tuple[tuple[str, str], ...]:
+        """Copy what the sandbox wrote into ``dest``; returns the ``SandboxConfig.layers`` of
+        a clone (``runtime/snapshot.py``)."""
+        from .snapshot import capture
+
+        init = self._require_running("snapshot it")
+        return capture(
+            self._meta,
+            keeper_pid=self._keeper.pid,
+            init_pid=init.pid,
+            state_dir=self._paths.dir,
+            dest=dest,
+            still_running=lambda: self._require_running("snapshot it"),
+        )
+
     # --- activity -------------------------------------------------------------------------
 
     def activity(self) -> AbstractContextManager[None]:
