@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from . import daemons
+from . import daemons, entrypoints
 from .backends import make_backend
 from .backends.protocol import Backend, NativeReadiness
 from .errors import SandboxError, SandboxStartError
@@ -37,6 +37,7 @@ def launch(
     the id even if what follows is interrupted.
     """
     requested = time.time()
+    spec = entrypoints.resolve(spec, backend)  # Daemon.from_image: the image's own command
     try:
         impl = backend.create(spec, tags=dict(tags or {}), name=name, shared=shared)
     except SandboxError:

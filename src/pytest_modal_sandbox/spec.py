@@ -116,7 +116,9 @@ class Daemon:
     """A long-running process the sandbox must run, started detached, with a log file.
 
     ``command`` is a shell string (run by ``sh -c``) or an argv list.  ``restart=True`` runs it
-    again whenever it exits.
+    again whenever it exits.  :meth:`from_image` makes one that runs the image's own
+    ENTRYPOINT + CMD (``entrypoint`` is then True, ``args`` replace CMD, and ``command`` is
+    filled in from the image's config when the sandbox starts).
     """
 
     name: str
@@ -125,6 +127,8 @@ class Daemon:
     env: FrozenMap
     workdir: str | None
     restart: bool
+    entrypoint: bool
+    args: tuple[str, ...] | None
 
     def __init__(
         self,
@@ -142,6 +146,27 @@ class Daemon:
         set_(self, "env", _maybe_frozen(env or {}))
         set_(self, "workdir", workdir)
         set_(self, "restart", restart)
+        set_(self, "entrypoint", False)
+        set_(self, "args", None)
+
+    @classmethod
+    def from_image(
+        cls,
+        name: str,
+        *,
+        args: Sequence[str] | None = None,
+        ready: Probe | None = None,
+        env: Mapping[str, str] | None = None,
+        restart: bool = False,
+    ) -> Daemon:
+        """A daemon that runs the sandbox image's own ENTRYPOINT + CMD, in the image's workdir
+        with the image's env, as ``docker run IMAGE [args]`` does: ``args`` replace CMD (never
+        ENTRYPOINT), ``env`` is set on top.  The image's config is read from its registry
+        when the sandbox starts (once per image; cached)."""
+        daemon = cls(name, (), ready=ready, env=env, restart=restart)
+        object.__setattr__(daemon, "entrypoint", True)
+        object.__setattr__(daemon, "args", None if args is None else _maybe_tuple(args))
+        return daemon
 
     @property
     def shell_command(self) -> str:
@@ -346,7 +371,18 @@ class _Validator:
             names.add(daemon.name)
             where = f"daemons[{i}] ({daemon.name})"
             command = daemon.command
-            if isinstance(command, str):
+            if daemon.entrypoint:
+                args = daemon.args
+                if args is not None and (
+                    not isinstance(args, tuple) or not all(isinstance(a, str) for a in args)
+                ):
+                    self.fail(
+                        f"{where}.args",
+                        args,
+                        "must be a list of str (argv words, as after 'docker run IMAGE'); "
+                        "shlex.split() splits a command line",
+                    )
+            elif isinstance(command, str):
                 if not command.strip():
                     self.fail(f"{where}.command", command, "must not be empty")
             elif (

@@ -26,6 +26,7 @@ from .protocol import Endpoint, NameTaken, RawExec, SandboxInfo
 
 if TYPE_CHECKING:
     from ..images import ImageRoot
+    from ..images.manifest import ImageConfig
     from ..runtime import LocalRuntime, LocalSandbox
     from ..spec import SandboxSpec
 
@@ -178,6 +179,31 @@ class LocalBackend:
 
     def header(self) -> str:
         return f"local (bubblewrap); {self.images.describe()}"
+
+    def image_config(self, image: object) -> ImageConfig:
+        """The pulled image's config (for ``Daemon.from_image``); none in host-image mode."""
+        if image is None:
+            raise SpecError(
+                "the spec has no image (its sandbox runs on the host filesystem, which has no "
+                "ENTRYPOINT or CMD to run): set image=, or give the daemon a command: "
+                "Daemon(name, command=...)"
+            )
+        if not isinstance(image, str):
+            raise SpecError(
+                "a modal.Image runs on the host filesystem with the local backend, which has "
+                "no ENTRYPOINT or CMD to run: use an image reference string, or give the "
+                "daemon a command: Daemon(name, command=...)"
+            )
+        if self.images.on_host(image):
+            raise SpecError(
+                f"image {image} is mapped to the host filesystem here (host-image mode: "
+                "--modal-sandbox-local-images=host or a --modal-sandbox-host-image pattern), "
+                "which has no ENTRYPOINT or CMD to run: use --modal-sandbox-local-images=pull, "
+                "or give the daemon a command: Daemon(name, command=...)"
+            )
+        from ..images.config import image_config
+
+        return image_config(image)
 
     def create(
         self,

@@ -24,7 +24,8 @@ from typing import Any
 import modal
 import modal.exception as modal_exc
 
-from ..errors import BackendUnavailable, ExecTimeout, SandboxError, SandboxGone
+from ..errors import BackendUnavailable, ExecTimeout, SandboxError, SandboxGone, SpecError
+from ..images.manifest import ImageConfig
 from ..spec import SandboxSpec
 from .protocol import Endpoint, NameTaken, RawExec, SandboxInfo
 
@@ -36,6 +37,7 @@ __all__ = ["SUPPORTED_MODAL", "ModalBackend", "ModalHandle"]
 SUPPORTED_MODAL = ((1, 6, 3), (1, 7, 0))
 DEFAULT_LEASE = 60.0
 DEFAULT_IDLE = 60  # lease + idle: an orphan ends within ~2 minutes (bound: 3)
+MODAL_PLATFORM = "linux/amd64"  # what Modal runs (Image.from_registry's own requirement)
 
 _CREDENTIALS_HELP = (
     "Modal credentials are not configured: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or run "
@@ -75,6 +77,44 @@ def _wrap(exc: Exception, what: str) -> SandboxError:
     if isinstance(exc, modal_exc.NotFoundError):
         return SandboxGone(f"{what}: {exc}")
     return SandboxError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _registry_reference(image: modal.Image, depth: int = 0) -> str | None:
+    """The reference a ``modal.Image.from_registry(...)`` image (or one built on it) came from.
+
+    The SDK keeps it only in the closures of the image's deferred loader; they are read here,
+    following base images, and None is the answer when the shape is not the one known
+    (modal 1.6.x): the caller then asks for a reference string instead.
+    """
+    from modal._utils.async_utils import synchronizer
+
+    impl = synchronizer._translate_in(image) if isinstance(image, modal.Image) else image  # type: ignore[no-untyped-call]
+    load = getattr(impl, "_load", None)
+    if depth > 50 or load is None:
+        return None
+    for value in _cells(load).values():
+        if callable(value) and "from_registry" in getattr(value, "__qualname__", ""):
+            tag = _cells(value).get("tag")
+            if isinstance(tag, str):
+                return tag
+        bases = value.values() if isinstance(value, dict) else [value]
+        for base in bases:
+            if type(base).__name__ == "_Image":
+                found = _registry_reference(base, depth + 1)
+                if found is not None:
+                    return found
+    return None
+
+
+def _cells(fn: Any) -> dict[str, Any]:
+    """A function's closure by variable name (empty cells left out)."""
+    code = getattr(fn, "__code__", None)
+    values: dict[str, Any] = {}
+    cells = getattr(fn, "__closure__", None) or ()
+    for name, cell in zip(code.co_freevars if code else (), cells, strict=False):
+        with contextlib.suppress(ValueError):  # an empty cell
+            values[name] = cell.cell_contents
+    return values
 
 
 class _Heartbeats:
@@ -268,6 +308,8 @@ class ModalBackend:
         token_secret: str | None = None,
         lease: float = DEFAULT_LEASE,
         idle_timeout: int = DEFAULT_IDLE,
+        local_images: str = "pull",
+        host_images: Sequence[str] = (),
         **_ignored: object,
     ) -> None:
         warning = check_modal_version()
@@ -279,6 +321,8 @@ class ModalBackend:
         self.environment = environment
         self.default_idle = idle_timeout
         self.heartbeats = _Heartbeats(lease)
+        # the emulator maps images as the local backend does (the run hands it these settings)
+        self._host_images = (local_images, tuple(host_images)) if emulator else None
         self._images: dict[str, modal.Image] = {}
         self._app: modal.App | None = None
         self._lock = threading.Lock()
@@ -331,6 +375,38 @@ class ModalBackend:
             if image not in self._images:
                 self._images[image] = modal.Image.from_registry(image)
             return self._images[image]
+
+    def image_config(self, image: object) -> ImageConfig:
+        """The config of the registry image ``image`` is (for ``Daemon.from_image``), read from
+        the registry on this machine for Modal's platform, once per image (cached on disk)."""
+        if isinstance(image, str):
+            reference: str | None = image
+        elif isinstance(image, modal.Image):
+            reference = _registry_reference(image)
+        else:
+            reference = None
+        if reference is None:
+            raise SpecError(
+                "its ENTRYPOINT and CMD are read from the image's registry, so the image must "
+                "be a reference string or built by modal.Image.from_registry(reference) "
+                f"(got {'no image' if image is None else type(image).__name__}); or give the "
+                "daemon a command: Daemon(name, command=...)"
+            )
+        if self._host_images is not None:
+            from .local import LocalImages
+
+            mode, patterns = self._host_images
+            if LocalImages(mode, patterns).on_host(reference):
+                raise SpecError(
+                    f"image {reference} is mapped to the host filesystem by the emulator "
+                    "(host-image mode: --modal-sandbox-local-images=host or a "
+                    "--modal-sandbox-host-image pattern), which has no ENTRYPOINT or CMD to "
+                    "run: use --modal-sandbox-local-images=pull, or give the daemon a "
+                    "command: Daemon(name, command=...)"
+                )
+        from ..images.config import image_config
+
+        return image_config(reference, platform=MODAL_PLATFORM)
 
     def create(
         self,

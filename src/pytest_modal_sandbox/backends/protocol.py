@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from ..errors import SandboxError
 
 if TYPE_CHECKING:
+    from ..images.manifest import ImageConfig
     from ..spec import SandboxSpec
 
 __all__ = [
     "Backend",
     "BackendSandbox",
     "Endpoint",
+    "ImageConfigs",
     "NameTaken",
     "NativeReadiness",
     "RawExec",
@@ -120,6 +122,17 @@ class NativeReadiness(Protocol):
 
     def wait_native_ready(self, timeout: float) -> bool:
         """True once the backend's probe passed, False if it has not within ``timeout``."""
+        ...
+
+
+@runtime_checkable
+class ImageConfigs(Protocol):
+    """Optional for a :class:`Backend`: the runtime config (ENTRYPOINT, CMD, env, workdir) of
+    the image a spec's sandbox would run, for ``Daemon.from_image``."""
+
+    def image_config(self, image: object) -> ImageConfig:
+        """The config of ``image`` (a spec's ``image`` field) as this backend would run it;
+        :class:`~pytest_modal_sandbox.errors.SpecError` saying why when it has none here."""
         ...
 
 
