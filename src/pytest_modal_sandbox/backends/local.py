@@ -236,6 +236,7 @@ class LocalBackend:
             name=name,
             tags=dict(tags),
             owner_lock=self.owner_lock if shared else None,
+            mounts=dict(spec.mounts),  # copied at create: writes inside stay inside
         )
         from ..runtime import NameTaken as RuntimeNameTaken
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 import time
 import warnings
@@ -376,6 +377,20 @@ class ModalBackend:
                 self._images[image] = modal.Image.from_registry(image)
             return self._images[image]
 
+    def _with_mounts(self, image: modal.Image | None, mounts: Mapping[str, str]) -> Any:
+        """``image`` with the spec's mounts as layers attached at start (``copy=False``: no
+        rebuild; the client uploads what changed).  Not cached: a new image object per create
+        is what makes the client look at the files again."""
+        if not mounts:
+            return image
+        out = image if image is not None else modal.Image.debian_slim()  # Modal's default
+        for target, source in mounts.items():
+            if os.path.isdir(source):
+                out = out.add_local_dir(source, target)
+            else:
+                out = out.add_local_file(source, target)
+        return out
+
     def image_config(self, image: object) -> ImageConfig:
         """The config of the registry image ``image`` is (for ``Daemon.from_image``), read from
         the registry on this machine for Modal's platform, once per image (cached on disk)."""
@@ -435,7 +450,7 @@ class ModalBackend:
         try:
             sb = modal.Sandbox.create(
                 app=self.app,
-                image=self._image(spec.image),
+                image=self._with_mounts(self._image(spec.image), spec.mounts),
                 name=name,
                 tags=dict(tags),
                 env=dict(spec.env) or None,

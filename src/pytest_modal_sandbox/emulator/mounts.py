@@ -7,8 +7,8 @@ data, by SHA-256), ``MountGetOrCreate`` (the file list).  Contents are kept in m
 per digest.  Files of 4 MiB and more go through Modal's blob store (``blobs.py``): uploaded
 over HTTP, then named here by blob id.  ``Volume.batch_upload`` uploads the same way.
 
-Mounts attached to a sandbox at start (``copy=False``) are not supported: the sandbox create
-is refused with a message saying so (see ``sandboxes.py``).
+Mounts attached to a sandbox at start (``copy=False``) are written out and copied into the
+sandbox by ``start_mounts.py``.
 """
 
 from __future__ import annotations

@@ -77,6 +77,27 @@ def _path(field: str, value: object) -> str | None:
     return _text(field, value)
 
 
+def _mounts(value: object) -> FrozenMap:
+    if not isinstance(value, Mapping):
+        raise _fail("mounts", value, "must map paths in the sandbox to paths on this machine")
+    out: dict[str, str] = {}
+    for target, source in value.items():
+        where = f"mounts[{target!r}]"
+        target = _text(where, target)
+        norm = posixpath.normpath(target).replace("//", "/")
+        if not target.startswith("/") or norm == "/":
+            raise _fail(where, target, "the path in the sandbox must be absolute, and not /")
+        src = _path(where, source)
+        if src is None or not os.path.isabs(src):
+            raise _fail(where, source, "the source must be an absolute path on this machine")
+        if not (os.path.isdir(src) or os.path.isfile(src)):
+            raise _fail(where, source, "the source is not a file or directory")
+        if norm in out:
+            raise _fail(where, target, "the path in the sandbox is mounted twice")
+        out[norm] = src
+    return FrozenMap(out)
+
+
 @dataclasses.dataclass(frozen=True)
 class SandboxConfig:
     """Everything needed to start one local sandbox (the runtime's half of a Modal create call).
@@ -95,6 +116,11 @@ class SandboxConfig:
     owns that directory and must not share it); ``network=True`` shares the host's network
     namespace (package indexes are reachable; the host's ``/etc/resolv.conf`` is used), so it
     takes no ``ports``.  A sandbox is never isolated from the network with it: builds only.
+
+    ``mounts`` maps absolute paths in the sandbox to files or directories of this machine:
+    each is copied once at create (``cp -a --reflink=auto``: one process per mount, no
+    per-file work here) into the sandbox's state dir and bound there, writable; writes inside
+    land in the copy, never in the source, and vanish with the sandbox.
     """
 
     command: Sequence[str] | None = None
@@ -112,6 +138,7 @@ class SandboxConfig:
     hostname: str | None = None
     rootfs_writable: bool = False
     network: bool = False
+    mounts: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -162,6 +189,7 @@ class SandboxConfig:
             raise _fail(
                 "ports", self.ports, "cannot be forwarded with network=True (the host's network)"
             )
+        put(self, "mounts", _mounts(self.mounts))
         if self.hostname is not None and not (
             isinstance(self.hostname, str) and _HOSTNAME.match(self.hostname)
         ):

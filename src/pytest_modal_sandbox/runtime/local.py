@@ -22,6 +22,7 @@ from .._paths import state_root
 from . import hostview, owners, rootfs, seccomp
 from .check import Tools, check
 from .config import DEFAULT_ENV, SandboxConfig
+from .copies import copy_mounts
 from .errors import InvalidArgument, InvalidConfig, NameTaken, SandboxNotFound
 from .ids import is_sandbox_id, new_sandbox_id
 from .mounts import (
@@ -208,6 +209,7 @@ class LocalRuntime:
                 resolv = str(paths.resolv)
                 paths.resolv.write_text(rootfs.RESOLV_CONF)
         program = _seccomp_program()
+        binds = copy_mounts(config.mounts, paths.mounts)
         argv = bwrap_argv(
             bwrap=tools.bwrap,
             command=command,
@@ -225,6 +227,7 @@ class LocalRuntime:
             seccomp=program is not None,
             exists=exists,
             listdir=listdir,
+            binds=binds,
         )
         walls = {
             "userns": "pair" if as_root else "own",
