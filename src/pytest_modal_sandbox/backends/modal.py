@@ -107,6 +107,27 @@ def _registry_reference(image: modal.Image, depth: int = 0) -> str | None:
     return None
 
 
+def _files_fingerprint(mounts: Mapping[str, str]) -> str:
+    """A digest of every mounted file's path, size, mtime and mode (no contents read)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for source in mounts.values():
+        for dirpath, dirnames, filenames in os.walk(source):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                with contextlib.suppress(OSError):
+                    st = os.stat(path)
+                    digest.update(
+                        f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode()
+                    )
+        if os.path.isfile(source):
+            st = os.stat(source)
+            digest.update(f"{source}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
+    return digest.hexdigest()
+
+
 def _cells(fn: Any) -> dict[str, Any]:
     """A function's closure by variable name (empty cells left out)."""
     code = getattr(fn, "__code__", None)
@@ -325,6 +346,7 @@ class ModalBackend:
         # the emulator maps images as the local backend does (the run hands it these settings)
         self._host_images = (local_images, tuple(host_images)) if emulator else None
         self._images: dict[str, modal.Image] = {}
+        self._mounted: dict[tuple[Any, ...], tuple[Any, Any]] = {}  # see _with_mounts
         self._app: modal.App | None = None
         self._lock = threading.Lock()
         if server_url:
@@ -379,16 +401,27 @@ class ModalBackend:
 
     def _with_mounts(self, image: modal.Image | None, mounts: Mapping[str, str]) -> Any:
         """``image`` with the spec's mounts as layers attached at start (``copy=False``: no
-        rebuild; the client uploads what changed).  Not cached: a new image object per create
-        is what makes the client look at the files again."""
+        rebuild).  The client hashes every file of a mount each time it loads one, so the
+        image is kept per base image, mounts and a cheap fingerprint of the files (paths,
+        sizes, mtimes): a start whose files did not change reuses the loaded mounts, and a
+        change makes a new image, which the client uploads (what changed only)."""
         if not mounts:
             return image
+        key = (id(image), tuple(mounts.items()), _files_fingerprint(mounts))
+        with self._lock:
+            cached = self._mounted.get(key)
+            if cached is not None and cached[0] is image:
+                return cached[1]
         out = image if image is not None else modal.Image.debian_slim()  # Modal's default
         for target, source in mounts.items():
             if os.path.isdir(source):
                 out = out.add_local_dir(source, target)
             else:
                 out = out.add_local_file(source, target)
+        with self._lock:
+            if len(self._mounted) >= 64:
+                self._mounted.pop(next(iter(self._mounted)))
+            self._mounted[key] = (image, out)
         return out
 
     def image_config(self, image: object) -> ImageConfig:

@@ -102,6 +102,16 @@ class MountStore:
             raise RpcError("FAILED_PRECONDITION", f"content {sha256_hex} was not uploaded")
         return data
 
+    def fingerprint(self, mount_id: str) -> str:
+        """A digest of the mount's file table (paths, contents, modes): equal for every mount
+        of the same files, whatever its id (each client load of a mount makes a new id)."""
+        with self._lock:
+            table = self._mounts.get(mount_id)
+            if table is None:
+                raise RpcError("NOT_FOUND", f"Mount {mount_id} not found")
+            rows = sorted(table.items())
+        return hashlib.sha256(repr(rows).encode()).hexdigest()[:32]
+
     def files(self, mount_id: str) -> Mapping[str, ContextFile]:
         """The mount's files by path (relative to the mount's root)."""
         with self._lock:

@@ -2,8 +2,9 @@
 ``copy=True``, ``add_local_python_source``): the sandbox create's ``mount_ids``.
 
 The client uploads the files before the create (``mounts.py``); here each mount's files are
-written once to a directory of their own (``<state>/mounts/<mount id>/``: a mount id's
-content never changes, so later sandboxes reuse it), and each mount becomes one entry of the
+written once to a directory of their own (``<state>/mounts/<fingerprint>/``, by the digest
+of the mount's file table: the client makes a new mount id each time it loads an image, so a
+later sandbox with the same files reuses the directory), and each mount becomes one entry of the
 runtime's ``SandboxConfig.mounts``: the deepest directory holding all its files (a file, for
 a mount of one file), which the runtime copies for the sandbox: writes inside reach neither
 this directory nor other sandboxes, as on Modal.
@@ -60,14 +61,18 @@ class StartMounts:
                 f"mount {mount_id} puts files directly under /: the emulator attaches a mount "
                 "as one directory; mount them under a directory",
             )
-        base = self.root / mount_id
+        key = self.store.fingerprint(mount_id)
+        base = self.root / key
         with self._lock:
             if not base.exists():
-                partial = self.root / f".{mount_id}.partial"
+                partial = self.root / f".{key}.partial"
                 shutil.rmtree(partial, ignore_errors=True)
+                made: set[Path] = set()
                 for rel, content in files.items():
                     dest = partial / rel.lstrip("/")
-                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    if dest.parent not in made:
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        made.add(dest.parent)
                     dest.write_bytes(content.data)
                     os.chmod(dest, content.mode & 0o7777)
                 partial.rename(base)

@@ -117,10 +117,10 @@ class SandboxConfig:
     namespace (package indexes are reachable; the host's ``/etc/resolv.conf`` is used), so it
     takes no ``ports``.  A sandbox is never isolated from the network with it: builds only.
 
-    ``mounts`` maps absolute paths in the sandbox to files or directories of this machine:
-    each is copied once at create (``cp -a --reflink=auto``: one process per mount, no
-    per-file work here) into the sandbox's state dir and bound there, writable; writes inside
-    land in the copy, never in the source, and vanish with the sandbox.
+    ``mounts`` maps absolute paths in the sandbox to files or directories of this machine,
+    shown there writable: a directory through an overlayfs with the sandbox's own upper
+    layer, a file (or a directory where overlayfs is not usable) as a private copy
+    (``copies.py``); writes inside never reach the source, and vanish with the sandbox.
     """
 
     command: Sequence[str] | None = None
