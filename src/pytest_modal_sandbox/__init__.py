@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .authproxy import ConnectToken
     from .errors import (
         BackendUnavailable,
         DaemonExitedError,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from .spec import Daemon, Probe, SandboxSpec
 
 _WHERE = {
+    "ConnectToken": "authproxy",
     "BackendUnavailable": "errors",
     "DaemonExitedError": "errors",
     "ExecError": "errors",
@@ -50,6 +52,7 @@ _WHERE = {
 
 __all__ = [
     "BackendUnavailable",
+    "ConnectToken",
     "Daemon",
     "DaemonExitedError",
     "ExecError",

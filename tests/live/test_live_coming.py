@@ -70,7 +70,6 @@ def test_a_snapshot_starts_a_clone_of_the_prepared_sandbox(live):
     faultlib.run_file(live, "snapshot", SNAPSHOT_TESTS, timeout=600)
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox.connect_token() is not built yet")
 def test_a_connect_token_reaches_the_sandbox(live):
     assert hasattr(Sandbox, "connect_token"), "the handle has no connect_token()"
     faultlib.run_file(live, "connect", CONNECT_TESTS)

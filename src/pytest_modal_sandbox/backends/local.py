@@ -25,6 +25,7 @@ from ..errors import ExecTimeout, SandboxGone, SpecError
 from .protocol import Endpoint, NameTaken, RawExec, SandboxInfo
 
 if TYPE_CHECKING:
+    from ..authproxy import ConnectToken
     from ..images import ImageRoot
     from ..images.manifest import ImageConfig
     from ..runtime import LocalRuntime, LocalSandbox
@@ -125,6 +126,17 @@ class LocalHandle:
         host, host_port = self._sb.tunnel(port)
         return Endpoint(port, kind, f"http://{host}:{host_port}", host, host_port)
 
+    def connect_token(self, port: int) -> ConnectToken:
+        """A token for this process's auth proxy, in front of a tunnel to ``port``."""
+        from ..authproxy import proxy
+
+        sandbox = self._sb
+
+        def upstream() -> tuple[str, int]:
+            return sandbox.tunnel(port, declared=False)
+
+        return proxy().issue(self.id, upstream)
+
     def finished(self) -> str | None:
         status = self._sb.poll()
         if status is None:
@@ -133,6 +145,9 @@ class LocalHandle:
         return f"{status.kind}{code}"
 
     def terminate(self, *, wait: bool = False) -> None:
+        from ..authproxy import proxy
+
+        proxy().revoke(self.id)
         try:
             self._sb.terminate(wait=wait)
         finally:

@@ -25,6 +25,7 @@ from typing import Any
 import modal
 import modal.exception as modal_exc
 
+from ..authproxy import ConnectToken
 from ..errors import BackendUnavailable, ExecTimeout, SandboxError, SandboxGone, SpecError
 from ..images.manifest import ImageConfig
 from ..spec import SandboxSpec
@@ -281,6 +282,14 @@ class ModalHandle:
             # works with any client's default settings (no emulator CA needed)
             url = f"http://{host}:{host_port}"
         return Endpoint(port, kind, url, host, host_port)
+
+    def connect_token(self, port: int) -> ConnectToken:
+        """Modal's own: ``Sandbox.create_connect_token(port=...)``."""
+        try:
+            creds = self._sb.create_connect_token(port=port)
+        except modal_exc.Error as exc:
+            raise _wrap(exc, f"creating a connect token for sandbox {self.id}") from exc
+        return ConnectToken(creds.url, creds.token)
 
     def finished(self) -> str | None:
         try:

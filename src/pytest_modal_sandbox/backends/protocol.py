@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from ..errors import SandboxError
 
 if TYPE_CHECKING:
+    from ..authproxy import ConnectToken
     from ..images.manifest import ImageConfig
     from ..spec import SandboxSpec
 
 __all__ = [
     "Backend",
     "BackendSandbox",
+    "ConnectTokens",
     "Endpoint",
     "ImageConfigs",
     "NameTaken",
@@ -122,6 +124,15 @@ class NativeReadiness(Protocol):
 
     def wait_native_ready(self, timeout: float) -> bool:
         """True once the backend's probe passed, False if it has not within ``timeout``."""
+        ...
+
+
+@runtime_checkable
+class ConnectTokens(Protocol):
+    """Optional for a :class:`BackendSandbox`: Modal's connect tokens (or the same gate)."""
+
+    def connect_token(self, port: int) -> ConnectToken:
+        """A URL and a bearer token that reach ``port`` in the sandbox (401 without it)."""
         ...
 
 

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from modal_proto import api_pb2
 
-from .. import errors
+from .. import authproxy, errors
 from ..runtime import (
     ExitStatus,
     InvalidArgument,
@@ -657,6 +657,7 @@ class SandboxManager:
         sb.result = result
         sb.finished_at = finished_at
         sb.stdin_closed = True
+        authproxy.proxy().revoke(sb.id)  # its connect tokens end with it
         sb.collect_log(final=True)
         self._release_volumes(sb)
         for early in sb.early_tunnels:
