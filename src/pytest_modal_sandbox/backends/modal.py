@@ -285,8 +285,13 @@ class ModalHandle:
 
     def connect_token(self, port: int) -> ConnectToken:
         """Modal's own: ``Sandbox.create_connect_token(port=...)``."""
+        create = getattr(self._sb, "create_connect_token", None)
+        if create is None:
+            raise SandboxError(
+                f"modal {modal.__version__} has no Sandbox.create_connect_token: upgrade modal"
+            )
         try:
-            creds = self._sb.create_connect_token(port=port)
+            creds = create() if port == 8080 else create(port=port)
         except modal_exc.Error as exc:
             raise _wrap(exc, f"creating a connect token for sandbox {self.id}") from exc
         return ConnectToken(creds.url, creds.token)
