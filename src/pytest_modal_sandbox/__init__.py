@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .authproxy import ConnectToken
     from .errors import (
         BackendUnavailable,
         DaemonExitedError,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from .spec import Daemon, Probe, SandboxSpec
 
 _WHERE = {
+    "ConnectToken": "authproxy",
     "BackendUnavailable": "errors",
     "DaemonExitedError": "errors",
     "ExecError": "errors",
@@ -56,6 +58,7 @@ _WHERE = {
 
 __all__ = [
     "BackendUnavailable",
+    "ConnectToken",
     "Daemon",
     "DaemonExitedError",
     "ExecError",

@@ -145,6 +145,7 @@ def fixture_instance(
 
     base = marker_fields(node) if declaration.fields is None else declaration.fields
     spec = images.apply(spec_from_fields({**base, **_param_fields(fixture, param)}))
+    spec = spec.with_mounts_from(node.config.rootpath)  # relative mounts: from the rootdir
     share = "function" if scope == "function" else declaration.share
     return FixtureInstance(fixture, scope, node.nodeid, share, spec)
 

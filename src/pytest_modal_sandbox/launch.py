@@ -6,12 +6,13 @@ layer calls :func:`launch` with its run's tags and terminates through its own la
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from . import daemons
+from . import daemons, entrypoints
 from .backends import make_backend
 from .backends.protocol import Backend, NativeReadiness
 from .errors import SandboxError, SandboxStartError
@@ -38,6 +39,8 @@ def launch(
     the id even if what follows is interrupted.
     """
     requested = time.time()
+    spec = spec.with_mounts_from(os.getcwd())  # the pytest layer resolved them from its rootdir
+    spec = entrypoints.resolve(spec, backend)  # Daemon.from_image: the image's own command
     try:
         impl = backend.create(
             spec, tags=dict(tags or {}), name=name, shared=shared, quota_wait=quota_wait

@@ -23,6 +23,7 @@ from .spec import SandboxSpec
 if TYPE_CHECKING:
     from typing import Literal
 
+    from .authproxy import ConnectToken
     from .backends.protocol import BackendSandbox, Ending, Endpoint
     from .snapshot import Snapshot
 
@@ -204,6 +205,18 @@ class Sandbox:
         """The URL another sandbox of this run uses for ``port`` (see :meth:`peer`)."""
         self.endpoint(port)
         return self._impl.peer(port, self.spec.port_kind(port) or "").url
+
+    def connect_token(self, port: int = 8080) -> ConnectToken:
+        """A URL and a token: requests to the URL with ``Authorization: Bearer <token>``
+        reach the server on ``port`` in the sandbox (declared or not), others get 401, as
+        Modal's ``Sandbox.create_connect_token``.  ``token.headers()`` is that header."""
+        from .backends.protocol import ConnectTokens
+
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise SandboxError(f"connect_token: port must be an int in 1..65535, not {port!r}")
+        if not isinstance(self._impl, ConnectTokens):
+            raise SandboxError(f"the {self.backend} backend has no connect tokens")
+        return self._impl.connect_token(port)
 
     @property
     def tunnels(self) -> dict[int, Endpoint]:

@@ -14,6 +14,8 @@ import difflib
 import hashlib
 import ipaddress
 import json
+import os
+import posixpath
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -118,7 +120,9 @@ class Daemon:
     """A long-running process the sandbox must run, started detached, with a log file.
 
     ``command`` is a shell string (run by ``sh -c``) or an argv list.  ``restart=True`` runs it
-    again whenever it exits.
+    again whenever it exits.  :meth:`from_image` makes one that runs the image's own
+    ENTRYPOINT + CMD (``entrypoint`` is then True, ``args`` replace CMD, and ``command`` is
+    filled in from the image's config when the sandbox starts).
     """
 
     name: str
@@ -127,6 +131,8 @@ class Daemon:
     env: FrozenMap
     workdir: str | None
     restart: bool
+    entrypoint: bool
+    args: tuple[str, ...] | None
 
     def __init__(
         self,
@@ -144,6 +150,27 @@ class Daemon:
         set_(self, "env", _maybe_frozen(env or {}))
         set_(self, "workdir", workdir)
         set_(self, "restart", restart)
+        set_(self, "entrypoint", False)
+        set_(self, "args", None)
+
+    @classmethod
+    def from_image(
+        cls,
+        name: str,
+        *,
+        args: Sequence[str] | None = None,
+        ready: Probe | None = None,
+        env: Mapping[str, str] | None = None,
+        restart: bool = False,
+    ) -> Daemon:
+        """A daemon that runs the sandbox image's own ENTRYPOINT + CMD, in the image's workdir
+        with the image's env, as ``docker run IMAGE [args]`` does: ``args`` replace CMD (never
+        ENTRYPOINT), ``env`` is set on top.  The image's config is read from its registry
+        when the sandbox starts (once per image; cached)."""
+        daemon = cls(name, (), ready=ready, env=env, restart=restart)
+        object.__setattr__(daemon, "entrypoint", True)
+        object.__setattr__(daemon, "args", None if args is None else _maybe_tuple(args))
+        return daemon
 
     @property
     def shell_command(self) -> str:
@@ -183,6 +210,7 @@ class SandboxSpec:
     gpu: str | None = None
     block_network: bool = False
     cidr_allowlist: tuple[str, ...] | None = None
+    mounts: FrozenMap = dataclasses.field(default_factory=FrozenMap)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -196,6 +224,7 @@ class SandboxSpec:
         ):
             set_(self, name, _maybe_tuple(getattr(self, name)))
         set_(self, "env", _maybe_frozen(self.env))
+        set_(self, "mounts", _maybe_frozen(_fspaths(self.mounts)))
         set_(self, "secrets", tuple(_maybe_frozen(s) for s in self.secrets))
         _Validator(self).run()
 
@@ -221,6 +250,25 @@ class SandboxSpec:
         """A short stable digest of the spec (secret values enter only as a digest)."""
         blob = json.dumps(_canonical(self), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+    def with_mounts_from(self, base: str | os.PathLike[str]) -> SandboxSpec:
+        """This spec with each relative ``mounts`` source made absolute from ``base`` (pytest's
+        rootdir; the working directory in ``start()``), every source checked to exist."""
+        if not self.mounts:
+            return self
+        resolved = {}
+        for target, source in self.mounts.items():
+            path = os.path.normpath(os.path.join(base, os.path.expanduser(source)))
+            if not os.path.exists(path):
+                where = "" if os.path.isabs(source) else f" (relative paths are from {base})"
+                raise SpecError(
+                    f"mounts[{target!r}]: {source!r} does not exist on this machine{where}; "
+                    "give an existing file or directory"
+                )
+            if not (os.path.isfile(path) or os.path.isdir(path)):
+                raise SpecError(f"mounts[{target!r}]: {source!r} is not a file or directory")
+            resolved[target] = path
+        return self if resolved == dict(self.mounts) else self.replace(mounts=resolved)
 
     def replace(self, **fields: Any) -> SandboxSpec:
         """A copy with ``fields`` changed (validated like the constructor)."""
@@ -318,6 +366,7 @@ class _Validator:
             elif not _is_modal(secret, "Secret"):
                 self.fail(f"secrets[{i}]", secret, "must be a dict of str to str or a modal.Secret")
         self.check_workdir("workdir", s.workdir)
+        self.check_mounts()
         self.check_timeout("timeout", s.timeout, required=True, limit=MAX_TIMEOUT)
         self.check_timeout("idle_timeout", s.idle_timeout, required=False, limit=MAX_TIMEOUT)
         if s.cpu is not None and (not _is_number(s.cpu) or s.cpu <= 0):
@@ -381,6 +430,26 @@ class _Validator:
         if not isinstance(workdir, str) or not workdir.startswith("/"):
             self.fail(field, workdir, "must be an absolute path")
 
+    def check_mounts(self) -> None:
+        mounts = self.spec.mounts
+        if not isinstance(mounts, Mapping):
+            self.fail("mounts", mounts, 'must be a dict {"/path/in/sandbox": "local/path"}')
+        seen: set[str] = set()
+        for target, source in mounts.items():
+            where = f"mounts[{target!r}]"
+            if not isinstance(target, str) or not target.startswith("/"):
+                self.fail(
+                    f"mounts key {target!r}", target, "must be an absolute path in the sandbox"
+                )
+            norm = posixpath.normpath(target).replace("//", "/")
+            if norm == "/":
+                self.fail(where, target, "cannot be mounted at / (mount a directory under it)")
+            if norm in seen:
+                self.fail(where, target, "is the same path in the sandbox as another mount")
+            seen.add(norm)
+            if not isinstance(source, str) or not source:
+                self.fail(where, source, "must be a local file or directory path (str or Path)")
+
     def check_timeout(self, field: str, value: Any, *, required: bool, limit: float) -> None:
         if value is None and not required:
             return
@@ -408,7 +477,18 @@ class _Validator:
             names.add(daemon.name)
             where = f"daemons[{i}] ({daemon.name})"
             command = daemon.command
-            if isinstance(command, str):
+            if daemon.entrypoint:
+                args = daemon.args
+                if args is not None and (
+                    not isinstance(args, tuple) or not all(isinstance(a, str) for a in args)
+                ):
+                    self.fail(
+                        f"{where}.args",
+                        args,
+                        "must be a list of str (argv words, as after 'docker run IMAGE'); "
+                        "shlex.split() splits a command line",
+                    )
+            elif isinstance(command, str):
                 if not command.strip():
                     self.fail(f"{where}.command", command, "must not be empty")
             elif (
@@ -483,6 +563,13 @@ def _maybe_tuple(value: Any) -> Any:
     """Lists become tuples; anything else is left for the validator to judge."""
     if isinstance(value, (list, tuple)):
         return tuple(value)
+    return value
+
+
+def _fspaths(value: Any) -> Any:
+    """``Path`` values of a mapping as strings (the mounts' sources)."""
+    if isinstance(value, Mapping) and not isinstance(value, FrozenMap):
+        return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in value.items()}
     return value
 
 

@@ -269,15 +269,32 @@ def test_build_steps_are_root_inside_and_confined(
         subprocess.run(["ip", "addr", "del", "10.234.9.9/32", "dev", "lo"], capture_output=True)
 
 
-def test_files_mounted_at_start_are_refused_with_the_fix(
+def test_files_mounted_at_start_are_private_copies(
     make_emulator: Callable[..., Emu], app_image: PushedImage, tmp_path: Path
 ) -> None:
+    """``add_local_file``/``add_local_dir`` without ``copy=True``: attached at start, writable,
+    and a write inside reaches neither the user's files nor the next sandbox."""
     local = tmp_path / "f.txt"
     local.write_text("x")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "run.sh").write_text("echo ran\n")
+    (tree / "sub" / "run.sh").chmod(0o755)
+    (tree / "top.txt").write_text("top")
     emu = make_emulator()
-    image = modal.Image.from_registry(app_image.reference).add_local_file(local, "/f.txt")
-    with pytest.raises(modal.exception.Error, match="copy=True"):
-        emu.sandbox(image=image)
+    image = (
+        modal.Image.from_registry(app_image.reference)
+        .add_local_file(local, "/f.txt")
+        .add_local_dir(tree, "/srv/app")
+    )
+    sb = emu.sandbox(image=image)
+    assert text(sb.exec("cat", "/f.txt", "/srv/app/top.txt")) == "xtop"
+    assert text(sb.exec("/srv/app/sub/run.sh")) == "ran\n"
+    sb.exec("sh", "-c", "echo changed > /srv/app/top.txt; echo y > /f.txt").wait()
+    assert text(sb.exec("cat", "/srv/app/top.txt")) == "changed\n"
+    assert (tree / "top.txt").read_text() == "top" and local.read_text() == "x"
+    again = emu.sandbox(image=image)
+    assert text(again.exec("cat", "/f.txt", "/srv/app/top.txt")) == "xtop"
 
 
 # -- the build log, and concurrent builds --------------------------------------------------------

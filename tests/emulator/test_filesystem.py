@@ -124,3 +124,27 @@ def test_watch_reports_created_files(make_sandbox: Any) -> None:
         writer.join()
     assert events and events[0].type == FileWatchEventType.Create
     assert events[0].paths[0].startswith("/tmp/w/new")
+
+
+def test_spec_mounts_follow_changes_to_the_files_between_starts(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """The modal backend reuses a loaded mount only while its files are unchanged."""
+    from pytest_modal_sandbox import SandboxSpec, start
+    from pytest_modal_sandbox.backends import make_backend
+
+    tree = tmp_path / "app"
+    tree.mkdir()
+    (tree / "v.txt").write_text("1")
+    spec = SandboxSpec(mounts={"/srv/app": str(tree)})
+    backend = make_backend("emulator", server_url=emulator.url)
+    try:
+        with start(spec, backend=backend) as sb:
+            assert sb.exec("cat", "/srv/app/v.txt").stdout == "1"
+        with start(spec, backend=backend) as sb:  # unchanged: the loaded mount again
+            assert sb.exec("cat", "/srv/app/v.txt").stdout == "1"
+        (tree / "v.txt").write_text("22")
+        with start(spec, backend=backend) as sb:
+            assert sb.exec("cat", "/srv/app/v.txt").stdout == "22"
+    finally:
+        backend.close()

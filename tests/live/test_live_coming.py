@@ -1,7 +1,6 @@
-"""Checks for features that are planned and not built yet (the design's "coming" list),
-written as their contract says they will behave.  Each is a strict xfail: whoever
-builds the feature sees it pass and removes the mark.  While the feature's method is missing the
-check fails before it starts a sandbox, so it costs nothing."""
+"""Checks of the features built after the live suite was written (snapshots, connect tokens),
+as their contract says they behave on Modal.  They were strict xfails while the features were
+missing; now they must pass."""
 
 from __future__ import annotations
 
@@ -68,7 +67,6 @@ def test_a_snapshot_starts_a_clone_of_the_prepared_sandbox(live):
     faultlib.run_file(live, "snapshot", SNAPSHOT_TESTS, timeout=600)
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox.connect_token() is not built yet")
 def test_a_connect_token_reaches_the_sandbox(live):
     assert hasattr(Sandbox, "connect_token"), "the handle has no connect_token()"
     faultlib.run_file(live, "connect", CONNECT_TESTS)

@@ -140,3 +140,30 @@ def test_a_root_bubblewrap_cannot_set_up_is_a_start_error(
     with pytest.raises(SandboxStartError, match=r"failed to start: bwrap: .*etc"):
         rt.create(SandboxConfig(rootfs=str(broken)))
     assert list(state_dir.glob("sb-*")) == []  # nothing left behind
+
+
+def test_mounts_are_private_writable_views_of_the_users_files(
+    rt: LocalRuntime, image_root: Path, mode: str, tmp_path: Path
+) -> None:
+    """A directory (overlaid, or copied in copy mode) and a file (copied), nested in each
+    other: writable inside, and the user's files are never written."""
+    user = tmp_path / "user"
+    tree = user / "tree"
+    (tree / "pkg").mkdir(parents=True)
+    (tree / "pkg" / "mod.py").write_text("x = 1\n")
+    conf = user / "app.ini"
+    conf.write_text("k=v\n")
+    before = snapshot(user)
+    mounts = {"/srv/app": str(tree), "/srv/app/pkg/app.ini": str(conf)}
+    sb = rt.create(SandboxConfig(rootfs=str(image_root), mounts=mounts))
+    files = ["/srv/app/pkg/mod.py", "/srv/app/pkg/app.ini"]
+    assert sb.exec(["cat", *files]).stdout == b"x = 1\nk=v\n"
+    script = "echo y > /srv/app/pkg/mod.py; echo n > /srv/app/new; echo w >> /srv/app/pkg/app.ini"
+    assert sb.exec(["sh", "-c", script]).returncode == 0
+    assert sb.exec(["cat", *files, "/srv/app/new"]).stdout == b"y\nk=v\nw\nn\n"
+    overlaid = sb.exec(["sh", "-c", "grep -c ' /srv/app overlay' /proc/mounts"]).stdout
+    assert overlaid == (b"1\n" if mode == "overlay" else b"0\n")
+    sb.terminate(wait=True)
+    assert snapshot(user) == before
+    with pytest.raises(InvalidConfig, match=r"mounts.*not a file or directory"):
+        SandboxConfig(mounts={"/srv/x": str(user / "missing")})

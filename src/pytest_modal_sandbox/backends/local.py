@@ -28,7 +28,9 @@ from ..snapshot import Snapshot, memory_refused
 from .protocol import Ending, Endpoint, NameTaken, RawExec, SandboxInfo
 
 if TYPE_CHECKING:
+    from ..authproxy import ConnectToken
     from ..images import ImageRoot
+    from ..images.manifest import ImageConfig
     from ..runtime import LocalRuntime, LocalSandbox
     from ..spec import SandboxSpec
 
@@ -164,6 +166,17 @@ class LocalHandle:
         host, host_port = self._sb.peer(port)
         return Endpoint(port, kind, f"http://{host}:{host_port}", host, host_port)
 
+    def connect_token(self, port: int) -> ConnectToken:
+        """A token for this process's auth proxy, in front of a tunnel to ``port``."""
+        from ..authproxy import proxy
+
+        sandbox = self._sb
+
+        def upstream() -> tuple[str, int]:
+            return sandbox.tunnel(port, declared=False)
+
+        return proxy().issue(self.id, upstream)
+
     def finished(self) -> Ending | None:
         status = self._sb.poll()
         if status is None:
@@ -173,6 +186,9 @@ class LocalHandle:
         return Ending(how, status.exitcode)
 
     def terminate(self, *, wait: bool = False) -> None:
+        from ..authproxy import proxy
+
+        proxy().revoke(self.id)
         try:
             self._sb.terminate(wait=wait)
         finally:
@@ -230,6 +246,31 @@ class LocalBackend:
     def header(self) -> str:
         return f"local (bubblewrap); {self.images.describe()}"
 
+    def image_config(self, image: object) -> ImageConfig:
+        """The pulled image's config (for ``Daemon.from_image``); none in host-image mode."""
+        if image is None:
+            raise SpecError(
+                "the spec has no image (its sandbox runs on the host filesystem, which has no "
+                "ENTRYPOINT or CMD to run): set image=, or give the daemon a command: "
+                "Daemon(name, command=...)"
+            )
+        if not isinstance(image, str):
+            raise SpecError(
+                "a modal.Image runs on the host filesystem with the local backend, which has "
+                "no ENTRYPOINT or CMD to run: use an image reference string, or give the "
+                "daemon a command: Daemon(name, command=...)"
+            )
+        if self.images.on_host(image):
+            raise SpecError(
+                f"image {image} is mapped to the host filesystem here (host-image mode: "
+                "--modal-sandbox-local-images=host or a --modal-sandbox-host-image pattern), "
+                "which has no ENTRYPOINT or CMD to run: use --modal-sandbox-local-images=pull, "
+                "or give the daemon a command: Daemon(name, command=...)"
+            )
+        from ..images.config import image_config
+
+        return image_config(image)
+
     def create(
         self,
         spec: SandboxSpec,
@@ -275,6 +316,7 @@ class LocalBackend:
             block_network=spec.block_network,
             cidr_allowlist=spec.cidr_allowlist,
             layers=layers,
+            mounts=dict(spec.mounts),  # copied at create: writes inside stay inside
         )
         from ..runtime import NameTaken as RuntimeNameTaken
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import secrets
 import threading
 import time
@@ -56,6 +57,7 @@ from grpclib.exceptions import StreamTerminatedError
 from h2.exceptions import ProtocolError as H2ProtocolError
 
 from .. import interruptible
+from ..authproxy import ConnectToken
 from ..errors import (
     BackendUnavailable,
     ExecTimeout,
@@ -63,7 +65,9 @@ from ..errors import (
     RetriesExhausted,
     SandboxError,
     SandboxGone,
+    SpecError,
 )
+from ..images.manifest import ImageConfig
 from ..lifecycle.tags import CREATE_TAG
 from ..snapshot import Snapshot, memory_refused
 from ..spec import SandboxSpec
@@ -96,6 +100,7 @@ DEFAULT_QUOTA_WAIT = 60.0  # a create refused for a quota waits this long for a 
 WATCH_AFTER = 1.0  # an exec still running after this long has its sandbox watched
 RUN_TTL = 24 * 3600  # a snapshot not kept: as long as a sandbox may live
 KEPT_TTL = 30 * 24 * 3600  # Modal's default
+MODAL_PLATFORM = "linux/amd64"  # what Modal runs (Image.from_registry's own requirement)
 
 T = TypeVar("T")
 
@@ -318,6 +323,65 @@ def create_once(
                 ) from exc
 
 
+def _registry_reference(image: modal.Image, depth: int = 0) -> str | None:
+    """The reference a ``modal.Image.from_registry(...)`` image (or one built on it) came from.
+
+    The SDK keeps it only in the closures of the image's deferred loader; they are read here,
+    following base images, and None is the answer when the shape is not the one known
+    (modal 1.6.x): the caller then asks for a reference string instead.
+    """
+    from modal._utils.async_utils import synchronizer
+
+    impl = synchronizer._translate_in(image) if isinstance(image, modal.Image) else image  # type: ignore[no-untyped-call]
+    load = getattr(impl, "_load", None)
+    if depth > 50 or load is None:
+        return None
+    for value in _cells(load).values():
+        if callable(value) and "from_registry" in getattr(value, "__qualname__", ""):
+            tag = _cells(value).get("tag")
+            if isinstance(tag, str):
+                return tag
+        bases = value.values() if isinstance(value, dict) else [value]
+        for base in bases:
+            if type(base).__name__ == "_Image":
+                found = _registry_reference(base, depth + 1)
+                if found is not None:
+                    return found
+    return None
+
+
+def _files_fingerprint(mounts: Mapping[str, str]) -> str:
+    """A digest of every mounted file's path, size, mtime and mode (no contents read)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for source in mounts.values():
+        for dirpath, dirnames, filenames in os.walk(source):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                with contextlib.suppress(OSError):
+                    st = os.stat(path)
+                    digest.update(
+                        f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode()
+                    )
+        if os.path.isfile(source):
+            st = os.stat(source)
+            digest.update(f"{source}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
+    return digest.hexdigest()
+
+
+def _cells(fn: Any) -> dict[str, Any]:
+    """A function's closure by variable name (empty cells left out)."""
+    code = getattr(fn, "__code__", None)
+    values: dict[str, Any] = {}
+    cells = getattr(fn, "__closure__", None) or ()
+    for name, cell in zip(code.co_freevars if code else (), cells, strict=False):
+        with contextlib.suppress(ValueError):  # an empty cell
+            values[name] = cell.cell_contents
+    return values
+
+
 class _Heartbeats:
     """Keeps a ``sleep <lease>`` exec running in every owned sandbox (the dead-man switch).
 
@@ -529,6 +593,19 @@ class ModalHandle:
         url = f"http://{host}:{endpoint.host_port}"
         return Endpoint(port, kind, url, host, endpoint.host_port)
 
+    def connect_token(self, port: int) -> ConnectToken:
+        """Modal's own: ``Sandbox.create_connect_token(port=...)``."""
+        create = getattr(self._sb, "create_connect_token", None)
+        if create is None:
+            raise SandboxError(
+                f"modal {modal.__version__} has no Sandbox.create_connect_token: upgrade modal"
+            )
+        try:
+            creds = create() if port == 8080 else create(port=port)
+        except modal_exc.Error as exc:
+            raise _wrap(exc, f"creating a connect token for sandbox {self.id}") from exc
+        return ConnectToken(creds.url, creds.token)
+
     def finished(self) -> Ending | None:
         """How it ended, from Modal's result: ``wait()`` raises for TERMINATED and TIMEOUT and
         returns for the rest, whose exit code tells an OOM kill (137: the sandbox's own
@@ -614,6 +691,8 @@ class ModalBackend:
         lease: float = DEFAULT_LEASE,
         idle_timeout: int = DEFAULT_IDLE,
         quota_wait: float = DEFAULT_QUOTA_WAIT,
+        local_images: str = "pull",
+        host_images: Sequence[str] = (),
         **_ignored: object,
     ) -> None:
         warning = check_modal_version()
@@ -627,7 +706,10 @@ class ModalBackend:
         self.quota_wait = quota_wait
         self.heartbeats = _Heartbeats(lease)
         self.loop = LoopThread()
+        # the emulator maps images as the local backend does (the run hands it these settings)
+        self._host_images = (local_images, tuple(host_images)) if emulator else None
         self._images: dict[str, modal.Image] = {}
+        self._mounted: dict[tuple[Any, ...], tuple[Any, Any]] = {}  # see _with_mounts
         self._app: modal.App | None = None
         self._lock = threading.Lock()
         if server_url:
@@ -690,6 +772,63 @@ class ModalBackend:
                 self._images[image] = modal.Image.from_registry(image)
             return self._images[image]
 
+    def _with_mounts(self, image: modal.Image | None, mounts: Mapping[str, str]) -> Any:
+        """``image`` with the spec's mounts as layers attached at start (``copy=False``: no
+        rebuild).  The client hashes every file of a mount each time it loads one, so the
+        image is kept per base image, mounts and a cheap fingerprint of the files (paths,
+        sizes, mtimes): a start whose files did not change reuses the loaded mounts, and a
+        change makes a new image, which the client uploads (what changed only)."""
+        if not mounts:
+            return image
+        key = (id(image), tuple(mounts.items()), _files_fingerprint(mounts))
+        with self._lock:
+            cached = self._mounted.get(key)
+            if cached is not None and cached[0] is image:
+                return cached[1]
+        out = image if image is not None else modal.Image.debian_slim()  # Modal's default
+        for target, source in mounts.items():
+            if os.path.isdir(source):
+                out = out.add_local_dir(source, target)
+            else:
+                out = out.add_local_file(source, target)
+        with self._lock:
+            if len(self._mounted) >= 64:
+                self._mounted.pop(next(iter(self._mounted)))
+            self._mounted[key] = (image, out)
+        return out
+
+    def image_config(self, image: object) -> ImageConfig:
+        """The config of the registry image ``image`` is (for ``Daemon.from_image``), read from
+        the registry on this machine for Modal's platform, once per image (cached on disk)."""
+        if isinstance(image, str):
+            reference: str | None = image
+        elif isinstance(image, modal.Image):
+            reference = _registry_reference(image)
+        else:
+            reference = None
+        if reference is None:
+            raise SpecError(
+                "its ENTRYPOINT and CMD are read from the image's registry, so the image must "
+                "be a reference string or built by modal.Image.from_registry(reference) "
+                f"(got {'no image' if image is None else type(image).__name__}); or give the "
+                "daemon a command: Daemon(name, command=...)"
+            )
+        if self._host_images is not None:
+            from .local import LocalImages
+
+            mode, patterns = self._host_images
+            if LocalImages(mode, patterns).on_host(reference):
+                raise SpecError(
+                    f"image {reference} is mapped to the host filesystem by the emulator "
+                    "(host-image mode: --modal-sandbox-local-images=host or a "
+                    "--modal-sandbox-host-image pattern), which has no ENTRYPOINT or CMD to "
+                    "run: use --modal-sandbox-local-images=pull, or give the daemon a "
+                    "command: Daemon(name, command=...)"
+                )
+        from ..images.config import image_config
+
+        return image_config(reference, platform=MODAL_PLATFORM)
+
     def create(
         self,
         spec: SandboxSpec,
@@ -725,7 +864,7 @@ class ModalBackend:
         def create() -> modal.Sandbox:
             return modal.Sandbox.create(
                 app=self.app,
-                image=self._image(spec.image),
+                image=self._with_mounts(self._image(spec.image), spec.mounts),
                 name=name,
                 tags={**tags, CREATE_TAG: token},
                 env=dict(spec.env) or None,

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from ..errors import SandboxError
 
 if TYPE_CHECKING:
+    from ..authproxy import ConnectToken
+    from ..images.manifest import ImageConfig
     from ..snapshot import Snapshot
     from ..spec import SandboxSpec
 
@@ -21,8 +23,10 @@ __all__ = [
     "ENDINGS",
     "Backend",
     "BackendSandbox",
+    "ConnectTokens",
     "Ending",
     "Endpoint",
+    "ImageConfigs",
     "NameTaken",
     "NativeReadiness",
     "RawExec",
@@ -179,11 +183,31 @@ class Snapshots(Protocol):
 
 
 @runtime_checkable
+class ConnectTokens(Protocol):
+    """Optional for a :class:`BackendSandbox`: Modal's connect tokens (or the same gate)."""
+
+    def connect_token(self, port: int) -> ConnectToken:
+        """A URL and a bearer token that reach ``port`` in the sandbox (401 without it)."""
+        ...
+
+
+@runtime_checkable
 class SnapshotsCleanup(Protocol):
     """Optional for a :class:`Backend` whose snapshots are this machine's to remove."""
 
     def remove_snapshots(self, run_id: str) -> list[str]:
         """Remove run ``run_id``'s snapshots that were not kept; returns their ids."""
+        ...
+
+
+@runtime_checkable
+class ImageConfigs(Protocol):
+    """Optional for a :class:`Backend`: the runtime config (ENTRYPOINT, CMD, env, workdir) of
+    the image a spec's sandbox would run, for ``Daemon.from_image``."""
+
+    def image_config(self, image: object) -> ImageConfig:
+        """The config of ``image`` (a spec's ``image`` field) as this backend would run it;
+        :class:`~pytest_modal_sandbox.errors.SpecError` saying why when it has none here."""
         ...
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from google.protobuf import empty_pb2  # type: ignore[import-untyped]
 from modal_proto import api_grpc, api_pb2
 
+from .. import authproxy
 from . import ids, images, logs, volumes
 from .blobs import BlobStore
 from .mounts import MountStore
@@ -535,6 +536,25 @@ class ControlPlane(api_grpc.ModalClientBase):
         await stream.send_message(
             api_pb2.TaskGetCommandRouterAccessResponse(jwt=access.jwt, url=access.url)
         )
+
+    async def SandboxCreateConnectTokenV2(self, stream: Stream) -> None:
+        """A token for this emulator's auth proxy (``authproxy.py``) in front of the port."""
+        req = await stream.recv_message()
+        sb = self.sandboxes.get(req.sandbox_id)
+        local = await self.sandboxes.container(sb)
+        if not sb.running:
+            raise RpcError("FAILED_PRECONDITION", f"Sandbox {sb.id} has already finished")
+        port = req.port or 8080
+
+        def upstream() -> tuple[str, int]:
+            return local.tunnel(port, declared=False)
+
+        creds = authproxy.proxy().issue(sb.id, upstream)
+        await stream.send_message(
+            api_pb2.SandboxCreateConnectTokenResponse(url=creds.url, token=creds.token)
+        )
+
+    SandboxCreateConnectToken = SandboxCreateConnectTokenV2
 
     async def SandboxGetTunnelsV2(self, stream: Stream) -> None:
         """All tunnels once the container runs (under a start latency: a long-poll for it,

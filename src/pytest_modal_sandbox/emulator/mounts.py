@@ -7,8 +7,8 @@ data, by SHA-256), ``MountGetOrCreate`` (the file list).  Contents are kept in m
 per digest.  Files of 4 MiB and more go through Modal's blob store (``blobs.py``): uploaded
 over HTTP, then named here by blob id.  ``Volume.batch_upload`` uploads the same way.
 
-Mounts attached to a sandbox at start (``copy=False``) are not supported: the sandbox create
-is refused with a message saying so (see ``sandboxes.py``).
+Mounts attached to a sandbox at start (``copy=False``) are written out and copied into the
+sandbox by ``start_mounts.py``.
 """
 
 from __future__ import annotations
@@ -101,6 +101,16 @@ class MountStore:
                 return b""
             raise RpcError("FAILED_PRECONDITION", f"content {sha256_hex} was not uploaded")
         return data
+
+    def fingerprint(self, mount_id: str) -> str:
+        """A digest of the mount's file table (paths, contents, modes): equal for every mount
+        of the same files, whatever its id (each client load of a mount makes a new id)."""
+        with self._lock:
+            table = self._mounts.get(mount_id)
+            if table is None:
+                raise RpcError("NOT_FOUND", f"Mount {mount_id} not found")
+            rows = sorted(table.items())
+        return hashlib.sha256(repr(rows).encode()).hexdigest()[:32]
 
     def files(self, mount_id: str) -> Mapping[str, ContextFile]:
         """The mount's files by path (relative to the mount's root)."""

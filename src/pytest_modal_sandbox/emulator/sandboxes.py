@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from modal_proto import api_pb2
 
-from .. import errors
+from .. import authproxy, errors
 from ..runtime import (
     ExitStatus,
     InvalidArgument,
@@ -38,10 +38,12 @@ from .build_cache import ImageState
 from .chaos import Chaos, ChaosOptions
 from .early_tunnels import EarlyTunnel
 from .execs import ExecProcess
+from .mounts import MountStore
 from .records import EmuSandbox, IdleStatus, result_for
 from .registry import DEFAULT_ENVIRONMENT, Registry
 from .rpc_error import RpcError
 from .secret_env import merge_env
+from .start_mounts import StartMounts
 from .stdio import unwritten
 from .volumes import BACKGROUND_COMMIT, VolumeStore
 
@@ -160,8 +162,10 @@ class SandboxManager:
         start_latency: float = 0.0,
         chaos: Chaos | None = None,
         volumes: VolumeStore | None = None,
+        mounts: MountStore | None = None,
     ) -> None:
         self.runtime = runtime
+        self.start_mounts = StartMounts(mounts or MountStore(), runtime.root / "mounts")
         self.registry = registry
         self.images = image_store
         self._tls, self._tls_h2 = tls_contexts  # (http/1.1 ports, h2_ports)
@@ -344,7 +348,11 @@ class SandboxManager:
         return mounts
 
     def _config(
-        self, req: api_pb2.SandboxCreateV2Request, app_id: str, image: ImageState
+        self,
+        req: api_pb2.SandboxCreateV2Request,
+        app_id: str,
+        image: ImageState,
+        mounts: Mapping[str, str],
     ) -> tuple[SandboxConfig, str | None, list[api_pb2.PortSpec]]:
         """The runtime's config, the sandbox's name, its port specs.
 
@@ -356,13 +364,6 @@ class SandboxManager:
         keeper is exiting (a create right after ``terminate()`` would spuriously collide).
         """
         d = req.definition
-        if d.mount_ids:
-            raise RpcError(
-                "UNIMPLEMENTED",
-                "the emulator does not attach mounts at sandbox start (Image.add_local_file/"
-                "add_local_dir/add_local_python_source without copy=True, or mounts=): pass "
-                "copy=True to build the files into the image instead",
-            )
         name = d.name if d.HasField("name") else None
         if name is not None and not ids.OBJECT_NAME.match(name):
             raise RpcError(
@@ -410,6 +411,7 @@ class SandboxManager:
             block_network=block,
             cidr_allowlist=allowlist,
             layers=image.layers,
+            mounts=mounts,
         )
         return config, name, ports
 
@@ -420,8 +422,9 @@ class SandboxManager:
         app = self.registry.app_by_id(app_id)  # stale ids (emulator restarted) are accepted
         environment = app.environment if app is not None else DEFAULT_ENVIRONMENT
         image = await self.images.state_for(req.definition.image_id)
+        mounts = await self.blocking(self.start_mounts.config, list(req.definition.mount_ids))
         try:
-            config, name, ports = self._config(req, app_id, image)
+            config, name, ports = self._config(req, app_id, image, mounts)
         except errors.SpecError as exc:
             raise RpcError("INVALID_ARGUMENT", str(exc)) from exc
         volume_mounts = self._volume_mounts(req.definition)
@@ -670,6 +673,7 @@ class SandboxManager:
         sb.result = result
         sb.finished_at = finished_at
         sb.stdin_closed = True
+        authproxy.proxy().revoke(sb.id)  # its connect tokens end with it
         sb.collect_log(final=True)
         self._release_volumes(sb)
         for early in sb.early_tunnels:

@@ -240,6 +240,7 @@ class Emulator:
             start_latency=opts.start_latency_ms / 1000.0,
             chaos=self.chaos,
             volumes=await asyncio.to_thread(VolumeStore, volumes_dir),
+            mounts=mounts,
         )
         # fill_unimplemented made them concrete; mypy only sees the generated ABCs.
         control = ControlPlane(  # type: ignore[abstract]

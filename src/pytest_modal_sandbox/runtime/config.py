@@ -77,6 +77,27 @@ def _path(field: str, value: object) -> str | None:
     return _text(field, value)
 
 
+def _mounts(value: object) -> FrozenMap:
+    if not isinstance(value, Mapping):
+        raise _fail("mounts", value, "must map paths in the sandbox to paths on this machine")
+    out: dict[str, str] = {}
+    for target, source in value.items():
+        where = f"mounts[{target!r}]"
+        target = _text(where, target)
+        norm = posixpath.normpath(target).replace("//", "/")
+        if not target.startswith("/") or norm == "/":
+            raise _fail(where, target, "the path in the sandbox must be absolute, and not /")
+        src = _path(where, source)
+        if src is None or not os.path.isabs(src):
+            raise _fail(where, source, "the source must be an absolute path on this machine")
+        if not (os.path.isdir(src) or os.path.isfile(src)):
+            raise _fail(where, source, "the source is not a file or directory")
+        if norm in out:
+            raise _fail(where, target, "the path in the sandbox is mounted twice")
+        out[norm] = src
+    return FrozenMap(out)
+
+
 @dataclasses.dataclass(frozen=True)
 class SandboxConfig:
     """Everything needed to start one local sandbox (the runtime's half of a Modal create call).
@@ -104,6 +125,11 @@ class SandboxConfig:
     ``layers`` start the sandbox from a snapshot (``runtime/snapshot.py``): ``(target, dir)``
     pairs, newest first, each a captured copy-on-write layer stacked over the root's layer that
     is mounted at ``target`` (``/`` for an image root).  They need overlayfs.
+
+    ``mounts`` maps absolute paths in the sandbox to files or directories of this machine,
+    shown there writable: a directory through an overlayfs with the sandbox's own upper
+    layer, a file (or a directory where overlayfs is not usable) as a private copy
+    (``copies.py``); writes inside never reach the source, and vanish with the sandbox.
     """
 
     command: Sequence[str] | None = None
@@ -130,6 +156,8 @@ class SandboxConfig:
         return not self.network and not self.block_network
 
     layers: Sequence[tuple[str, str]] = ()
+
+    mounts: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -204,6 +232,7 @@ class SandboxConfig:
         put(self, "layers", tuple(layers))
         if self.layers and self.rootfs_writable:
             raise _fail("layers", self.layers, "cannot be stacked under rootfs_writable")
+        put(self, "mounts", _mounts(self.mounts))
         if self.hostname is not None and not (
             isinstance(self.hostname, str) and _HOSTNAME.match(self.hostname)
         ):

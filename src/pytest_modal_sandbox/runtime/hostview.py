@@ -43,6 +43,7 @@ __all__ = [
     "SECRET_DIRS",
     "SECRET_FILES",
     "build",
+    "build_mount_overlays",
     "hidden_paths",
     "host_layers",
     "masks_plan",
@@ -502,6 +503,32 @@ def _build_masks(plan: dict[str, object]) -> list[str]:
             linux.mount(empty, root + path, None, linux.MS_BIND, None)
     linux.make_readonly(root)
     return [root]
+
+
+def build_mount_overlays(plan: dict[str, object]) -> list[str]:
+    """The sandbox's overlaid ``mounts`` (``copies.py``): a tmpfs for their upper layers, then
+    one overlayfs per directory; returns what was mounted, in order."""
+    ovl, xattr = str(plan["ovl"]), str(plan["xattr"])
+    layers: list[dict[str, str]] = plan["layers"]  # type: ignore[assignment]
+    os.mkdir(ovl, 0o700)
+    linux.mount("tmpfs", ovl, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=700")
+    mounted = [ovl]
+    try:
+        for index, layer in enumerate(layers):
+            upper, work = f"{ovl}/upper/{index}", f"{ovl}/work/{index}"
+            os.makedirs(upper)
+            os.makedirs(work)
+            options = f"lowerdir={_option(layer['lower'])},upperdir={_option(upper)}"
+            options += f",workdir={_option(work)}"
+            if xattr == "user":
+                options += ",userxattr"
+            linux.mount("overlay", layer["at"], "overlay", 0, options)
+            mounted.append(layer["at"])
+    except BaseException:
+        for target in reversed(mounted):
+            linux.umount(target)
+        raise
+    return mounted
 
 
 def build(plan: dict[str, object]) -> list[str]:

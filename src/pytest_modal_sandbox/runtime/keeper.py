@@ -213,6 +213,14 @@ class Keeper:
                     sys.exit(1)
                 fix = f". {view['fix']}" if view.get("fix") else ""
                 self.fail_start(f"cannot build the sandbox's root file system: {exc}{fix}")
+        overlays = launch.get("mount_overlays")
+        if overlays:
+            try:
+                self.mounted += hostview.build_mount_overlays(overlays)
+            except OSError as exc:  # the creator copies the mounts instead
+                self.report({"error": f"mounts: {exc}", "overlay_refused": True})
+                self.cleanup()
+                sys.exit(1)
         linux.join_anonymous_keyring()
         program = walls.get("seccomp")
         if program:

@@ -21,6 +21,7 @@ from .._paths import state_root
 from . import egress, hostview, owners, rootfs, seccomp
 from .check import Tools, check
 from .config import DEFAULT_ENV, SandboxConfig
+from .copies import prepare_mounts
 from .errors import InvalidArgument, InvalidConfig, NameTaken, SandboxNotFound
 from .forkserver import KeeperProc, start_keeper
 from .ids import is_sandbox_id, new_sandbox_id
@@ -88,13 +89,18 @@ class LocalRuntime:
             and not config.rootfs_writable
             and rootfs.overlay_usable(config.rootfs)
         )
+        overlay_mounts = all(
+            rootfs.overlay_usable(src) for src in config.mounts.values() if os.path.isdir(src)
+        )
         try:
-            return self._create(config, tools, use_overlay)
+            return self._create(config, tools, use_overlay, overlay_mounts)
         except _OverlayRefused as exc:
             rootfs.remember_overlay_failure(str(exc))
-            return self._create(config, tools, False)
+            return self._create(config, tools, False, False)
 
-    def _create(self, config: SandboxConfig, tools: Tools, use_overlay: bool) -> LocalSandbox:
+    def _create(
+        self, config: SandboxConfig, tools: Tools, use_overlay: bool, overlay_mounts: bool
+    ) -> LocalSandbox:
         sandbox_id = new_sandbox_id()
         paths = SandboxPaths(self.root, sandbox_id)
         paths.dir.mkdir(mode=0o700)
@@ -102,7 +108,9 @@ class LocalRuntime:
         keeper: KeeperProc | None = None
         try:
             with contextlib.ExitStack() as stack:
-                launch, meta = self._prepare(config, paths, tools, pipes, use_overlay)
+                launch, meta = self._prepare(
+                    config, paths, tools, pipes, use_overlay, overlay_mounts
+                )
                 if config.name is not None:
                     stack.enter_context(self._name_claim(config.app, config.name))
                 with open(paths.launch, "wb") as f:
@@ -139,6 +147,7 @@ class LocalRuntime:
         tools: Tools,
         pipes: _Pipes,
         use_overlay: bool,
+        overlay_mounts: bool,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Files, pipes and the keeper's launch record for a new sandbox."""
         sandbox_id = paths.dir.name
@@ -223,6 +232,7 @@ class LocalRuntime:
             and not config.layers
             and not (config.rootfs_writable and _has_tmp(config.rootfs))
         )
+        binds, mount_overlays = prepare_mounts(config.mounts, paths.mounts, overlay=overlay_mounts)
         argv = bwrap_argv(
             bwrap=tools.bwrap,
             command=command,
@@ -241,6 +251,7 @@ class LocalRuntime:
             block=net is not None,
             exists=exists,
             listdir=listdir,
+            binds=binds,
         )
         walls = {
             "userns": "pair" if as_root else "own",
@@ -274,6 +285,7 @@ class LocalRuntime:
             "result": str(paths.result),
             "cleanup": [str(p) for p in paths.writable() if str(p) != config.rootfs],
             "view": view,
+            "mount_overlays": mount_overlays,
             "walls": walls,
             "net": net,
         }

@@ -119,11 +119,13 @@ def bwrap_argv(
     block: bool = False,
     exists: Callable[[str], bool] = os.path.isdir,
     listdir: Callable[[str], Sequence[str]] = os.listdir,
+    binds: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
     """The full bwrap argv.  ``root`` is the directory to make ``/`` (the keeper's view);
     ``readonly_root`` marks the non-root host view, with ``host_workdir`` the writable host
     directory to bind at ``workdir``; ``exists``/``listdir`` describe that view.
-    ``hosts_path`` and ``resolv_path`` are files bound at /etc/hosts and /etc/resolv.conf."""
+    ``hosts_path`` and ``resolv_path`` are files bound at /etc/hosts and /etc/resolv.conf;
+    ``binds`` are ``(host path, sandbox path)`` pairs bound writable last (the mounts' copies)."""
     argv = [bwrap]
     if userns == "pair":
         argv += ["--userns2", str(USERNS2_FD)]  # bwrap starts in U1 (userns.spawn_in_pair)
@@ -171,6 +173,8 @@ def bwrap_argv(
             argv += ["--ro-bind", hosts_path, "/etc/hosts"]
         if host_workdir is not None and workdir != "/":
             argv += ["--bind", host_workdir, workdir]
+    for source, target in binds:
+        argv += ["--bind", source, target]
     argv += ["--chdir", workdir, "--", *command]
     return argv
 

@@ -451,16 +451,25 @@ class LocalSandbox:
 
     # --- tunnels --------------------------------------------------------------------------
 
-    def tunnel(self, port: int, *, tls: ssl.SSLContext | None = None) -> tuple[str, int]:
+    def tunnel(
+        self, port: int, *, tls: ssl.SSLContext | None = None, declared: bool = True
+    ) -> tuple[str, int]:
         """A 127.0.0.1 endpoint in this process forwarding to ``port`` inside the sandbox.
 
         Made once per port per process (later calls return the same address); it closes when
         the sandbox ends or on ``LocalRuntime.close()``.  With ``tls``, connections that start
         with a TLS handshake are decrypted here and others pass as plain bytes.
+        ``declared=False`` also opens one to a port the sandbox did not declare (the upstream
+        of a connect token, whose proxy checks the token in front of it).
         """
         from . import tunnels
 
-        if isinstance(port, bool) or not isinstance(port, int) or port not in self.ports:
+        if (
+            isinstance(port, bool)
+            or not isinstance(port, int)
+            or not 1 <= port <= 65535
+            or (declared and port not in self.ports)
+        ):
             raise errors.NotDeclaredError(
                 f"port {port!r} of sandbox {self.id} was not declared; "
                 f"declared ports: {list(self.ports) or 'none'}"

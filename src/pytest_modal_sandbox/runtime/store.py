@@ -40,7 +40,7 @@ class SandboxPaths:
 
     def writable(self) -> list[Path]:
         """What the keeper removes when the sandbox ends."""
-        return [self.workdir, self.ovl, self.rootfs]
+        return [self.workdir, self.ovl, self.rootfs, self.mounts]
 
     def __init__(self, root: Path, sandbox_id: str) -> None:
         self.dir = root / sandbox_id
@@ -61,6 +61,7 @@ class SandboxPaths:
         self.empty = self.dir / "empty"
         self.rootfs = self.dir / "root"
         self.ovl = self.dir / "ovl"
+        self.mounts = self.dir / "mounts"  # private copies of SandboxConfig.mounts
 
 
 def write_json(path: Path, data: Any) -> None:
