@@ -31,10 +31,13 @@ CMDLINE_ROOM = 1024  # keeper.CMDLINE_ROOM: room in the server's argv for each k
 
 class KeeperProc:
     """A keeper forked by the server: ``poll()`` and ``wait()`` as on a ``Popen`` (the exit
-    code is the server's to know: 0 once it has exited)."""
+    code is the server's to know: 0 once it has exited).  Safe from several threads: the pidfd
+    stays open until the object goes (closing it in ``wait`` let a second waiter close it
+    again - EBADF, or someone else's descriptor with the same number)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        self._exited = False
         try:
             self._pidfd: int | None = os.pidfd_open(pid)
         except ProcessLookupError:  # already exited and reaped
@@ -46,17 +49,17 @@ class KeeperProc:
     def wait(self, timeout: float | None = None) -> int | None:
         """0 once the keeper has exited; None if it still runs after ``timeout`` seconds."""
         fd = self._pidfd
-        if fd is None:
+        if self._exited or fd is None:
             return 0
         if not select.select([fd], [], [], timeout)[0]:
             return None
-        self._pidfd = None
-        os.close(fd)
+        self._exited = True
         return 0
 
     def __del__(self) -> None:
-        if self._pidfd is not None:
-            os.close(self._pidfd)
+        fd, self._pidfd = self._pidfd, None
+        if fd is not None:
+            os.close(fd)
 
 
 class _Server:
