@@ -4,7 +4,8 @@
 #   scripts/dev.sh setup      apt packages (bubblewrap, redis-server, docker-registry, busybox-static)
 #                             + .venv with the package and its test extras
 #   scripts/dev.sh examples   setup, then the example suite on the local backend
-#   scripts/dev.sh test       setup, then the test suite on two xdist workers (what CI runs)
+#   scripts/dev.sh test       setup, then the test suite on three xdist workers (what CI runs;
+#                             the tests wait on processes often enough to keep two cores busy)
 #
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
@@ -40,6 +41,6 @@ setup() {
 case "${1:-}" in
     setup) setup ;;
     examples) setup; shift; exec "$VENV/bin/python" -m pytest examples --modal-sandbox=local "$@" ;;
-    test) setup; shift; exec "$VENV/bin/python" -m pytest -n 2 "$@" ;;
+    test) setup; shift; exec "$VENV/bin/python" -m pytest -n 3 "$@" ;;
     *) echo "usage: $0 {setup|examples|test} [pytest args...]" >&2; exit 2 ;;
 esac
