@@ -291,9 +291,13 @@ class Scheduler:
             entry.future.set_exception(Cancelled("not needed any more"))
             return
 
+        # A share="run" sandbox is never abandoned half-made: other workers may be attached
+        # and waiting for it. Once made, discard() lets go of it as the run's sharing says.
+        abandon = entry.instance.share != "run"
+
         def created(sb: Sandbox) -> None:
             entry.created = sb
-            if entry.cancelled:
+            if entry.cancelled and abandon:
                 raise Cancelled(f"{entry.instance.label}: not needed any more")
 
         try:
@@ -302,7 +306,7 @@ class Scheduler:
                     entry.instance,
                     ahead=True,
                     on_created=created,
-                    cancelled=lambda: entry.cancelled,
+                    cancelled=lambda: entry.cancelled and abandon,
                 )
         except BaseException as exc:
             entry.future.set_exception(exc)
