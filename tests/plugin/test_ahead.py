@@ -12,6 +12,9 @@ import re
 
 import pytest
 
+# The pytest layer's own logic, the same on every backend: these tests run on the local one.
+PYTEST_LAYER_ONLY = pytest.mark.parametrize("backend", ["local"])
+
 THREE = r"""
 from pytest_modal_sandbox import Daemon, Probe, sandbox_fixture
 
@@ -100,7 +103,7 @@ def test_a_failed_start_ahead_is_an_error_on_every_test_using_it(sbtester, backe
     result.stdout.fnmatch_lines(["modal-sandbox: box (session) FAILED after *s: daemon 'crasher'*"])
 
 
-@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
+@PYTEST_LAYER_ONLY
 def test_a_spec_hook_gets_its_own_sandbox(sbtester, backend):
     sbtester.makeconftest(
         """
@@ -144,7 +147,7 @@ def test_two(db, cache):
 
 
 @pytest.mark.parametrize("workers", [None, "2"], ids=["no-xdist", "n2"])
-@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
+@PYTEST_LAYER_ONLY
 def test_module_scoped_sandboxes_per_module(sbtester, backend, workers):
     sbtester.makepyfile(test_mod_a=MODULE, test_mod_b=MODULE)
     args = [f"--modal-sandbox={backend}"] + (
@@ -159,7 +162,7 @@ def test_module_scoped_sandboxes_per_module(sbtester, backend, workers):
     )
 
 
-@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
+@PYTEST_LAYER_ONLY
 def test_indirect_parametrization_of_a_session_fixture(sbtester, backend):
     sbtester.makepyfile(
         """
@@ -247,7 +250,7 @@ def _ahead_counts(out: str) -> tuple[int, int, int]:
     return started, used, wasted
 
 
-@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
+@PYTEST_LAYER_ONLY
 def test_each_test_gets_the_sandbox_started_ahead_for_it(sbtester, backend):
     """Markers merged, indirect parameters and the image override: each test's own spec."""
     sbtester.makepyfile(helpers=NEXT, test_each=EACH_GETS_ITS_OWN)
@@ -311,7 +314,7 @@ def test_sandboxes_of_tests_that_do_not_use_them_end_at_once(sbtester, backend):
     result.stdout.fnmatch_lines([f"{backend}: * created, * terminated, 0 kept, 0 leaked"])
 
 
-@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
+@PYTEST_LAYER_ONLY
 def test_a_spec_hook_sees_each_setup_once_and_its_spec_is_what_the_test_gets(sbtester, backend):
     sbtester.makeconftest(
         """
@@ -340,7 +343,7 @@ def test_a_spec_hook_sees_each_setup_once_and_its_spec_is_what_the_test_gets(sbt
     assert used == 0 and wasted == started <= 2  # the hook changed it: no more started ahead
 
 
-@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
+@PYTEST_LAYER_ONLY
 def test_each_xdist_worker_starts_ahead_from_its_own_queue(sbtester, backend):
     sbtester.makepyfile(
         """

@@ -26,6 +26,9 @@ from pytest_modal_sandbox.events import Event
 from pytest_modal_sandbox.progress import LineView, LiveView
 from pytest_modal_sandbox.reporting.starts import StartTable
 
+# The pytest layer's own logic, the same on every backend: these tests run on the local one.
+PYTEST_LAYER_ONLY = pytest.mark.parametrize("backend", ["local"])
+
 SUITE = r"""
 import pytest
 from pytest_modal_sandbox import Daemon, Probe, sandbox_fixture
@@ -99,7 +102,7 @@ def run_on_pty(args: list[str], cwd: Path, columns: int = 160, timeout: float = 
     return out.decode(errors="replace")
 
 
-@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
+@PYTEST_LAYER_ONLY
 def test_plain_lines_for_each_sandbox(sbtester, backend):
     sbtester.makepyfile(test_progress_suite=SUITE)
     result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}")
@@ -124,7 +127,7 @@ def test_quiet_and_off_are_silent(sbtester, args):
     assert "created in" not in result.stdout.str()
 
 
-@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
+@PYTEST_LAYER_ONLY
 def test_progress_on_a_tty_is_rewritten_in_place(sbtester, backend):
     sbtester.makepyfile(test_progress_suite=SUITE)
     raw = run_on_pty(
@@ -146,7 +149,7 @@ def test_progress_on_a_tty_is_rewritten_in_place(sbtester, backend):
     assert any(re.match(r"test_progress_suite\.py \.+", line) for line in screen), text
 
 
-@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
+@PYTEST_LAYER_ONLY
 def test_xdist_controller_shows_the_workers_progress(sbtester, backend):
     sbtester.makepyfile(test_progress_suite=SUITE)
     result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-n", "2")

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# The pytest layer's own logic, the same on every backend: these tests run on the local one.
+PYTEST_LAYER_ONLY = pytest.mark.parametrize("backend", ["local"])
+
 SECRET = "pms-SECRET-7d1e9a"
 SECRET_LINE = "-----BEGIN KEY-----\nline-one-of-the-key\n-----END KEY-----"
 
@@ -96,7 +99,7 @@ def test_failure_report_shows_daemon_logs_with_secrets_scrubbed(sbtester, backen
     assert "INTERNALERROR" not in everything
 
 
-@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
+@PYTEST_LAYER_ONLY
 def test_log_lines_option_limits_the_tail(sbtester, backend):
     sbtester.makepyfile(
         r"""
@@ -120,7 +123,7 @@ def test_log_lines_option_limits_the_tail(sbtester, backend):
     assert "line-4" not in result.stdout.str()
 
 
-@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
+@PYTEST_LAYER_ONLY
 def test_setup_failure_after_the_sandbox_started_has_its_section(sbtester, backend):
     sbtester.makepyfile(
         """
@@ -142,7 +145,7 @@ def test_setup_failure_after_the_sandbox_started_has_its_section(sbtester, backe
     result.stdout.fnmatch_lines(["timings  create *s, ready *s, test -"])
 
 
-@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
+@PYTEST_LAYER_ONLY
 def test_passing_tests_get_no_section(sbtester, backend):
     sbtester.makepyfile("def test_ok(sandbox):\n    assert sandbox.exec('true').ok\n")
     result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-rA")
@@ -181,7 +184,7 @@ def test_junit_properties_name_ids_and_tunnels(sbtester, backend):
     assert not list(cases["test_none"].iter("property"))
 
 
-@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
+@PYTEST_LAYER_ONLY
 def test_summary_counts_and_times(sbtester, backend):
     sbtester.makepyfile(
         """
@@ -208,7 +211,7 @@ def test_summary_counts_and_times(sbtester, backend):
     )
 
 
-@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
+@PYTEST_LAYER_ONLY
 def test_summary_under_xdist_counts_every_worker(sbtester, backend):
     sbtester.makepyfile(
         """
@@ -226,7 +229,7 @@ def test_summary_under_xdist_counts_every_worker(sbtester, backend):
     )
 
 
-@pytest.mark.parametrize("backend", ["local"])  # the pytest layer alone: one backend is enough
+@PYTEST_LAYER_ONLY
 def test_shared_sandbox_section_says_who_started_it(sbtester, backend):
     sbtester.makepyfile(
         """
