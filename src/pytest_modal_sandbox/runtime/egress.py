@@ -21,6 +21,7 @@ bridge or firewall of the host is touched, and it needs no privilege.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import struct
@@ -46,6 +47,26 @@ def slirp_argv(slirp: str, netns_path: str, *, as_root: bool) -> list[str]:
         argv += ["--enable-sandbox"]
     argv += ["--enable-seccomp", netns_path, DEVICE]
     return argv
+
+
+_TUNSETIFF = 0x400454CA
+_TUNSETPERSIST = 0x400454CB
+_IFF_TAP = 0x0002
+_IFF_NO_PI = 0x1000
+
+
+def make_device() -> None:
+    """Create ``eth0`` in the current network namespace as a persistent tap device, for
+    slirp4netns to attach to.  A device that goes when its last file closes is unregistered
+    in that close, which waits for RCU grace periods (~10-20 ms) in slirp4netns's exit and so
+    in every terminate; a persistent one goes with its network namespace, which the kernel
+    cleans up in the background."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH22x", DEVICE.encode(), _IFF_TAP | _IFF_NO_PI))
+        fcntl.ioctl(fd, _TUNSETPERSIST, 1)
+    finally:
+        os.close(fd)
 
 
 # rtnetlink, just what configuring eth0 needs (linux/netlink.h, rtnetlink.h, if_addr.h)

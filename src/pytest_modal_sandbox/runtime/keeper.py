@@ -195,6 +195,7 @@ class Keeper:
                 try:
                     linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWNET)
                     self.own_netns = True
+                    egress.make_device()
                     self.start_slirp(f"/proc/{os.getpid()}/ns/net", host_netns)
                 finally:
                     os.close(host_netns)
