@@ -7,8 +7,8 @@
   process, no keeper, no exec), taken in turn in each round: the ratio is ours / bare;
 * memory with ``--alive`` sandboxes running (default 100): the host processes each sandbox
   adds (keeper, bwrap, the entrypoint's ``sleep``, slirp4netns) and the keeper server they
-  were forked from, as PSS (shared pages split between their users) and RSS, summed and
-  divided by the number of sandboxes.
+  were forked from with its spare keeper (``runtime/spare.py``), as PSS (shared pages split
+  between their users) and RSS, summed and divided by the number of sandboxes.
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def main() -> None:
         alive = [rt.create(SandboxConfig()) for _ in range(args.alive)]
         keepers = {sb._keeper.pid for sb in alive}
         servers = {parent_of(pid) for pid in keepers} - {os.getpid(), 1, 0}
-        pids = descendants(keepers) | servers  # the keeper server, once per creating process
+        # the keeper server, once per creating process, and its spare keeper with the rest
+        pids = descendants(keepers | servers)
         totals = [memory_kib(pid) for pid in pids]
         pss = sum(t[0] for t in totals) / len(alive) / 1024
         rss = sum(t[1] for t in totals) / len(alive) / 1024

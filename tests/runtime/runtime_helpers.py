@@ -14,9 +14,12 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 BUSYBOX = shutil.which("busybox")
 
 
-def run_python(code: str, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter that can import the package."""
-    env = dict(os.environ, PYTHONPATH=SRC)
+def run_python(
+    code: str, *args: str, env: dict[str, str] | None = None, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter that can import the package (``env``: variables
+    set on top of ours)."""
+    env = dict(os.environ, PYTHONPATH=SRC, **(env or {}))
     return subprocess.run(  # type: ignore[call-overload,no-any-return]
         [sys.executable, "-c", code, *args], env=env, text=True, capture_output=True, **kwargs
     )

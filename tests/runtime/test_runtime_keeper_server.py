@@ -1,13 +1,19 @@
-"""The keeper server only starts keepers: killing it ends no sandbox, and it is replaced."""
+"""The keeper server only starts keepers: killing it ends no sandbox, and it is replaced; its
+spare keeper serves sandboxes of every profile and ends with its creator."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from pathlib import Path
 
-from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig
+import pytest
+from runtime_helpers import run_python
+
+from proctable import children_of
+from pytest_modal_sandbox.runtime import LocalRuntime, LocalSandbox, SandboxConfig
 
 
 def _parent(pid: int) -> int:
@@ -30,3 +36,84 @@ def test_killing_the_keeper_server_ends_no_sandbox(rt: LocalRuntime, state_dir: 
     assert _parent(other._keeper.pid) not in (server, os.getpid())
     sb.terminate(wait=True)
     assert sb.poll() is not None and sb.poll().kind == "terminated"  # type: ignore[union-attr]
+
+
+def _route_destinations(sb: LocalSandbox) -> set[str]:
+    """The destinations (hex, as the kernel prints them) of the sandbox's main routing table."""
+    table = sb.exec(["cat", "/proc/net/route"]).stdout.decode()
+    return {line.split()[1] for line in table.splitlines()[1:]}
+
+
+ON_LINK, DEFAULT, TEN_ONE = "0002000A", "00000000", "0000010A"  # 10.0.2.0/24, 0/0, 10.1.0.0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="walls are made ahead as root only")
+def test_the_spare_keeper_serves_every_profile(rt: LocalRuntime) -> None:
+    """The server keeps a spare keeper for each profile (here with egress, and without) that
+    has made its walls before the sandbox is asked for.  Each sandbox gets exactly its
+    network, whatever came before it, and only a spare's slirp4netns outlives the sandboxes."""
+    default = (SandboxConfig(), {ON_LINK, DEFAULT})
+    blocked = (SandboxConfig(block_network=True), set())
+    allowed = (SandboxConfig(cidr_allowlist=["10.1.0.0/16"]), {ON_LINK, TEN_ONE})
+    for config, routes in [default, blocked, default, default, allowed, allowed, blocked, default]:
+        sb = rt.create(config)
+        assert _route_destinations(sb) == routes, config
+        assert sb.exec(["sh", "-c", "cat /proc/self/uid_map"]).stdout.split() == [
+            b"0",
+            b"0",
+            b"4294967295",
+        ]
+        server = _parent(sb._keeper.pid)
+        sb.terminate(wait=True)
+    spares = [pid for pid in children_of(server) if _title(pid) == "pms-keeper (spare)"]
+    assert len(spares) == 2
+    left = [pid for pid in _descendants(server) if _title(pid).endswith("slirp4netns")]
+    assert len(left) == 1 and _parent(left[0]) in spares
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="walls are made ahead as root only")
+def test_the_spare_keeper_ends_with_its_creator(state_dir: Path) -> None:
+    """A creating process that exits leaves no spare behind: not the keeper, not its
+    slirp4netns, not its launcher."""
+    code = (
+        "import json, os, sys\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from proctable import children_of\n"
+        "from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig\n"
+        "sb = LocalRuntime(sys.argv[1]).create(SandboxConfig())\n"
+        "server = int(open(f'/proc/{sb._keeper.pid}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+        "sb.terminate(wait=True)\n"
+        "spare = [p for p in children_of(server) if p != sb._keeper.pid]\n"
+        "print(json.dumps(spare + [c for p in spare for c in children_of(p)]))\n"
+    )
+    done = run_python(code, str(state_dir), str(Path(__file__).parents[1]))
+    assert done.returncode == 0, done.stderr
+    pids = json.loads(done.stdout)
+    assert len(pids) == 3  # the spare, its slirp4netns and its bwrap launcher
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not [pid for pid in pids if _alive(pid)]
+
+
+def _title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        children = children_of(todo.pop())
+        found += children
+        todo += children
+    return found

@@ -9,9 +9,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from runtime_helpers import SANDBOX_PYTHON
+from runtime_helpers import SANDBOX_PYTHON, run_python
 
 from pytest_modal_sandbox.runtime import (
     InvalidConfig,
@@ -159,3 +160,42 @@ def test_bad_network_fields_are_named(fields: dict[str, object], message: str) -
     with pytest.raises(InvalidConfig, match=message) as info:
         SandboxConfig(**fields)  # type: ignore[arg-type]
     assert "SandboxConfig." in str(info.value)
+
+
+FAILING_SLIRP = "#!/bin/sh\necho 'cannot attach: no luck' >&2\nexit 1\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="egress needs /dev/net/tun; as root here")
+def test_a_network_stack_that_fails_fails_the_start_with_what_it_said(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    """slirp4netns that cannot attach fails the sandbox's start with its own words, whether
+    the keeper started it or a spare keeper did before the sandbox was asked for (the second
+    create); a sandbox without egress still starts, and nothing is left behind."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "slirp4netns").write_text(FAILING_SLIRP)
+    (bin_dir / "slirp4netns").chmod(0o755)
+    code = (
+        "import sys\n"
+        "from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig\n"
+        "rt = LocalRuntime(sys.argv[1])\n"
+        "for config in [SandboxConfig(), SandboxConfig(), SandboxConfig(block_network=True)]:\n"
+        "    try:\n"
+        "        sb = rt.create(config)\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__, exc)\n"
+        "    else:\n"
+        "        print('started', sb.exec(['true']).returncode)\n"
+        "        sb.terminate(wait=True)\n"
+    )
+    path = f"{bin_dir}:{os.environ['PATH']}"
+    done = run_python(code, str(state_dir), env={"PATH": path})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3, done.stdout
+    for line in lines[:2]:
+        assert line.startswith("SandboxStartError "), line
+        assert "slirp4netns exited before attaching the sandbox's network" in line
+        assert "it said: cannot attach: no luck" in line
+    assert lines[2] == "started 0"

@@ -2,10 +2,12 @@
 
 Starting a Python interpreter for each sandbox's keeper cost most of a sandbox's start (and
 its own few MiB of memory); the server (``keeper.py``'s :func:`serve`) is started once, with
-the keeper code loaded, and forks a keeper for each create: about a millisecond, and the
-keepers share the server's pages copy-on-write.  Each keeper is still a process of its own,
-bwrap's parent, tied to its owner as before (``keeper.py``), so a sandbox ends exactly as it
-did; the server only starts them.  It exits when this process's end of its socket closes.
+the keeper code loaded, and forks the keepers, which share its pages copy-on-write.  It keeps
+one keeper forked ahead (a spare) that has already made the walls a sandbox like the last one
+needs and do not depend on its spec (``spare.py``), so a create pays only for the rest.  Each
+keeper is still a process of its own, bwrap's parent, tied to its owner as before
+(``keeper.py``), so a sandbox ends exactly as it did; the server only starts them.  It exits
+(and its spare with it) when this process's end of its socket closes.
 
 :class:`KeeperProc` stands for a keeper that is not our child (the server is its parent, and
 the kernel reaps it): its pid and a pidfd.
@@ -88,6 +90,8 @@ class _Server:
         reply = self.sock.recv(64)
         if not reply:
             raise OSError("the keeper server exited")
+        if reply == b"0":
+            raise OSError("the keeper server could not fork a keeper")
         return KeeperProc(int(reply))
 
     def close(self) -> None:

@@ -1,12 +1,14 @@
 """The keeper: one small process per sandbox that runs bubblewrap and decides when it ends.
 
 Forked by the keeper server of the creating process (:func:`serve`, started once per process
-as ``python -I -S keeper.py --serve <fd> <padding>``; ``forkserver.py``), in a session of its
-own, so a Ctrl-C aimed at pytest's process group does not reach it.  It must only use
-the standard library: it never imports the package (``linux``, ``userns``, ``hostview`` and
-``seccomp`` beside it are stdlib-only modules it loads directly).  It
+as ``python -I -S keeper.py --serve <fd> <padding>``; ``forkserver.py``) ahead of its sandbox,
+as a spare, in a session of its own, so a Ctrl-C aimed at pytest's process group does not
+reach it.  It must only use the standard library: it never imports the package (``linux``,
+``userns``, ``egress``, ``spare``, ``hostview`` and ``seccomp`` beside it are stdlib-only
+modules it loads directly).  It
 
-* builds the walls (see ``userns.py``, ``hostview.py``, ``seccomp.py``): a mount namespace of
+* builds the walls (see ``spare.py``, ``userns.py``, ``hostview.py``, ``seccomp.py``), those
+  that do not depend on the sandbox's spec while it waits for its sandbox: a mount namespace of
   its own (as another user: in a user namespace of its own too) in which it mounts the
   sandbox's root, so that every mount it makes is locked in the sandbox; as root the two user
   namespaces the sandbox lives in; a fresh session keyring; the seccomp filter, handed to bwrap;
@@ -37,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # linux.py & co.
 import egress  # type: ignore[import-not-found]
 import hostview  # type: ignore[import-not-found]
 import linux  # type: ignore[import-not-found]
+import spare  # type: ignore[import-not-found]
 import userns  # type: ignore[import-not-found]
 
 TYPE_CHECKING = False
@@ -47,7 +50,7 @@ else:
     import _signal as signal  # the enum-free core of `signal`: ~4 ms less start-up
 
 STARTUP_TIMEOUT = 20.0
-NETWORK_TIMEOUT = 10.0
+SPARES = 2  # profiles a keeper server keeps a spare keeper for: e.g. with and without egress
 LOCK_POLL = 0.5
 
 
@@ -130,14 +133,20 @@ def _has_children(pid: int) -> bool:
     return any(name.isdigit() and _parent(int(name)) == pid for name in os.listdir("/proc"))
 
 
+def _configure(routes: list[tuple[str, int]] | None) -> None:
+    egress.bring_up(loopback=False)
+    egress.route(routes)
+
+
 def _high_fd(fd: int) -> int:
     """A close-on-exec duplicate of ``fd`` numbered >= 10, so dup2 onto 0-3 always happens."""
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
 
 
 class Keeper:
-    def __init__(self, launch: dict[str, Any]) -> None:
+    def __init__(self, launch: dict[str, Any], prepared: spare.Prepared | None = None) -> None:
         self.launch = launch
+        self.prepared = prepared  # walls made ahead (spare.py), if for this profile
         self.start_wall = time.time()
         self.start_mono = time.monotonic()
         self.ready_fd: int | None = launch["ready_fd"]
@@ -154,10 +163,7 @@ class Keeper:
         self.last_seen_active = self.start_wall
         self.mounted: list[str] = []
         self.block_w = -1  # bwrap's --block-fd: the command waits until the network is up
-        self.slirp_pid = 0
-        self.slirp_exit_w = -1  # slirp4netns's --exit-fd: it ends when this closes
-        self.slirp_ready_r = -1
-        self.own_netns = False  # the keeper made the sandbox's network namespace (as root)
+        self.slirp: egress.Slirp | None = None
 
     # --- start-up -------------------------------------------------------------------------
 
@@ -182,28 +188,31 @@ class Keeper:
         bwrap gets ({number in its argv: our fd})."""
         launch = self.launch
         walls = launch["walls"]
+        profile = spare.profile_of(launch)
+        prepared = self.prepared
+        if prepared is not None and prepared.profile != profile:
+            try:
+                prepared.undo()
+            except OSError as exc:
+                self.fail_start(f"cannot return to the host's namespaces: {exc}")
+            prepared = None
+        if prepared is None:
+            prepared = self.prepared = spare.Prepared(profile)
+            try:
+                prepared.make()
+            except OSError as exc:
+                self.fail_start(f"cannot make the sandbox's namespaces: {exc}")
+        prepared.adopt()
+        self.slirp = prepared.slirp
+        if walls["userns"] == "own":  # not as root (nothing is made ahead then)
+            try:
+                userns.enter_own(walls["limits"])
+                linux.mount("none", "/", None, linux.MS_REC | linux.MS_PRIVATE, None)
+            except OSError as exc:
+                self.fail_start(f"cannot make the sandbox's namespaces: {exc}")
+            linux.join_anonymous_keyring()
         view = launch.get("view")
         fds: dict[int, int] = {}
-        try:
-            if walls["userns"] == "own":
-                userns.enter_own(walls["limits"])
-            elif launch.get("net") and launch["net"].get("early"):
-                # As root the keeper makes the sandbox's network namespace itself (owned by
-                # the host's user namespace: nothing inside holds a capability over it), so
-                # slirp4netns starts now, while the root is built and bwrap sets up.
-                host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWNET)
-                    self.own_netns = True
-                    egress.make_device()
-                    self.start_slirp(f"/proc/{os.getpid()}/ns/net", host_netns)
-                finally:
-                    os.close(host_netns)
-            else:
-                linux.unshare(linux.CLONE_NEWNS)
-            linux.mount("none", "/", None, linux.MS_REC | linux.MS_PRIVATE, None)
-        except OSError as exc:
-            self.fail_start(f"cannot make the sandbox's namespaces: {exc}")
         if view:
             try:
                 self.mounted = hostview.build(view)
@@ -222,7 +231,6 @@ class Keeper:
                 self.report({"error": f"mounts: {exc}", "overlay_refused": True})
                 self.cleanup()
                 sys.exit(1)
-        linux.join_anonymous_keyring()
         program = walls.get("seccomp")
         if program:
             read, write = os.pipe2(os.O_CLOEXEC)
@@ -250,8 +258,10 @@ class Keeper:
         reset = [signal.SIGPIPE, signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGXFSZ]
         walls = launch["walls"]
         try:
-            if walls["userns"] == "pair":  # bwrap runs in U1, made on the way (userns.py)
-                self.bwrap_pid = userns.spawn_in_pair(
+            if walls["userns"] == "pair":  # bwrap runs in U1, made with the walls (userns.py)
+                assert self.prepared is not None and self.prepared.launcher is not None
+                launcher, self.prepared.launcher = self.prepared.launcher, None
+                self.bwrap_pid = launcher.spawn(
                     launch["bwrap_argv"],
                     launch["env"],
                     moved,
@@ -304,69 +314,30 @@ class Keeper:
             }
         )
 
-    def start_slirp(self, netns_path: str, host_netns: int = -1) -> None:
-        """Start slirp4netns for the network namespace at ``netns_path``; it joins the host's
-        network namespace ``host_netns`` first when the keeper has already left it."""
-        net = self.launch["net"]
-        self.slirp_ready_r, ready_w = os.pipe()
-        exit_r, self.slirp_exit_w = os.pipe()
-        argv = egress.slirp_argv(net["slirp"], netns_path, as_root=net["as_root"])
-        log = os.open(net["log"], os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        moved = [_high_fd(fd) for fd in (ready_w, exit_r, log)]  # dup2 onto 2-4 always copies
-        for fd in (ready_w, exit_r, log):
-            os.close(fd)
-        ready_w, exit_r, log = moved
-        pid = os.fork()
-        if pid == 0:  # single-threaded keeper: only plain system calls until the exec
-            try:
-                if host_netns >= 0:
-                    linux.setns(host_netns, linux.CLONE_NEWNET)
-                os.dup2(ready_w, egress.READY_FD)
-                os.dup2(exit_r, egress.EXIT_FD)
-                os.dup2(log, 2)
-                for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
-                    signal.signal(sig, signal.SIG_DFL)
-                os.execve(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-            except BaseException as exc:
-                os.write(2, f"keeper: cannot run {argv[0]}: {exc}\n".encode())
-            os._exit(127)
-        self.slirp_pid = pid
-        for fd in (ready_w, exit_r, log):
-            os.close(fd)
-
     def attach_network(self) -> None:
         """Wait for slirp4netns (started now unless it already was), configure ``eth0`` and
         its routes (the allowlist), then let bwrap run the command."""
         net = self.launch["net"]
-        if not self.slirp_pid:
-            self.start_slirp(f"/proc/{self.init_pid}/ns/net")
-        ready_r, self.slirp_ready_r = self.slirp_ready_r, -1
-        try:
-            ready = select.select([ready_r], [], [], NETWORK_TIMEOUT)[0]
-            answer = os.read(ready_r, 1) if ready else b""
-        finally:
-            os.close(ready_r)
-        if answer != b"1":
-            why = "exited" if ready else f"did not report within {NETWORK_TIMEOUT:.0f} s"
-            try:
-                with open(net["log"], "rb") as f:
-                    said = f.read()[-600:].decode("utf-8", "replace").strip()
-            except OSError:
-                said = ""
-            self.network_failed(
-                f"slirp4netns {why} before attaching the sandbox's network"
-                + (f"; it said: {' | '.join(said.splitlines())}" if said else "")
-            )
-        if self.own_netns:  # the keeper is in it already; bwrap has not set up loopback
-            try:
-                egress.configure(net.get("routes"), loopback=True)
-                error = None
-            except OSError as exc:
-                error = str(exc)
-        else:
-            error = self.in_network_namespace(egress.configure, net.get("routes"))
+        if self.slirp is None:  # not as root: bwrap has made the network namespace
+            error = self.in_network_namespace(lambda _: egress.make_device(), None)
+            if error:
+                self.network_failed(f"cannot make the sandbox's network device: {error}")
+            path = f"/proc/{self.init_pid}/ns/net"
+            self.slirp = egress.Slirp(net["slirp"], path, as_root=net["as_root"])
+            error = self.slirp.wait_ready(spare.NETWORK_TIMEOUT)
+            if not error:
+                error = self.in_network_namespace(_configure, net.get("routes"))
+                error = error and f"cannot configure the sandbox's network: {error}"
+        else:  # the keeper is in it already; bwrap has not set up loopback
+            assert self.prepared is not None
+            error = self.prepared.bring_up_network()
+            if not error:
+                try:
+                    egress.route(net.get("routes"))
+                except OSError as exc:
+                    error = f"cannot configure the sandbox's network: {exc}"
         if error:
-            self.network_failed(f"cannot configure the sandbox's network: {error}")
+            self.network_failed(error)
         try:
             os.write(self.block_w, b"1")
         except BrokenPipeError:
@@ -606,12 +577,8 @@ class Keeper:
     def kill_tree(self) -> None:
         """Kill PID 1 (the kernel then kills the whole pid namespace), bwrap and slirp4netns;
         reap them."""
-        if self.slirp_pid:  # first, so that its exit overlaps the sandbox's
-            os.close(self.slirp_exit_w)
-            try:
-                os.kill(self.slirp_pid, signal.SIGKILL)  # our unreaped child: pid is stable
-            except OSError:
-                pass
+        if self.slirp is not None:  # first, so that its exit overlaps the sandbox's
+            self.slirp.stop()
         if self.init_pidfd >= 0:
             try:
                 signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
@@ -633,12 +600,12 @@ class Keeper:
         if self.block_w >= 0:  # after the kill: on EOF bwrap would run the command
             os.close(self.block_w)
             self.block_w = -1
-        if self.slirp_pid:
-            try:
-                os.waitpid(self.slirp_pid, 0)
-            except ChildProcessError:
-                pass
-            self.slirp_pid = 0
+        if self.slirp is not None:
+            self.slirp.reap()
+            self.slirp = None
+        if self.prepared is not None and self.prepared.launcher is not None:
+            self.prepared.launcher.discard()  # bwrap never ran
+            self.prepared.launcher = None
 
     def end_by_exit(self) -> None:
         status = self.bwrap_status or 0
@@ -675,16 +642,19 @@ class Keeper:
 FD_NAMES = ("ready_fd", "owner_fd", "stdin_fd")
 
 
-def run_keeper(launch_path: str, fds: dict[str, int]) -> None:
+def run_keeper(
+    launch_path: str, fds: dict[str, int], prepared: spare.Prepared | None = None
+) -> None:
     """Be the keeper of the sandbox whose launch record is ``launch_path``; ``fds`` are the
-    creator's pipe ends as received (``FD_NAMES``).  Returns once the sandbox has ended."""
+    creator's pipe ends as received (``FD_NAMES``), ``prepared`` the walls made ahead.
+    Returns once the sandbox has ended."""
     with open(launch_path, "rb") as f:
         launch = marshal.load(f)
     launch.update(fds)
     for key in FD_NAMES:
         if launch.get(key) is not None:
             os.set_inheritable(launch[key], False)  # bwrap and the sandbox must not hold them
-    keeper = Keeper(launch)
+    keeper = Keeper(launch, prepared)
 
     def stop(signum: int, frame: object) -> None:
         keeper.stop_requested = True
@@ -713,18 +683,21 @@ def _set_title(text: str) -> None:
 
 def serve(sock_fd: int) -> None:
     """The keeper server of one creating process: for each request (a launch record's path,
-    with the creator's pipe ends and the keeper log as SCM_RIGHTS) fork a keeper, which
-    starts a new session, and answer its pid.  A forked keeper starts in about a millisecond
-    and shares the server's memory (copy-on-write); every keeper stays a process of its own,
-    bwrap's parent, with its own ties to its owner, so nothing about how sandboxes end
-    changes.  Exits when the creator closes its end (the creator is gone); the keepers live
-    on until their sandboxes end."""
+    with the creator's pipe ends and the keeper log as SCM_RIGHTS) hand the sandbox to the
+    spare keeper of its profile, answer its pid, and fork the next spare for that profile
+    (``spare.py``), keeping spares for the last ``SPARES`` profiles.  A forked keeper shares
+    the server's memory (copy-on-write); every keeper is a process of its own, in a session of
+    its own, bwrap's parent, with its own ties to its owner, so nothing about how sandboxes end
+    depends on the server.  Exits when the creator closes its end (the creator is gone), and
+    so do the spares; the keepers live on until their sandboxes end.  Answers 0 when no
+    keeper could be started."""
     import socket
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the keepers
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     sock = socket.socket(fileno=sock_fd)
+    ahead: dict[str, _Spare] = {}  # a spare for each of the last SPARES profiles asked for
     while True:
         try:
             message, fds, _, _ = socket.recv_fds(sock, 65536, 8, socket.MSG_CMSG_CLOEXEC)
@@ -732,19 +705,45 @@ def serve(sock_fd: int) -> None:
             return
         if not message:
             return
-        path, _, names = message.decode().partition("\0")
-        named = dict(zip(["log_fd", *names.split(",")] if names else ["log_fd"], fds, strict=False))
+        try:
+            with open(message.partition(b"\0")[0], "rb") as f:
+                profile = spare.profile_of(marshal.load(f))
+        except Exception:  # the keeper reports a bad record; a spare of no profile takes it
+            profile = ""
+        pid = 0
+        for _ in range(2):  # a spare that died meanwhile is replaced once
+            keeper = ahead.pop(profile, None) or _Spare(sock, profile, fds)
+            pid = keeper.hand(message, fds)
+            if pid:
+                break
+        for fd in fds:
+            os.close(fd)  # before the next fork: no other keeper may hold this sandbox's pipes
+        try:
+            sock.send(str(pid).encode())
+        except OSError:
+            return
+        ahead[profile] = _Spare(sock, profile)
+        while len(ahead) > SPARES:
+            ahead.pop(next(iter(ahead))).sock.close()  # it exits, undoing its walls
+
+
+class _Spare:
+    """A keeper forked ahead of its sandbox: it makes the walls of ``profile`` and waits on a
+    socket of its own for its launch record (:func:`_spare_main`)."""
+
+    def __init__(self, server_sock: Any, profile: str, held: list[int] | None = None) -> None:
+        import socket
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                sock.close()
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                os.setsid()
-                os.dup2(named.pop("log_fd"), 2)
-                _set_title(f"pms-keeper {path}")
-                run_keeper(path, named)
-                code = 0
+                server_sock.close()
+                ours.close()
+                for fd in held or ():  # the server's copies of a sandbox's pipes: never a keeper's
+                    os.close(fd)
+                code = _spare_main(theirs, profile)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
@@ -752,12 +751,55 @@ def serve(sock_fd: int) -> None:
 
                 traceback.print_exc()
             os._exit(code)
-        for fd in fds:
-            os.close(fd)
+        theirs.close()
+        self.pid = pid
+        self.sock = ours
+
+    def hand(self, message: bytes, fds: list[int]) -> int:
+        """Give it its sandbox; its pid, or 0 if it has died."""
+        import socket
+
         try:
-            sock.send(str(pid).encode())
+            socket.send_fds(self.sock, [message], fds)
         except OSError:
-            return
+            return 0
+        finally:
+            self.sock.close()
+        return self.pid
+
+
+def _spare_main(sock: Any, profile: str) -> int:
+    import socket
+
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.setsid()
+    _set_title("pms-keeper (spare)")
+    null = os.open("/dev/null", os.O_WRONLY)
+    os.dup2(null, 2)  # its sandbox's keeper log comes with the sandbox
+    os.close(null)
+    made = spare.Prepared(profile)
+    try:
+        made.make()
+    except OSError:  # the keeper makes them itself, and reports why it cannot
+        made.undo()
+    prepared = made if made.complete() else None
+    network = prepared.ready_fd() if prepared is not None else -1
+    while network >= 0 and sock not in select.select([sock, network], [], [])[0]:
+        assert prepared is not None
+        prepared.bring_up_network()  # a failure is reported when the sandbox starts
+        network = -1
+    message, fds, _, _ = socket.recv_fds(sock, 65536, 8, socket.MSG_CMSG_CLOEXEC)
+    sock.close()
+    if not message:  # the server is gone: no sandbox will come
+        if prepared is not None:
+            prepared.undo()
+        return 0
+    path, _, names = message.decode().partition("\0")
+    named = dict(zip(["log_fd", *names.split(",")] if names else ["log_fd"], fds, strict=False))
+    os.dup2(named.pop("log_fd"), 2)
+    _set_title(f"pms-keeper {path}")
+    run_keeper(path, named, prepared)
+    return 0
 
 
 if __name__ == "__main__":

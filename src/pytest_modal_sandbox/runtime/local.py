@@ -221,7 +221,6 @@ class LocalRuntime:
             net = {
                 "slirp": tools.require_slirp4netns(),
                 "as_root": as_root,
-                "log": str(paths.slirp_log),
                 "routes": _routes(config.cidr_allowlist),
                 "early": as_root,  # the keeper makes the network namespace (keeper.py)
             }

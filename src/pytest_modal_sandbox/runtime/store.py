@@ -12,7 +12,6 @@ Layout of ``<state>/<sandbox id>/``::
     detached         present once detach_owner() was called
     result.json      the exit status, written by the keeper when the sandbox ends
     work/            not as root, in host-image mode: the writable workdir
-    slirp4netns.log  what the sandbox's network stack said (egress)
     hosts, resolv.conf  bound at /etc/hosts and /etc/resolv.conf (image roots, not as root)
     empty            an empty file, bound over hidden files (host-image mode, not as root)
     root/            the sandbox's / (the keeper's mount point, or a copy of an image root)
@@ -57,7 +56,6 @@ class SandboxPaths:
         self.workdir = self.dir / "work"
         self.hosts = self.dir / "hosts"
         self.resolv = self.dir / "resolv.conf"
-        self.slirp_log = self.dir / "slirp4netns.log"
         self.empty = self.dir / "empty"
         self.rootfs = self.dir / "root"
         self.ovl = self.dir / "ovl"

@@ -18,9 +18,11 @@ process could unmount or remount what hides and protects the host.  So, as root:
   namespace again, nor anything else.
 
 Only root may map more than its own uid, and a process cannot write the map of a namespace it
-sits in: the keeper forks the process that becomes bwrap, which unshares U1 (the keeper writes
-its map), and a short-lived helper of its own unshares U2 (it writes that map); bwrap gets U2
-as ``--userns2``.
+sits in: the keeper forks the process that becomes bwrap (a :class:`Launcher`), which unshares
+U1 (the keeper writes its map), and a short-lived helper of its own unshares U2 (it writes
+that map); bwrap gets U2 as ``--userns2``.  None of it depends on the sandbox's spec, so a
+spare keeper makes it before its sandbox is asked for (``spare.py``); U1's limits are set
+just before the exec.
 
 Not as root, the keeper itself enters a user namespace of its own, mapping its uid to 0
 (:func:`enter_own`); bwrap nests the sandbox's user namespace in it.  Only that one uid exists
@@ -31,12 +33,16 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False  # not `typing`: importing it costs the keeper milliseconds
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
 try:
     from . import linux
 except ImportError:  # loaded by the keeper as a plain module, beside linux.py
     import linux  # type: ignore[import-not-found,no-redef]
 
-__all__ = ["FULL_MAP", "enter_own", "set_limits", "spawn_in_pair"]
+__all__ = ["FULL_MAP", "Launcher", "enter_own", "set_limits"]
 
 FULL_MAP = "0 0 4294967295"
 NAMESPACE_KINDS = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup", "time")
@@ -70,7 +76,7 @@ def _expect(fd: int, what: str) -> bytes:
 def _child_namespace() -> int:
     """In U1: make U2 and return its fd.  A helper process is cloned straight into U2 (no
     round trip: its namespace exists when clone returns), we write U2's maps, open its
-    namespace file and let it go; bwrap (which we become) reaps it."""
+    namespace file, let it go and reap it."""
     hold_r, hold_w = os.pipe()
     try:
         b = linux.clone_into_user_namespace()
@@ -94,55 +100,113 @@ def _child_namespace() -> int:
         return os.open(f"/proc/{b}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
         os.close(hold_w)
+        os.waitpid(b, 0)
 
 
-def spawn_in_pair(
-    argv: list[str],
-    env: dict[str, str],
-    fds: dict[int, int],
-    *,
-    limits: dict[str, int],
-    userns2_fd: int,
-    default_signals: list[int],
-) -> int:
-    """Root only: fork a process that becomes U1's first process (we write its maps), sets
-    U1's limits, makes U2, and then execs ``argv`` (bwrap, given ``--userns2 <userns2_fd>``)
-    with ``fds`` (``{number: fd}``, the fds close-on-exec and above every number) moved to
-    their numbers; returns its pid.  bwrap, already in U1 and root
-    there, creates the sandbox's namespaces in U1 and moves the sandbox into U2.  A failure
-    before the exec is written to fd 2 as ``keeper: ...`` and the process exits 1."""
-    _signal = __import__("_signal")  # not `signal`: its enums cost the keeper milliseconds
+class Launcher:
+    """A process already in U1 (its map written, U2 made) that becomes bwrap when told to
+    (:meth:`spawn`).  A spare keeper makes one before its sandbox is asked for, so that the
+    two user namespaces cost the sandbox's start nothing (``keeper.py``); otherwise it is
+    made just before bwrap runs.  Root only."""
 
-    unshared_r, unshared_w = os.pipe()
-    mapped_r, mapped_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
+    def __init__(self) -> None:
+        import socket  # the keeper server has it loaded already
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        unshared_r, unshared_w = os.pipe()
+        mapped_r, mapped_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
             os.close(unshared_r)
             os.close(mapped_w)
-            for sig in default_signals:
-                _signal.signal(sig, _signal.SIG_DFL)
-            for target, fd in fds.items():
-                os.dup2(fd, target)  # inheritable, unlike the original
-            linux.unshare(linux.CLONE_NEWUSER)
-            os.write(unshared_w, b"u")
-            _expect(mapped_r, "maps of U1")
-            set_limits(limits)
-            os.dup2(_child_namespace(), userns2_fd)
-            os.execve(argv[0], argv, env)
-        except BaseException as exc:
-            os.write(2, f"keeper: cannot make the sandbox's user namespaces: {exc}\n".encode())
-        os._exit(1)
-    os.close(unshared_w)
-    os.close(mapped_r)
+            _launch(theirs, unshared_w, mapped_r)  # never returns
+        theirs.close()
+        os.close(unshared_w)
+        os.close(mapped_r)
+        self.pid = pid
+        self._sock = ours
+        try:
+            if os.read(unshared_r, 1):
+                _write_maps(pid, FULL_MAP, FULL_MAP)
+                os.write(mapped_w, b"m")
+        except OSError:
+            pass  # it failed: spawn() finds it gone and says why
+        finally:
+            os.close(unshared_r)
+            os.close(mapped_w)
+
+    def spawn(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        fds: dict[int, int],
+        *,
+        limits: dict[str, int],
+        userns2_fd: int,
+        default_signals: list[int],
+    ) -> int:
+        """Have the launcher set U1's limits, move ``fds`` (``{number: fd}``) to their numbers
+        and U2 to ``userns2_fd``, and exec ``argv`` (bwrap, given ``--userns2
+        <userns2_fd>``); returns its pid.  bwrap, already in U1 and root there, creates the
+        sandbox's namespaces in U1 and moves the sandbox into U2.  A failure before the exec
+        is written to fd 2 as ``keeper: ...`` and the process exits 1; a launcher that died
+        before it was told raises OSError."""
+        import marshal
+        import socket
+
+        message = marshal.dumps((argv, env, limits, list(fds), userns2_fd, default_signals))
+        try:
+            socket.send_fds(self._sock, [message], list(fds.values()))
+        finally:
+            self._sock.close()
+        return self.pid
+
+    def discard(self) -> None:
+        """End the launcher unused (it exits on EOF) and reap it."""
+        self._sock.close()
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def _high_fd(fd: int) -> int:
+    """``fd`` moved to a close-on-exec number >= 10, clear of every number bwrap is given."""
+    import fcntl
+
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
+def _launch(sock: Any, unshared_w: int, mapped_r: int) -> NoReturn:
+    """The launcher's life: enter U1, make U2, wait for bwrap's command line, exec it."""
+    import marshal
+    import socket
+
+    _signal = __import__("_signal")  # not `signal`: its enums cost the keeper milliseconds
     try:
-        if os.read(unshared_r, 1):
-            _write_maps(pid, FULL_MAP, FULL_MAP)
-            os.write(mapped_w, b"m")
-    finally:
-        os.close(unshared_r)
-        os.close(mapped_w)
-    return pid
+        linux.unshare(linux.CLONE_NEWUSER)
+        os.write(unshared_w, b"u")
+        os.close(unshared_w)
+        _expect(mapped_r, "maps of U1")
+        os.close(mapped_r)
+        userns2 = _high_fd(_child_namespace())
+        message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 16, socket.MSG_CMSG_CLOEXEC)
+        if not message:
+            os._exit(0)  # discarded
+        argv, env, limits, targets, userns2_fd, default_signals = marshal.loads(message)
+        for sig in default_signals:
+            _signal.signal(sig, _signal.SIG_DFL)
+        for target, fd in zip(targets, [_high_fd(fd) for fd in fds], strict=True):
+            os.dup2(fd, target)  # inheritable, unlike the original
+        os.dup2(userns2, userns2_fd)
+        set_limits(limits)
+        os.execve(argv[0], argv, env)
+    except BaseException as exc:
+        os.write(2, f"keeper: cannot make the sandbox's user namespaces: {exc}\n".encode())
+    os._exit(1)
 
 
 def enter_own(limits: dict[str, int], *, mount_namespace: bool = True) -> None:
