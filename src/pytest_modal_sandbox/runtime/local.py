@@ -159,14 +159,12 @@ class LocalRuntime:
         paths.activity.mkdir()
         for path in (paths.last_activity, paths.stdout, paths.stderr):
             path.touch()
-        write_json(paths.tags, dict(config.tags))
         host_workdir = None
         hosts: str | None = str(paths.hosts)
         view: dict[str, Any] | None = None
         readonly_root = False
         exists: Callable[[str], bool] = os.path.isdir
         listdir: Callable[[str], list[str]] = os.listdir
-        paths.hosts.write_text(hosts_file(hostname))
         if config.rootfs is None:
             if workdir != "/" and os.path.lexists(workdir) and not os.path.isdir(workdir):
                 raise InvalidConfig(
@@ -209,6 +207,8 @@ class LocalRuntime:
             stacked = tuple(d for target, d in config.layers if target == "/")
             view = rootfs.prepare(config.rootfs, paths, overlay=use_overlay, snapshot=stacked)
             root = str(paths.rootfs)
+        if hosts is not None:
+            paths.hosts.write_text(hosts_file(hostname))
         resolv = None
         if config.rootfs is not None:
             if config.network and os.path.exists(rootfs.HOST_RESOLV_CONF):
@@ -315,6 +315,7 @@ class LocalRuntime:
             "network": config.network,
             "egress": config.egress,
             "cidr_allowlist": config.cidr_allowlist,
+            "tags": dict(config.tags),
             "layers": [list(pair) for pair in config.layers],
             "uppers": _upper_targets(view),
             "private_tmp": private_tmp,

@@ -190,7 +190,10 @@ class LocalSandbox:
     # --- tags -----------------------------------------------------------------------------
 
     def tags(self) -> dict[str, str]:
+        """Its tags: those given at creation (in the record) until :meth:`set_tags`."""
         data = read_json(self._paths.tags)
+        if data is None:
+            data = self._meta.get("tags")
         return dict(data) if isinstance(data, dict) else {}
 
     def set_tags(self, tags: Mapping[str, str]) -> None:

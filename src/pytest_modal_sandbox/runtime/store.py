@@ -3,9 +3,10 @@
 Layout of ``<state>/<sandbox id>/``::
 
     launch.marshal   keeper input, written by the creator before the keeper starts
-    meta.json        the record (id, app, name, created_at, pids, env, workdir, ports...);
-                     written once the sandbox runs: a directory without it is invisible
-    tags.json        tags (replaced atomically by set_tags)
+    meta.json        the record (id, app, name, created_at, pids, env, workdir, ports, the
+                     tags given at creation...); written once the sandbox runs: a directory
+                     without it is invisible
+    tags.json        the tags once set_tags has replaced them (atomically)
     stdout, stderr   the entrypoint's output
     activity/        one flock'ed file per active exec / stdin writer / tunnel connection
     last_activity    its mtime is the last moment of activity (idle_timeout)
