@@ -249,6 +249,18 @@ def test_touch_and_popen_count_as_activity(rt: LocalRuntime) -> None:
     assert st is not None and st.kind == "idle_timeout"
 
 
+def test_execs_hold_no_token_without_idle_timeout(rt: LocalRuntime, state_dir: Path) -> None:
+    """Only an idle_timeout counts activity: without one an exec costs no file operations."""
+    sb = rt.create(SandboxConfig())
+    proc = sb.popen(["sleep", "0.5"], stdin=subprocess.DEVNULL)
+    with sb.activity():
+        assert list((state_dir / sb.id / "activity").iterdir()) == []
+    assert proc.wait(30) == 0
+    idle = rt.create(SandboxConfig(idle_timeout=60))
+    with idle.activity():
+        assert len(list((state_dir / idle.id / "activity").iterdir())) == 1
+
+
 def test_concurrent_creates_from_threads(rt: LocalRuntime) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

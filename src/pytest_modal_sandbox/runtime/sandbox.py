@@ -7,6 +7,7 @@ the creator's, except for what only the creator holds (the stdin pipe).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import ssl
@@ -72,6 +73,7 @@ class LocalSandbox:
         self.hostname: str = meta["hostname"]
         self.ports: tuple[int, ...] = tuple(meta.get("ports", ()))
         self._meta = dict(meta)
+        self._counts_activity = meta.get("idle_timeout") is not None
         self._tools = tools
         self._paths = SandboxPaths(root, self.id)
         self.stdout_path: Path = self._paths.stdout
@@ -313,7 +315,10 @@ class LocalSandbox:
     # --- activity -------------------------------------------------------------------------
 
     def activity(self) -> AbstractContextManager[None]:
-        """Held = active, for ``idle_timeout`` (any process may hold it)."""
+        """Held = active, for ``idle_timeout`` (any process may hold it); nothing to hold for
+        a sandbox without one (a token is a few file operations per exec)."""
+        if not self._counts_activity:
+            return contextlib.nullcontext()
         return activity.hold(self._paths.activity, self._paths.last_activity)
 
     def touch(self) -> None:
@@ -404,7 +409,9 @@ class LocalSandbox:
         :func:`~pytest_modal_sandbox.runtime.kill_exec` ``(proc.pid)``.
         """
         command, full_env = self.exec_command(argv, env=env, workdir=workdir)
-        token = activity.ActivityToken(self._paths.activity, self._paths.last_activity)
+        token = None
+        if self._counts_activity:
+            token = activity.ActivityToken(self._paths.activity, self._paths.last_activity)
         try:
             proc = spawn(
                 command,
@@ -415,9 +422,11 @@ class LocalSandbox:
                 start_new_session=True,
             )
         except BaseException:
-            token.release()
+            if token is not None:
+                token.release()
             raise
-        _release_on_exit(proc, token)
+        if token is not None:
+            _release_on_exit(proc, token)
         return proc
 
     # --- stdin ----------------------------------------------------------------------------
