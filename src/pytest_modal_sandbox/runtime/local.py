@@ -156,9 +156,9 @@ class LocalRuntime:
         env = merged_env(DEFAULT_ENV, config.env)
         command = list(config.command or ["sleep", str(int(config.timeout) + 60)])
         as_root = os.geteuid() == 0
-        paths.activity.mkdir()
-        for path in (paths.last_activity, paths.stdout, paths.stderr):
-            path.touch()
+        if config.idle_timeout is not None:  # only the idle clock reads them (activity.py)
+            paths.activity.mkdir()
+            paths.last_activity.touch()
         host_workdir = None
         hosts: str | None = str(paths.hosts)
         view: dict[str, Any] | None = None
