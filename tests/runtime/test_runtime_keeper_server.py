@@ -73,23 +73,28 @@ def test_the_spare_keeper_serves_every_profile(rt: LocalRuntime) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="walls are made ahead as root only")
 def test_the_spare_keeper_ends_with_its_creator(state_dir: Path) -> None:
-    """A creating process that exits leaves no spare behind: not the keeper, not its
-    slirp4netns, not its launcher."""
+    """A creating process that exits leaves no spare behind: not the keepers (one per
+    profile: each must see the server go, though the other was forked after it), not their
+    slirp4netns, not their launchers."""
     code = (
-        "import json, os, sys\n"
+        "import json, os, sys, time\n"
         "sys.path.insert(0, sys.argv[2])\n"
         "from proctable import children_of\n"
         "from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig\n"
-        "sb = LocalRuntime(sys.argv[1]).create(SandboxConfig())\n"
-        "server = int(open(f'/proc/{sb._keeper.pid}/stat').read().rsplit(')', 1)[1].split()[1])\n"
-        "sb.terminate(wait=True)\n"
-        "spare = [p for p in children_of(server) if p != sb._keeper.pid]\n"
-        "print(json.dumps(spare + [c for p in spare for c in children_of(p)]))\n"
+        "rt = LocalRuntime(sys.argv[1])\n"
+        "for config in [SandboxConfig(), SandboxConfig(block_network=True)]:\n"
+        "    sb = rt.create(config)\n"
+        "    stat = open(f'/proc/{sb._keeper.pid}/stat').read()\n"
+        "    server = int(stat.rsplit(')', 1)[1].split()[1])\n"
+        "    sb.terminate(wait=True)\n"
+        "time.sleep(0.5)  # the spares have made their walls\n"
+        "spares = children_of(server)\n"
+        "print(json.dumps(spares + [c for p in spares for c in children_of(p)]))\n"
     )
     done = run_python(code, str(state_dir), str(Path(__file__).parents[1]))
     assert done.returncode == 0, done.stderr
     pids = json.loads(done.stdout)
-    assert len(pids) == 3  # the spare, its slirp4netns and its bwrap launcher
+    assert len(pids) == 5  # two spares, two bwrap launchers, one slirp4netns
     deadline = time.monotonic() + 10
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.02)

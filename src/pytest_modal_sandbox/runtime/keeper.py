@@ -168,6 +168,11 @@ class Keeper:
     # --- start-up -------------------------------------------------------------------------
 
     def report(self, message: dict[str, Any]) -> None:
+        """Tell the creator how the start went; and the next spare keeper that it may make its
+        walls now (``serve``): not while this sandbox's start needs the machine."""
+        started = self.launch.pop("started_fd", None)
+        if started is not None:
+            os.close(started)
         if self.ready_fd is None:
             return
         try:
@@ -639,7 +644,7 @@ class Keeper:
             _rmtree(path)
 
 
-FD_NAMES = ("ready_fd", "owner_fd", "stdin_fd")
+FD_NAMES = ("ready_fd", "owner_fd", "stdin_fd", "started_fd")
 
 
 def run_keeper(
@@ -710,28 +715,43 @@ def serve(sock_fd: int) -> None:
                 profile = spare.profile_of(marshal.load(f))
         except Exception:  # the keeper reports a bad record; a spare of no profile takes it
             profile = ""
+        # The keeper closes `started` once its sandbox runs; the next spare waits for that.
+        started, started_w = os.pipe2(os.O_CLOEXEC)
+        path, _, names = message.partition(b"\0")
+        message = path + b"\0" + b",".join([*filter(None, names.split(b",")), b"started_fd"])
         pid = 0
         for _ in range(2):  # a spare that died meanwhile is replaced once
-            keeper = ahead.pop(profile, None) or _Spare(sock, profile, fds)
-            pid = keeper.hand(message, fds)
+            keeper = ahead.pop(profile, None)
+            if keeper is None:
+                held = [sock.fileno(), *_socks(ahead), *fds, started, started_w]
+                keeper = _Spare(profile, held)
+            pid = keeper.hand(message, [*fds, started_w])
             if pid:
                 break
-        for fd in fds:
+        for fd in [*fds, started_w]:
             os.close(fd)  # before the next fork: no other keeper may hold this sandbox's pipes
         try:
             sock.send(str(pid).encode())
         except OSError:
             return
-        ahead[profile] = _Spare(sock, profile)
+        ahead[profile] = _Spare(profile, [sock.fileno(), *_socks(ahead)], after=started)
+        os.close(started)
         while len(ahead) > SPARES:
             ahead.pop(next(iter(ahead))).sock.close()  # it exits, undoing its walls
 
 
+def _socks(spares: dict[str, _Spare]) -> list[int]:
+    return [spare.sock.fileno() for spare in spares.values()]
+
+
 class _Spare:
     """A keeper forked ahead of its sandbox: it makes the walls of ``profile`` and waits on a
-    socket of its own for its launch record (:func:`_spare_main`)."""
+    socket of its own for its launch record (:func:`_spare_main`); ``held`` are the server's
+    descriptors, which it closes (a copy of another spare's socket would keep that one from
+    seeing the server go; a sandbox's pipe end, its keeper from seeing the owner go), and
+    ``after`` turns readable once the keeper before it has started its sandbox."""
 
-    def __init__(self, server_sock: Any, profile: str, held: list[int] | None = None) -> None:
+    def __init__(self, profile: str, held: list[int], after: int = -1) -> None:
         import socket
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -739,11 +759,10 @@ class _Spare:
         if pid == 0:
             code = 1
             try:
-                server_sock.close()
                 ours.close()
-                for fd in held or ():  # the server's copies of a sandbox's pipes: never a keeper's
+                for fd in held:
                     os.close(fd)
-                code = _spare_main(theirs, profile)
+                code = _spare_main(theirs, profile, after)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
@@ -768,7 +787,7 @@ class _Spare:
         return self.pid
 
 
-def _spare_main(sock: Any, profile: str) -> int:
+def _spare_main(sock: Any, profile: str, after: int) -> int:
     import socket
 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -777,6 +796,9 @@ def _spare_main(sock: Any, profile: str) -> int:
     null = os.open("/dev/null", os.O_WRONLY)
     os.dup2(null, 2)  # its sandbox's keeper log comes with the sandbox
     os.close(null)
+    if after >= 0:  # not while the sandbox before it starts, unless its own is waiting
+        select.select([sock, after], [], [])
+        os.close(after)
     made = spare.Prepared(profile)
     try:
         made.make()
