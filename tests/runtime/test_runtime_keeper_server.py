@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -122,3 +123,24 @@ def _descendants(pid: int) -> list[int]:
         found += children
         todo += children
     return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="walls are made ahead as root only")
+def test_a_spare_sees_what_the_host_mounts_after_it_was_made(rt: LocalRuntime) -> None:
+    """The spare's mount namespace follows the host's: a file system mounted on the host after
+    the spare was made shows in its sandbox, as it would in one made at that moment."""
+    rt.create(SandboxConfig()).terminate(wait=True)  # now a spare waits
+    time.sleep(0.3)
+    point = Path(f"/srv/pms-test-{os.getpid()}")  # not below a hidden path (/tmp is one)
+    point.mkdir(parents=True)
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(point)], check=True)
+        try:
+            (point / "hello").write_text("from the host's new mount")
+            sb = rt.create(SandboxConfig())
+            assert sb.exec(["cat", f"{point}/hello"]).stdout == b"from the host's new mount"
+            sb.terminate(wait=True)
+        finally:
+            subprocess.run(["umount", "-l", str(point)], check=True)
+    finally:
+        point.rmdir()

@@ -801,7 +801,7 @@ def _spare_main(sock: Any, profile: str, after: int) -> int:
         os.close(after)
     made = spare.Prepared(profile)
     try:
-        made.make()
+        made.make(ahead=True)
     except OSError:  # the keeper makes them itself, and reports why it cannot
         made.undo()
     prepared = made if made.complete() else None

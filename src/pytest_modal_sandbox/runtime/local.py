@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import errors
 from .._paths import state_root
-from . import egress, hostview, owners, rootfs, seccomp
+from . import egress, hostview, owners, rootfs, seccomp, spare
 from .check import Tools, check
 from .config import DEFAULT_ENV, SandboxConfig
 from .copies import prepare_mounts
@@ -261,6 +261,7 @@ class LocalRuntime:
             "seccomp_fd": SECCOMP_FD,
             "seccomp": program,
             "block_fd": BLOCK_FD,
+            "host_mounts": spare.host_mounts() if as_root else None,
         }
         pipes.ready_r, pipes.ready_w = os.pipe()
         if config.owner_lock is None:

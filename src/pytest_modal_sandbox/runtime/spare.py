@@ -13,6 +13,7 @@ its own, as a keeper without a spare does.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 try:
@@ -34,11 +35,23 @@ NETWORK_TIMEOUT = 10.0
 def profile_of(launch: dict[str, Any]) -> str:
     """What can be made ahead for the sandbox of ``launch``: "" (nothing: not as root),
     "pair" (the keeper's mount namespace and the bwrap launcher in U1/U2), or "pair net
-    <slirp4netns>" (with egress: also the network namespace, slirp4netns attached)."""
-    if launch["walls"]["userns"] != "pair":
+    <slirp4netns>" (with egress: also the network namespace, slirp4netns attached); as root
+    followed by the host's mount table as the creator saw it (:func:`host_mounts`)."""
+    walls = launch["walls"]
+    if walls["userns"] != "pair":
         return ""
     net = launch.get("net")
-    return f"pair net {net['slirp']}" if net and net.get("early") else "pair"
+    kind = f"pair net {net['slirp']}" if net and net.get("early") else "pair"
+    return f"{kind} mounts {walls['host_mounts']}"
+
+
+def host_mounts() -> str:
+    """A digest of this process's mount table.  A spare's mount namespace is a copy of the
+    host's made when the spare was, and the host's root is usually not a shared mount, so
+    nothing mounted later would reach it: a spare serves only creators that see the same
+    table."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 class Prepared:
@@ -54,11 +67,15 @@ class Prepared:
         self.network_up = False  # tried (network_error says how it went)
         self.network_error: str | None = None
 
-    def make(self) -> None:
-        """Make them; OSError (the caller undoes what was made) if one cannot be."""
+    def make(self, *, ahead: bool = False) -> None:
+        """Make them; OSError (the caller undoes what was made) if one cannot be, or if made
+        ``ahead`` (by a spare) and the host's mount table is no longer the profile's."""
         if not self.profile:
             return
-        _, _, slirp = self.profile.partition(" net ")
+        kind, _, mounts = self.profile.partition(" mounts ")
+        if ahead and host_mounts() != mounts:
+            raise OSError("the host's mounts changed since the sandbox was asked for")
+        _, _, slirp = kind.partition(" net ")
         flags = linux.CLONE_NEWNS | (linux.CLONE_NEWNET if slirp else 0)
         for name, flag in (("mnt", linux.CLONE_NEWNS), ("net", linux.CLONE_NEWNET)):
             if flags & flag:
