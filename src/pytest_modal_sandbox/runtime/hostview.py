@@ -5,9 +5,11 @@
 this machine's root.  Each real file system mounted under ``/`` (``/`` itself, a separate
 ``/var`` or ``/opt``...) becomes an overlayfs layer whose upper directory lives in the
 keeper's mount namespace, on a tmpfs mounted at the sandbox's ``ovl/`` state directory (fast
-to fill and to drop, whatever file system the state dir is on); read-only ones (squashfs, a
-read-only ``/boot``) are bound as they are.  Writes anywhere land in the upper layers and
-vanish with the sandbox; the host's files are never written.  Never a copy of the host's root.
+to fill and to drop, whatever file system the state dir is on), and the root itself is
+mounted inside that tmpfs (``ovl/root``), so the whole view is one mount point there,
+detached in one go; read-only ones (squashfs, a read-only ``/boot``) are bound as they are.
+Writes anywhere land in the upper layers and vanish with the sandbox; the host's files are
+never written.  Never a copy of the host's root.
 
 What the sandbox must not see is written into the upper layers before the mount, so no mount
 can be undone to reveal it: directories become empty (an *opaque* directory), files absent (a
@@ -456,6 +458,7 @@ def _build_overlay(plan: dict[str, object]) -> list[str]:
     linux.mount("tmpfs", ovl, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=700")
     mounted = [ovl]
     try:
+        os.makedirs(root, exist_ok=True)  # in the tmpfs (rootfs.overlay_root), or given
         for index, layer in enumerate(layers):
             if layer["mode"] == "overlay":
                 upper, work = f"{ovl}/upper/{index}", f"{ovl}/work/{index}"

@@ -632,9 +632,12 @@ class Keeper:
 
     def cleanup(self) -> None:
         # Unmount before removing anything: below the root's mount point is the host's tree.
+        # A lazy unmount detaches everything below its point too: one per outermost point
+        # (each waits for an RCU grace period).
         view = self.launch.get("view") or {}
-        for target in [*reversed(self.mounted), view.get("root"), view.get("ovl")]:
-            if target:
+        points = [p for p in [*self.mounted, view.get("root"), view.get("ovl")] if p]
+        for target in reversed(points):
+            if not any(target.startswith(f"{other}/") for other in points):
                 try:
                     linux.umount(target)
                 except OSError:

@@ -171,9 +171,8 @@ class LocalRuntime:
                     f"SandboxConfig.workdir={workdir!r}: exists on the host and is not a "
                     "directory, so it cannot be the sandbox's working directory"
                 )
-            root = str(paths.rootfs)
-            paths.rootfs.mkdir()
             if as_root:  # a private copy-on-write view of the host's root
+                root = rootfs.overlay_root(paths)
                 paths.ovl.mkdir()
                 view = hostview.overlay_plan(
                     root=root,
@@ -186,6 +185,8 @@ class LocalRuntime:
                 )
                 hosts = None  # written into the view, writable
             else:  # the host's root read-only, hidden paths covered
+                root = str(paths.rootfs)
+                paths.rootfs.mkdir()
                 if config.layers:
                     raise InvalidConfig(
                         "SandboxConfig.layers: a snapshot of the host's root needs root "
@@ -206,7 +207,7 @@ class LocalRuntime:
         else:
             stacked = tuple(d for target, d in config.layers if target == "/")
             view = rootfs.prepare(config.rootfs, paths, overlay=use_overlay, snapshot=stacked)
-            root = str(paths.rootfs)
+            root = str(view["root"]) if view else str(paths.rootfs)
         if hosts is not None:
             paths.hosts.write_text(hosts_file(hostname))
         resolv = None

@@ -60,17 +60,17 @@ def remember_overlay_failure(reason: str) -> None:
 def prepare(
     rootfs: str, paths: SandboxPaths, *, overlay: bool, snapshot: tuple[str, ...] = ()
 ) -> dict[str, Any] | None:
-    """Make ``paths.rootfs`` the sandbox's future ``/``; returns the keeper's overlay plan, or
-    None when the root was copied.  ``snapshot``: captured layers (newest first) stacked over
-    the image root; they need overlayfs."""
+    """The keeper's overlay plan of the sandbox's future ``/`` (at ``ovl/root``, see
+    ``hostview.py``), or None when the root was copied (into ``paths.rootfs``).
+    ``snapshot``: captured layers (newest first) stacked over the image root; they need
+    overlayfs."""
     if not os.path.isdir(rootfs):
         raise errors.SandboxStartError(f"rootfs {rootfs!r} is not a directory")
-    paths.rootfs.mkdir()
     if overlay and not any(c in rootfs for c in ",:\\"):  # overlay option syntax
         paths.ovl.mkdir()
         return {
             "kind": "overlay",
-            "root": str(paths.rootfs),
+            "root": overlay_root(paths),
             "ovl": str(paths.ovl),
             "xattr": "trusted" if os.geteuid() == 0 else "user",
             "layers": [
@@ -89,8 +89,15 @@ def prepare(
             "a sandbox from a snapshot needs overlayfs over its image root, which is not "
             f"usable here ({os.environ.get(MODE_ENV) or _overlay_failure or 'refused'})"
         )
+    paths.rootfs.mkdir()
     copy_tree(rootfs, paths.rootfs)
     return None
+
+
+def overlay_root(paths: SandboxPaths) -> str:
+    """Where the keeper mounts an overlaid root: inside the tmpfs of its upper layers, so that
+    the whole view is one mount point of the state dir, detached in one go at the end."""
+    return str(paths.ovl / "root")
 
 
 def copy_tree(source: str, target: Path, *, what: str = "") -> None:
