@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from runtime_helpers import run_python
+from runtime_helpers import spawn_python
 
 from proctable import children_of
 from pytest_modal_sandbox.runtime import LocalRuntime, LocalSandbox, SandboxConfig
@@ -73,10 +73,11 @@ def test_the_spare_keeper_serves_every_profile(rt: LocalRuntime) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="walls are made ahead as root only")
-def test_the_spare_keeper_ends_with_its_creator(state_dir: Path) -> None:
-    """A creating process that exits leaves no spare behind: not the keepers (one per
-    profile: each must see the server go, though the other was forked after it), not their
-    slirp4netns, not their launchers."""
+@pytest.mark.parametrize("ending", ["exit", "SIGKILL"])
+def test_the_spare_keeper_ends_with_its_creator(state_dir: Path, ending: str) -> None:
+    """A creating process that exits, or is killed, leaves no spare behind: not the keepers
+    (one per profile: each must see the server go, though the other was forked after it), not
+    their slirp4netns, not their launchers."""
     code = (
         "import json, os, sys, time\n"
         "sys.path.insert(0, sys.argv[2])\n"
@@ -90,11 +91,18 @@ def test_the_spare_keeper_ends_with_its_creator(state_dir: Path) -> None:
         "    sb.terminate(wait=True)\n"
         "time.sleep(0.5)  # the spares have made their walls\n"
         "spares = children_of(server)\n"
-        "print(json.dumps(spares + [c for p in spares for c in children_of(p)]))\n"
+        "print(json.dumps(spares + [c for p in spares for c in children_of(p)]), flush=True)\n"
+        "if sys.argv[3] == 'SIGKILL':\n"
+        "    time.sleep(60)\n"
     )
-    done = run_python(code, str(state_dir), str(Path(__file__).parents[1]))
-    assert done.returncode == 0, done.stderr
-    pids = json.loads(done.stdout)
+    proc = spawn_python(code, str(state_dir), str(Path(__file__).parents[1]), ending)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if ending == "SIGKILL":
+        proc.kill()
+    proc.wait(60)
+    assert line, proc.stderr.read() if proc.stderr else ""
+    pids = json.loads(line)
     assert len(pids) == 5  # two spares, two bwrap launchers, one slirp4netns
     deadline = time.monotonic() + 10
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
