@@ -83,9 +83,9 @@ class _Server:
             theirs.close()
         self.sock = ours
 
-    def fork(self, launch: Path, fds: dict[str, int], log_fd: int) -> KeeperProc:
+    def fork(self, launch: Path, fds: dict[str, int], log_fd: int, profile: str) -> KeeperProc:
         names = ",".join(fds)
-        message = f"{launch}\0{names}".encode()
+        message = f"{launch}\0{names}\0{profile}".encode()
         socket.send_fds(self.sock, [message], [log_fd, *fds.values()])
         reply = self.sock.recv(64)
         if not reply:
@@ -108,10 +108,10 @@ _lock = threading.Lock()
 _server: list[_Server] = []
 
 
-def start_keeper(launch: Path, fds: dict[str, int], log_fd: int) -> KeeperProc:
-    """Have this process's keeper server fork the keeper of ``launch`` with the creator's pipe
-    ends ``fds`` (``{"ready_fd": fd, ...}``) and ``log_fd`` as its stderr.  A server that has
-    died is replaced once."""
+def start_keeper(launch: Path, fds: dict[str, int], log_fd: int, profile: str) -> KeeperProc:
+    """Have this process's keeper server start the keeper of ``launch`` (whose
+    ``spare.profile_of`` is ``profile``) with the creator's pipe ends ``fds`` (``{"ready_fd":
+    fd, ...}``) and ``log_fd`` as its stderr.  A server that has died is replaced once."""
     with _lock:
         for attempt in range(2):
             if not _server or _server[0].proc.poll() is not None:
@@ -119,7 +119,7 @@ def start_keeper(launch: Path, fds: dict[str, int], log_fd: int) -> KeeperProc:
                     _server.pop().close()
                 _server.append(_Server())
             try:
-                return _server[0].fork(launch, fds, log_fd)
+                return _server[0].fork(launch, fds, log_fd, profile)
             except OSError as exc:
                 _server.pop().close()
                 if attempt:

@@ -713,14 +713,12 @@ def serve(sock_fd: int) -> None:
             return
         if not message:
             return
-        try:
-            with open(message.partition(b"\0")[0], "rb") as f:
-                profile = spare.profile_of(marshal.load(f))
-        except Exception:  # the keeper reports a bad record; a spare of no profile takes it
-            profile = ""
-        # The keeper closes `started` once its sandbox runs; the next spare waits for that.
+        # "<launch record>\0<fd names>\0<profile>": the keeper gets the first two, and the
+        # name of one more descriptor, which it closes once its sandbox runs (the next spare
+        # waits for that).
+        path, names, profile_bytes = [*message.split(b"\0", 2), b"", b""][:3]
+        profile = profile_bytes.decode()
         started, started_w = os.pipe2(os.O_CLOEXEC)
-        path, _, names = message.partition(b"\0")
         message = path + b"\0" + b",".join([*filter(None, names.split(b",")), b"started_fd"])
         pid = 0
         for _ in range(2):  # a spare that died meanwhile is replaced once

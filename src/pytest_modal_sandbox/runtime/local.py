@@ -116,7 +116,12 @@ class LocalRuntime:
                 with open(paths.launch, "wb") as f:
                     marshal.dump(launch, f)
                 with open(paths.keeper_log, "ab") as log:
-                    keeper = start_keeper(paths.launch, pipes.named_child_ends(), log.fileno())
+                    keeper = start_keeper(
+                        paths.launch,
+                        pipes.named_child_ends(),
+                        log.fileno(),
+                        spare.profile_of(launch),
+                    )
                 pipes.close_child_ends()
                 ready = _read_ready(pipes, keeper, paths)
                 if "error" in ready and ready.get("overlay_refused"):
