@@ -4,7 +4,10 @@
 
 * lifecycle p50: create -> exec("true") -> terminate(wait=True), default spec (egress on),
   with block_network=True (no network stack), and bare ``bwrap --unshare-all ... true`` (one
-  process, no keeper, no exec), taken in turn in each round: the ratio is ours / bare;
+  process, no keeper, no exec), taken in turn in each round: the ratio is ours / bare.  For
+  reference, in the same rounds: bare bwrap doing what a lifecycle does (``sleep`` as the
+  entrypoint, ``nsenter ... true`` once it runs, then killed) and, if installed, ``podman run
+  --rm`` of a busybox image (imported from /bin/busybox: no registry needed);
 * memory with ``--alive`` sandboxes running (default 100): the host processes each sandbox
   adds (keeper, bwrap, the entrypoint's ``sleep``, slirp4netns) and the keeper server they
   were forked from with its spare keeper (``runtime/spare.py``), as PSS (shared pages split
@@ -14,13 +17,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
+from subprocess import DEVNULL
 
 from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig
 
@@ -39,11 +46,54 @@ def interleaved_p50(cases: dict[str, Callable[[], object]], reps: int) -> dict[s
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+BARE = ["--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc"]
+BARE += ["--dev", "/dev"]
+
+
 def bare_bwrap() -> None:
-    bwrap = shutil.which("bwrap") or "bwrap"
-    argv = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/"]
-    argv += ["--proc", "/proc", "--dev", "/dev", "true"]
-    subprocess.run(argv, check=True)
+    subprocess.run([shutil.which("bwrap") or "bwrap", *BARE, "true"], check=True)
+
+
+def bare_bwrap_lifecycle() -> None:
+    """Ours without the rest (keeper, walls, network, records): bwrap runs ``sleep`` as the
+    entrypoint, ``nsenter`` runs ``true`` in it once it runs, then bwrap is killed."""
+    read, write = os.pipe()
+    argv = [shutil.which("bwrap") or "bwrap", *BARE, "--info-fd", str(write), "sleep", "60"]
+    proc = subprocess.Popen(argv, pass_fds=[write])
+    os.close(write)
+    with os.fdopen(read, "rb") as info:
+        pid = json.loads(info.read())["child-pid"]
+    while not Path(f"/proc/{pid}/task/{pid}/children").read_text().strip():
+        time.sleep(0.0002)  # PID 1 forks the entrypoint once the sandbox is set up
+    subprocess.run([shutil.which("nsenter") or "nsenter", "-t", str(pid), "-a", "true"], check=True)
+    proc.kill()
+    proc.wait()
+
+
+def podman_run(tmp: str) -> Callable[[], None] | None:
+    """``podman run --rm --network=none <busybox> true``, the image imported from a busybox
+    root (no registry needed); None without podman or busybox."""
+    podman, busybox = shutil.which("podman"), shutil.which("busybox")
+    if podman is None or busybox is None:
+        return None
+    root = os.path.join(tmp, "busybox-root")
+    os.makedirs(os.path.join(root, "bin"))
+    shutil.copy(busybox, os.path.join(root, "bin", "busybox"))
+    for name in ("sh", "true"):
+        os.symlink("busybox", os.path.join(root, "bin", name))
+    archive = os.path.join(tmp, "busybox.tar")
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root, arcname=".")
+    subprocess.run([podman, "import", "-q", archive, PODMAN_IMAGE], check=True, stdout=DEVNULL)
+    # runc where installed (crun refuses this VM's hybrid cgroups); limits below podman's
+    # defaults, which a root without CAP_SYS_RESOURCE (a container's) cannot raise to
+    runtime = ["--runtime", "runc"] if shutil.which("runc") else []
+    argv = [podman, *runtime, "run", "--rm", "--network=none"]
+    argv += ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", PODMAN_IMAGE, "true"]
+    return lambda: subprocess.run(argv, check=True, stdout=DEVNULL)
+
+
+PODMAN_IMAGE = "localhost/pms-bench-busybox"
 
 
 def descendants(pids: set[int]) -> set[int]:
@@ -110,8 +160,16 @@ def main() -> None:
         cases = {"ours: default spec": cycle(SandboxConfig())}
         if "block_network" in SandboxConfig.__dataclass_fields__:  # (absent before egress)
             cases["ours: block_network=True"] = cycle(SandboxConfig(block_network=True))
+        cases["bare bwrap: sleep, nsenter true, kill"] = bare_bwrap_lifecycle
+        podman = podman_run(tmp)
+        if podman is not None:
+            cases["podman run --rm (busybox) true"] = podman
         cases["bare bwrap --unshare-all true"] = bare_bwrap
-        rows = list(interleaved_p50(cases, args.reps).items())
+        try:
+            rows = list(interleaved_p50(cases, args.reps).items())
+        finally:
+            if podman is not None:
+                subprocess.run(["podman", "rmi", "-f", PODMAN_IMAGE], stdout=DEVNULL, check=False)
         alive = [rt.create(SandboxConfig()) for _ in range(args.alive)]
         keepers = {sb._keeper.pid for sb in alive}
         servers = {parent_of(pid) for pid in keepers} - {os.getpid(), 1, 0}
@@ -127,6 +185,8 @@ def main() -> None:
         rt.close()
 
     bare = rows[-1][1]
+    if podman is None:
+        print("(podman: not installed, or no busybox to make its image from)")
     print(f"lifecycle create -> exec(true) -> terminate(wait=True), p50 of {args.reps}")
     for name, ms in rows:
         print(f"  {name:<36} {ms:7.1f} ms  {ms / bare:5.1f}x bare bwrap")
