@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from runtime_helpers import spawn_python
+from runtime_helpers import run_python, spawn_python
 
 from proctable import children_of
-from pytest_modal_sandbox.runtime import LocalRuntime, LocalSandbox, SandboxConfig
+from pytest_modal_sandbox.runtime import LocalRuntime, LocalSandbox, SandboxConfig, userns
 
 
 def _parent(pid: int) -> int:
@@ -152,3 +152,25 @@ def test_a_spare_sees_what_the_host_mounts_after_it_was_made(rt: LocalRuntime) -
             subprocess.run(["umount", "-l", str(point)], check=True)
     finally:
         point.rmdir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the bwrap launcher is root's")
+def test_a_launcher_that_cannot_make_its_namespaces_says_why(state_dir: Path) -> None:
+    """userns.Launcher waits until its process is in U1 with U2 made, and raises with the
+    reason when it cannot be (here: a user namespace that allows none below it)."""
+    code = (
+        "import os, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "import linux, userns\n"
+        "linux.unshare(linux.CLONE_NEWUSER)\n"
+        "userns._write_maps('self', '0 0 1', '0 0 1', deny=True)\n"
+        "userns.set_limits({'user': 0})\n"
+        "try:\n"
+        "    userns.Launcher()\n"
+        "except OSError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    done = run_python(code, str(Path(userns.__file__).parent))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("refused: "), done.stdout
+    assert "No space left on device" in done.stdout  # what unshare(CLONE_NEWUSER) said

@@ -110,6 +110,7 @@ class Launcher:
     made just before bwrap runs.  Root only."""
 
     def __init__(self) -> None:
+        """Fork it and wait until it is in U1 with U2 made; OSError saying why it cannot be."""
         import socket  # the keeper server has it loaded already
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -127,14 +128,19 @@ class Launcher:
         self.pid = pid
         self._sock = ours
         try:
-            if os.read(unshared_r, 1):
+            said = os.read(unshared_r, 4096)
+            if said == b"u":  # in U1: write its maps, then it makes U2
                 _write_maps(pid, FULL_MAP, FULL_MAP)
                 os.write(mapped_w, b"m")
-        except OSError:
-            pass  # it failed: spawn() finds it gone and says why
+                said = os.read(unshared_r, 4096)
+        except OSError as exc:
+            said = f"!{exc}".encode()
         finally:
             os.close(unshared_r)
             os.close(mapped_w)
+        if said != b"r":  # what it could not do, or nothing if it died
+            self.discard()
+            raise OSError(said[1:].decode(errors="replace") or "the bwrap launcher exited")
 
     def spawn(
         self,
@@ -187,12 +193,17 @@ def _launch(sock: Any, unshared_w: int, mapped_r: int) -> NoReturn:
 
     _signal = __import__("_signal")  # not `signal`: its enums cost the keeper milliseconds
     try:
-        linux.unshare(linux.CLONE_NEWUSER)
-        os.write(unshared_w, b"u")
+        try:
+            linux.unshare(linux.CLONE_NEWUSER)
+            os.write(unshared_w, b"u")
+            _expect(mapped_r, "maps of U1")
+            os.close(mapped_r)
+            userns2 = _high_fd(_child_namespace())
+        except BaseException as exc:  # the keeper raises it
+            os.write(unshared_w, f"!{exc}".encode()[:4000])
+            os._exit(1)
+        os.write(unshared_w, b"r")
         os.close(unshared_w)
-        _expect(mapped_r, "maps of U1")
-        os.close(mapped_r)
-        userns2 = _high_fd(_child_namespace())
         message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 16, socket.MSG_CMSG_CLOEXEC)
         if not message:
             os._exit(0)  # discarded
