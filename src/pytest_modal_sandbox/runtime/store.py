@@ -15,8 +15,10 @@ Layout of ``<state>/<sandbox id>/``::
     work/            not as root, in host-image mode: the writable workdir
     hosts, resolv.conf  bound at /etc/hosts and /etc/resolv.conf (image roots, not as root)
     empty            an empty file, bound over hidden files (host-image mode, not as root)
-    root/            the sandbox's / (the keeper's mount point, or a copy of an image root)
-    ovl/             overlayfs upper/<n> and work/<n> dirs of each layer of that root
+    root/            the sandbox's / when it is a copy of an image root, or the host's
+                     root read-only (not as root)
+    ovl/             the keeper's tmpfs of an overlaid root: upper/<n> and work/<n> of each
+                     layer, and root/, the sandbox's / (rootfs.overlay_root)
 
 Every file is replaced atomically (write to a temporary name, then rename), so readers never
 see half a record.
