@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -192,3 +194,23 @@ def test_kill_exec_stops_the_whole_exec_and_nothing_is_orphaned(rt: LocalRuntime
                 assert int(stat[1]) != 1 or int(name) == init, f"orphan {name} under host init"
         except OSError:
             pass
+
+
+def test_an_exec_that_could_not_enter_an_ending_sandbox_is_sandbox_not_found(
+    rt: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nsenter failing to enter (exit 1, "nsenter: ...") because the sandbox was ending as the
+    command started is the sandbox's end, not the command's result; a missing program is the
+    command's (127, at once)."""
+    from pytest_modal_sandbox.runtime import sandbox as sandbox_module
+
+    assert sandbox_module._entry_failed(b"nsenter: reassociate to namespace 'ns/pid' failed\n")
+    assert not sandbox_module._entry_failed(b"nsenter: failed to execute nope: No such file\n")
+    assert not sandbox_module._entry_failed(b"some output\nnsenter: x\n")
+    sb = rt.create(SandboxConfig())
+    assert sb.exec(["/no/such/program"]).returncode == 127
+    monkeypatch.setattr(sandbox_module, "ENDING_SETTLE", 0.2)
+    sb._ended_under(["true"])  # a running sandbox: nothing to say
+    os.kill(sb.init_pid, signal.SIGKILL)
+    with pytest.raises(SandboxNotFound, match=r"ended as 'true' was starting"):
+        sb._ended_under(["true"])

@@ -36,6 +36,7 @@ __all__ = ["LocalSandbox"]
 _File = int | IO[Any] | None
 _NAMESPACES = ("user", "mnt", "net", "uts", "ipc", "pid", "cgroup")
 ENTER = str(Path(__file__).with_name("enter.py"))
+ENDING_SETTLE = 1.0  # how long an exec that could not enter waits for the sandbox's end
 
 
 def _check_argv(argv: Sequence[str]) -> list[str]:
@@ -389,9 +390,25 @@ class LocalSandbox:
             raise InvalidArgument(f"stdin must be bytes, not {type(stdin).__name__}")
         command, full_env = self.exec_command(argv, env=env, workdir=workdir)
         with self.activity():
-            return run_to_completion(
+            outcome = run_to_completion(
                 command, full_env, stdin=None if stdin is None else bytes(stdin), timeout=timeout
             )
+        if outcome.returncode == 1 and _entry_failed(outcome.stderr):
+            self._ended_under(argv)  # nsenter could not enter: the sandbox may be going
+        return outcome
+
+    def _ended_under(self, argv: Sequence[str]) -> None:
+        """Raise :class:`SandboxNotFound` if the sandbox ends within a moment (its PID 1 or
+        its keeper gone): the command could not start because the sandbox was ending."""
+        deadline = time.monotonic() + ENDING_SETTLE
+        while time.monotonic() < deadline:
+            status = self.poll()
+            if status is not None or self._init is None or not procs.is_alive(self._init):
+                what = status.describe() if status is not None else "shutting down"
+                raise SandboxNotFound(
+                    f"sandbox {self.id} ended as {' '.join(argv)!r} was starting ({what})"
+                )
+            time.sleep(0.01)
 
     def popen(
         self,
@@ -514,3 +531,10 @@ def _release_on_exit(proc: subprocess.Popen[bytes], token: activity.ActivityToke
             token.release()
 
     threading.Thread(target=watch, name=f"pms-activity-{proc.pid}", daemon=True).start()
+
+
+def _entry_failed(stderr: bytes) -> bool:
+    """Whether nsenter itself failed before the command ran (not "failed to execute", which is
+    the command missing: exit 127 or 126)."""
+    first = stderr.split(b"\n", 1)[0]
+    return first.startswith(b"nsenter: ") and b"failed to execute" not in first
