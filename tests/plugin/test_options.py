@@ -180,7 +180,7 @@ EXPECTED = [
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "n2"])
 def test_each_bad_spec_is_one_clean_error_per_test(sbtester, xdist):
     sbtester.makepyfile(BAD_SPECS)
-    result = sbtester.runpytest_subprocess("--modal-sandbox=local", "-rE", *xdist)
+    result = sbtester.runpytest("--modal-sandbox=local", "-rE", *xdist)
     result.assert_outcomes(errors=len(EXPECTED))
     out = result.stdout.str()
     assert "INTERNALERROR" not in out
@@ -199,6 +199,7 @@ def no_modal_credentials(tmp_path, monkeypatch):
 
 def test_modal_without_credentials_is_one_clear_error_per_test(sbtester, no_modal_credentials):
     sbtester.makepyfile("def test_a(sandbox): pass\ndef test_b(sandbox): pass\n")
+    # a process of its own: modal reads ~/.modal.toml when imported, and this one imported it
     result = sbtester.runpytest_subprocess("--modal-sandbox=modal")
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(
@@ -212,7 +213,7 @@ def test_modal_without_credentials_is_one_clear_error_per_test(sbtester, no_moda
 
 def test_auto_is_local_without_credentials(sbtester, no_modal_credentials):
     sbtester.makepyfile("def test_x(sandbox):\n    assert sandbox.backend == 'local'\n")
-    result = sbtester.runpytest_subprocess("--modal-sandbox")
+    result = sbtester.runpytest("--modal-sandbox")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["modal-sandbox: local (bubblewrap)*"])
 
@@ -224,6 +225,7 @@ def test_auto_is_modal_with_credentials(sbtester, state_dir, monkeypatch):
         for key, value in emulator.client_env().items():
             monkeypatch.setenv(key, value)
         sbtester.makepyfile("def test_x(sandbox):\n    assert sandbox.backend == 'modal'\n")
+        # a process of its own: modal keeps the client it makes from the environment for good
         result = sbtester.runpytest_subprocess("--modal-sandbox")
         result.assert_outcomes(passed=1)
         result.stdout.fnmatch_lines(["modal-sandbox: modal (app pytest-modal-sandbox*"])
@@ -239,7 +241,7 @@ def no_bubblewrap(tmp_path, monkeypatch):
 
 def test_local_without_bubblewrap_is_one_clear_error_per_test(sbtester, no_bubblewrap):
     sbtester.makepyfile("def test_a(sandbox): pass\ndef test_b(sandbox): pass\n")
-    result = sbtester.runpytest_subprocess("--modal-sandbox=local")
+    result = sbtester.runpytest("--modal-sandbox=local")
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(["*bubblewrap*apt*install*bubblewrap*"])
     assert "Traceback" not in result.stdout.str()
@@ -247,7 +249,7 @@ def test_local_without_bubblewrap_is_one_clear_error_per_test(sbtester, no_bubbl
 
 def test_emulator_without_bubblewrap_is_a_usage_error(sbtester, no_bubblewrap):
     sbtester.makepyfile("def test_a(sandbox): pass\n")
-    result = sbtester.runpytest_subprocess("--modal-sandbox=emulator")
+    result = sbtester.runpytest("--modal-sandbox=emulator")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--modal-sandbox=emulator: *bubblewrap*"])
 
@@ -280,7 +282,5 @@ def test_emulator_costs_reach_the_emulator(sbtester):
         "modal_sandbox_emulator_start_latency_ms = 300\n"
     )
     sbtester.makepyfile(EMULATOR_COSTS)
-    result = sbtester.runpytest_subprocess(
-        "--modal-sandbox=emulator", "--modal-sandbox-emulator-latency-ms=5"
-    )
+    result = sbtester.runpytest("--modal-sandbox=emulator", "--modal-sandbox-emulator-latency-ms=5")
     result.assert_outcomes(passed=1)
