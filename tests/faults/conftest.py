@@ -29,7 +29,10 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, An
     emu = EmulatorProcess(token_id=token[0], token_secret=token[1], state_dir=root).start()
     lister = None
     try:
-        lister = faultlib.ModalLister(emu.url, token)
+        # polled every 50 ms while a test waits for sandboxes to end: each listing costs both
+        # processes a few ms of CPU, and the tests ask whether they end, not to the millisecond
+        # how soon (bench/bench_faults.py times that, with a lister of its own)
+        lister = faultlib.ModalLister(emu.url, token, interval=0.05)
         yield emu, lister
         left = lister.running(tags={"pytest-modal-sandbox": "1"})
         assert not left, f"sandboxes left running in the emulator: {left}"
