@@ -345,7 +345,8 @@ def test_xdist_workers_share_the_cache(
             assert (root.path / "data").stat().st_size == 2_000_000
     """
     )
-    result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", "-p", "no:cacheprovider")
+    # the workers are the processes that share the cache; their controller can be this one
+    result = pytester.runpytest_inprocess("-n", "2", "-p", "xdist", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=4)
     counts = registry.blob_gets("pull/xdist")
     assert counts == dict.fromkeys({image.config_digest, *image.layer_digests}, 1)
