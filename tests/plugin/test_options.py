@@ -241,7 +241,8 @@ def no_bubblewrap(tmp_path, monkeypatch):
 
 def test_local_without_bubblewrap_is_one_clear_error_per_test(sbtester, no_bubblewrap):
     sbtester.makepyfile("def test_a(sandbox): pass\ndef test_b(sandbox): pass\n")
-    result = sbtester.runpytest("--modal-sandbox=local")
+    # a process of its own: one that has found bubblewrap (this one) does not look again
+    result = sbtester.runpytest_subprocess("--modal-sandbox=local")
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(["*bubblewrap*apt*install*bubblewrap*"])
     assert "Traceback" not in result.stdout.str()
@@ -249,7 +250,8 @@ def test_local_without_bubblewrap_is_one_clear_error_per_test(sbtester, no_bubbl
 
 def test_emulator_without_bubblewrap_is_a_usage_error(sbtester, no_bubblewrap):
     sbtester.makepyfile("def test_a(sandbox): pass\n")
-    result = sbtester.runpytest("--modal-sandbox=emulator")
+    # a process of its own: one started on a machine without bubblewrap
+    result = sbtester.runpytest_subprocess("--modal-sandbox=emulator")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--modal-sandbox=emulator: *bubblewrap*"])
 
@@ -282,5 +284,9 @@ def test_emulator_costs_reach_the_emulator(sbtester):
         "modal_sandbox_emulator_start_latency_ms = 300\n"
     )
     sbtester.makepyfile(EMULATOR_COSTS)
-    result = sbtester.runpytest("--modal-sandbox=emulator", "--modal-sandbox-emulator-latency-ms=5")
+    # a process of its own: the check looks for the emulator among the run's children, and
+    # this process has others (the fault suite's session emulator, when it ran here)
+    result = sbtester.runpytest_subprocess(
+        "--modal-sandbox=emulator", "--modal-sandbox-emulator-latency-ms=5"
+    )
     result.assert_outcomes(passed=1)
