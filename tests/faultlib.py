@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 
+import inner_runs
 from proctable import children_of, group_members, processes_mentioning
 
 RUN_TAG = "pms-run"
@@ -245,7 +246,7 @@ class InnerRun:
         self.dir.mkdir(parents=True)
         self.fault_dir = self.dir / "fault"
         self.fault_dir.mkdir()
-        settings = {"addopts": "-p no:cacheprovider", **world.ini, **(ini or {})}
+        settings = {"addopts": inner_runs.ADDOPTS, **world.ini, **(ini or {})}
         (self.dir / "pytest.ini").write_text(
             "[pytest]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
         )
@@ -778,7 +779,7 @@ def cli(
     import pty
 
     if pytest_option:
-        module, args = "pytest", ("-p", "no:cacheprovider", *args)
+        module, args = "pytest", (*inner_runs.ADDOPTS.split(), *args)
     else:
         module = "pytest_modal_sandbox"
     env = {

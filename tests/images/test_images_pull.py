@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from inner_runs import ADDOPTS
 from pytest_modal_sandbox.images import (
     ImageAccessDenied,
     ImageDigestMismatch,
@@ -346,7 +347,7 @@ def test_xdist_workers_share_the_cache(
     """
     )
     # the workers are the processes that share the cache; their controller can be this one
-    result = pytester.runpytest_inprocess("-n", "2", "-p", "xdist", "-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess("-n", "2", "-p", "xdist", *ADDOPTS.split())
     result.assert_outcomes(passed=4)
     counts = registry.blob_gets("pull/xdist")
     assert counts == dict.fromkeys({image.config_digest, *image.layer_digests}, 1)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from inner_runs import ADDOPTS
 from proctable import processes_mentioning
 
 BACKENDS = ["local", "emulator"]
@@ -60,7 +61,7 @@ def sbtester(pytester: pytest.Pytester, state_dir: Path, inline_runs: None) -> p
     process of its own (a signal, a crash, a terminal) says so with ``runpytest_subprocess``;
     output written straight to file descriptors by the run's child processes (emulator,
     xdist workers) is not in an in-process run's result: ask ``capfd`` for it."""
-    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\nmodal_sandbox_local_images = host\n")
+    pytester.makeini(f"[pytest]\naddopts = {ADDOPTS}\nmodal_sandbox_local_images = host\n")
     return pytester
 
 

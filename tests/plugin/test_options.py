@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from inner_runs import ADDOPTS
+
 SANDBOX_TEST = """
 import pytest
 from pytest_modal_sandbox import Daemon, Probe, sandbox_fixture
@@ -82,7 +84,7 @@ def test_skipped_under_xdist_too(sbtester):
 def test_invalid_settings_say_where_they_came_from(sbtester, monkeypatch, args, env, ini, message):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    sbtester.makeini(f"[pytest]\naddopts = -p no:cacheprovider\n{ini}\n")
+    sbtester.makeini(f"[pytest]\naddopts = {ADDOPTS}\n{ini}\n")
     sbtester.makepyfile("def test_x(): pass")
     result = sbtester.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -280,7 +282,7 @@ def test_costs(sandbox):
 
 def test_emulator_costs_reach_the_emulator(sbtester):
     sbtester.makeini(
-        "[pytest]\naddopts = -p no:cacheprovider\nmodal_sandbox_local_images = host\n"
+        f"[pytest]\naddopts = {ADDOPTS}\nmodal_sandbox_local_images = host\n"
         "modal_sandbox_emulator_start_latency_ms = 300\n"
     )
     sbtester.makepyfile(EMULATOR_COSTS)

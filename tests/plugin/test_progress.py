@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from inner_runs import ADDOPTS
 from pytest_modal_sandbox.events import Event
 from pytest_modal_sandbox.progress import LineView, LiveView
 from pytest_modal_sandbox.reporting.starts import StartTable
@@ -131,7 +132,7 @@ def test_quiet_and_off_are_silent(sbtester, args):
 def test_progress_on_a_tty_is_rewritten_in_place(sbtester, backend):
     sbtester.makepyfile(test_progress_suite=SUITE)
     raw = run_on_pty(
-        [sys.executable, "-m", "pytest", f"--modal-sandbox={backend}", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", f"--modal-sandbox={backend}", *ADDOPTS.split()],
         sbtester.path,
     )
     assert re.search(r"\r[^\n]*(creating|waiting for readiness)", raw), "nothing rewritten"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+from inner_runs import ADDOPTS
+
 FAILURES = r"""
 import pytest
 from pytest_modal_sandbox import Daemon, Probe
@@ -107,7 +109,7 @@ def test_header_names_backend_and_image_mapping(sbtester, backend):
 
 def test_ini_switch_enables_without_the_flag(sbtester, monkeypatch):
     monkeypatch.setenv("PYTEST_MODAL_SANDBOX_BACKEND", "local")
-    sbtester.makeini("[pytest]\nmodal_sandbox = true\naddopts = -p no:cacheprovider\n")
+    sbtester.makeini(f"[pytest]\nmodal_sandbox = true\naddopts = {ADDOPTS}\n")
     sbtester.makepyfile("def test_x(sandbox):\n    assert sandbox.exec('true').ok\n")
     result = sbtester.runpytest()
     result.assert_outcomes(passed=1)
