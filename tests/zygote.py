@@ -31,26 +31,40 @@ from typing import Any
 
 # Imported before the first fork: what an inner run (controller, or the CLI) imports anyway.
 PRELOAD = (
-    "pytest",
-    "xdist.plugin",
     "xdist.dsession",
     "modal",
-    "pytest_modal_sandbox.plugin",
     "pytest_modal_sandbox.session",
     "pytest_modal_sandbox.backends.local",
     "pytest_modal_sandbox.backends.modal",
     "pytest_modal_sandbox.emulator.process",
-    "pytest_modal_sandbox.__main__",
+    "pytest_modal_sandbox.lifecycle.runs",  # what the CLI (its __main__, run by runpy) imports
 )
 
 # The zygote: its command line names no module (the tests look for processes by theirs), so
-# what to import comes as the first message.
+# what to import comes as the first message.  It imports them inside a pytest run that
+# collects nothing, as a run's own plugins are imported: pytest rewrites the asserts of its
+# plugins' packages (ours, xdist) as it imports them, and a run whose plugin modules were
+# imported otherwise warns that it cannot.
 _SERVER = r"""
-import array, importlib, json, os, runpy, select, socket, sys
+import array, importlib, json, os, runpy, select, socket, sys, tempfile
+
+import pytest
 
 control = socket.socket(fileno=int(sys.argv[1]))
-for name in json.loads(control.recv(1 << 16)):
-    importlib.import_module(name)
+names = json.loads(control.recv(1 << 16))
+
+
+class Preload:
+    def pytest_configure(self, config):
+        for name in names:
+            importlib.import_module(name)
+
+
+os.environ.pop("PYTEST_ADDOPTS", None)
+empty = tempfile.mkdtemp()
+args = ["--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:anyio", "--rootdir", empty]
+pytest.main([*args, empty], plugins=[Preload()])
+os.rmdir(empty)
 
 
 def serve():
