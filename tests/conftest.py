@@ -39,6 +39,20 @@ def inline_runs() -> None:
         importlib.import_module(name)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The long tests first: those marked ``slow``, then the fault suite, each in the order they
+    were collected.  A worker that draws a long test last keeps the run going alone; drawn
+    first, the short ones fill in around it (``scripts/dev.sh test`` hands tests out two at a
+    time: ``--maxschedchunk 2``)."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow"):
+            return 0
+        return 1 if item.get_closest_marker("faults") else 2
+
+    items.sort(key=rank)  # stable: collection order within each rank
+
+
 @pytest.fixture(scope="session")
 def runtime_available() -> None:
     """Skip where the local runtime cannot run (no bubblewrap, no user namespaces)."""

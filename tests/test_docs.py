@@ -450,6 +450,7 @@ def _run_script(pytester: pytest.Pytester, block: Block, where: Path, n: int) ->
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", all_pages(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_page_samples_run(
     path: Path, pytester: pytest.Pytester, isolated: Path, inline_runs: None

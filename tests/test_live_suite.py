@@ -94,6 +94,7 @@ def workspace(
             lister.close()
 
 
+@pytest.mark.slow
 def test_live_suite_against_an_emulator_standing_in_for_modal(
     pytester: pytest.Pytester, workspace: faultlib.ModalLister
 ) -> None:
