@@ -5,7 +5,8 @@
 #                             + .venv with the package and its test extras
 #   scripts/dev.sh examples   setup, then the example suite on the local backend
 #   scripts/dev.sh test       setup, then the test suite on three xdist workers (what CI runs;
-#                             the tests wait on processes often enough to keep two cores busy)
+#                             the tests wait on processes often enough to keep two cores busy),
+#                             handed out two at a time, the long ones first (tests/conftest.py)
 #
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
@@ -41,6 +42,6 @@ setup() {
 case "${1:-}" in
     setup) setup ;;
     examples) setup; shift; exec "$VENV/bin/python" -m pytest examples --modal-sandbox=local "$@" ;;
-    test) setup; shift; exec "$VENV/bin/python" -m pytest -n 3 "$@" ;;
+    test) setup; shift; exec "$VENV/bin/python" -m pytest -n 3 --maxschedchunk 2 "$@" ;;
     *) echo "usage: $0 {setup|examples|test} [pytest args...]" >&2; exit 2 ;;
 esac

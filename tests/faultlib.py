@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 
+import inner_runs
 from proctable import children_of, group_members, processes_mentioning
 
 RUN_TAG = "pms-run"
@@ -214,6 +215,7 @@ class World:
     ini: dict[str, str] = field(default_factory=dict)
     runs: list[InnerRun] = field(default_factory=list)
     emulator: Any = None  # the EmulatorProcess of an emulator world (its stats, end_sandbox)
+    zygote: Any = None  # a zygote.Zygote to fork inner runs and CLI calls from (else: fresh)
 
     @property
     def state_dir(self) -> Path:
@@ -244,7 +246,7 @@ class InnerRun:
         self.dir.mkdir(parents=True)
         self.fault_dir = self.dir / "fault"
         self.fault_dir.mkdir()
-        settings = {"addopts": "-p no:cacheprovider", **world.ini, **(ini or {})}
+        settings = {"addopts": inner_runs.ADDOPTS, **world.ini, **(ini or {})}
         (self.dir / "pytest.ini").write_text(
             "[pytest]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
         )
@@ -265,12 +267,24 @@ class InnerRun:
         self.env.pop("PYTEST_XDIST_WORKER", None)
         self.env.pop("PYTEST_XDIST_TESTRUNUID", None)
         self.out_path = self.dir / "output.txt"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Any = None  # a subprocess.Popen, or a zygote.ForkedProcess
         self.t_start = 0.0
 
     def start(self) -> InnerRun:
         self.t_start = time.time()
         with open(self.out_path, "wb") as out:
+            if self.world.zygote is not None:  # its own session too
+                with open(os.devnull, "rb") as devnull:
+                    self.proc = self.world.zygote.spawn(
+                        "pytest",
+                        self.argv[3:],
+                        cwd=self.dir,
+                        env=self.env,
+                        stdin=devnull.fileno(),
+                        stdout=out.fileno(),
+                        stderr=out.fileno(),
+                    )
+                return self
             self.proc = subprocess.Popen(
                 self.argv,
                 cwd=self.dir,
@@ -435,8 +449,9 @@ def time_to_gone(
 
 
 @contextlib.contextmanager
-def emulator_world(root: Path, **emulator_args: Any) -> Iterator[World]:
-    """An emulator of our own (its state under ``root``) and a world pointing inner runs at it."""
+def emulator_world(root: Path, zygote: Any = None, **emulator_args: Any) -> Iterator[World]:
+    """An emulator of our own (its state under ``root``) and a world pointing inner runs at it
+    (forked from ``zygote``, if given)."""
     from pytest_modal_sandbox.emulator import EmulatorProcess
 
     token = ("ak-faults", "as-faults")
@@ -446,15 +461,15 @@ def emulator_world(root: Path, **emulator_args: Any) -> Iterator[World]:
     lister = None
     try:
         lister = ModalLister(emu.url, token)
-        yield World("emulator", root, lister, env=emu.client_env(), emulator=emu)
+        yield World("emulator", root, lister, env=emu.client_env(), emulator=emu, zygote=zygote)
     finally:
         if lister is not None:
             lister.close()
         emu.stop()
 
 
-def local_world(root: Path) -> World:
-    world = World("local", root, None)
+def local_world(root: Path, zygote: Any = None) -> World:
+    world = World("local", root, None, zygote=zygote)
     world.lister = LocalLister(world.state_dir)
     return world
 
@@ -653,7 +668,7 @@ import json, os, signal, time
 
 import pytest
 from pytest_modal_sandbox import Daemon, Probe
-from conftest import FAULT_DIR, WORKER, hang, note
+from conftest import FAULT_DIR, WORKER, first, hang, note
 
 
 def mine_created():
@@ -678,6 +693,8 @@ def test_1_interrupted(sandbox):
 
 def test_1_killed(sandbox):
     wait_for_ahead(1 + AHEAD)
+    if not first("killed"):  # --dist loadfile gives a crashed test to the next worker again
+        return
     note("fault", what="worker SIGKILLed itself with sandboxes started ahead", ids=mine_created())
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -762,9 +779,9 @@ def cli(
     import pty
 
     if pytest_option:
-        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
+        module, args = "pytest", (*inner_runs.ADDOPTS.split(), *args)
     else:
-        argv = [sys.executable, "-m", "pytest_modal_sandbox", *args]
+        module = "pytest_modal_sandbox"
     env = {
         **os.environ,
         "PYTEST_MODAL_SANDBOX_STATE_DIR": str(world.state_dir),
@@ -777,22 +794,59 @@ def cli(
         master, slave = pty.openpty()
         stdin = slave
     try:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd or world.root,
-            env=env,
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        if master is not None:
-            os.write(master, answer.encode() + b"\n")  # type: ignore[union-attr]
-        out, _ = proc.communicate(timeout=60)
+        if world.zygote is not None:
+            read_end, write_end = os.pipe()
+            with open(os.devnull, "rb") as devnull:
+                try:
+                    proc = world.zygote.spawn(
+                        module,
+                        args,
+                        cwd=cwd or world.root,
+                        env=env,
+                        stdin=devnull.fileno() if slave is None else slave,
+                        stdout=write_end,
+                        stderr=write_end,
+                    )
+                finally:
+                    os.close(write_end)
+            if master is not None:
+                os.write(master, answer.encode() + b"\n")  # type: ignore[union-attr]
+            with open(read_end, "rb") as output:
+                out = _read_all(output, 60)
+            proc.wait(60)
+        else:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                cwd=cwd or world.root,
+                env=env,
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            if master is not None:
+                os.write(master, answer.encode() + b"\n")  # type: ignore[union-attr]
+            out, _ = proc.communicate(timeout=60)
     finally:
         for fd in (master, slave):
             if fd is not None:
                 os.close(fd)
     return proc.returncode, out.decode(errors="replace")
+
+
+def _read_all(stream: Any, timeout: float) -> bytes:
+    """Everything until EOF, or AssertionError after ``timeout`` seconds."""
+    import select
+
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([stream], [], [], left)[0]:
+            raise AssertionError(f"no end of output within {timeout:g}s")
+        data = os.read(stream.fileno(), 65536)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
 
 
 def backend_args(world: World) -> list[str]:

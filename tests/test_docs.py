@@ -6,7 +6,7 @@ How a page marks its samples (the convention this harness runs; docs/writing-doc
   ```yaml) is a file of the page's **project**, written at ``<path>`` in a fresh directory.
   A page has one project until ``<!-- doc-test: project NAME -->`` starts another (each in its
   own directory, e.g. one per hook on hooks.md).
-* A project with a ``test_*.py`` file is run once, in a subprocess, with
+* A project with a ``test_*.py`` file is run once with
   ``pytest --modal-sandbox=local --modal-sandbox-local-images=host -p no:cacheprovider`` and
   must pass without skips, unless the project declares otherwise (anywhere after its start):
 
@@ -21,6 +21,9 @@ How a page marks its samples (the convention this harness runs; docs/writing-doc
   project's directory (after the project run) and must exit 0, or N after
   ``<!-- doc-test: exit N -->`` right before the block.  ``$ export VAR=value`` sets VAR for
   the project's later commands.  Other ``$`` lines (pip, apt, shell) are shown, not run.
+* pytest runs (the project's, and ``pytest`` console lines) run in this process where they
+  can, as ``pytester.runpytest_inprocess``; in a process of their own where they must
+  (:func:`_own_process`).  Scripts and ``python -m pytest_modal_sandbox`` lines always do.
 * ```yaml blocks must parse.  Other languages (```text, ```sh) are not code to run.
 * ``<!-- doc-test: skip REASON -->`` right before a block: not run; the reason is required.
 
@@ -367,9 +370,32 @@ def _output(result: pytest.RunResult) -> str:
     return text if len(text) < 6000 else "...\n" + text[-6000:]
 
 
+def _own_process(project: Project, args: list[str], env: dict[str, str]) -> str | None:
+    """Why a pytest run of ``project`` must be a process of its own, or None: it runs in this
+    one (``runpytest_inprocess``), which saves starting an interpreter, pytest and the plugin.
+
+    ``modal`` reads its configuration when imported and keeps the client it makes from the
+    environment for good: this process imported it, so a run that reaches that client (the
+    project's own ``modal`` code, the ``modal`` backend) gets a process that imports it afresh.
+    A module of the project named like one this process has imported (its own test modules)
+    would be taken for that one."""
+    if any(re.search(r"^\s*(import|from) modal\b", text, re.M) for text in project.files.values()):
+        return "the project uses modal itself"
+    if "--modal-sandbox=modal" in args or any(key.startswith("MODAL_") for key in env):
+        return "the run uses modal's environment client"
+    names = [Path(path).stem for path in project.files if path.endswith(".py")]
+    if any(name in sys.modules for name in names):
+        return "a module name of the project is taken in this process"
+    return None
+
+
 def _run_project(pytester: pytest.Pytester, page: Page, project: Project, where: Path) -> None:
     os.chdir(where)
-    result = pytester.runpytest_subprocess(*PROJECT_ARGS, *project.args, timeout=RUN_TIMEOUT)
+    args = [*PROJECT_ARGS, *project.args]
+    if _own_process(project, args, {}):
+        result = pytester.runpytest_subprocess(*args, timeout=RUN_TIMEOUT)
+    else:
+        result = pytester.runpytest_inprocess(*args)
     label = f"{page.name}, project {project.name!r}: pytest {' '.join(project.args)}"
     try:
         outcomes = result.parseoutcomes()
@@ -392,12 +418,18 @@ def _run_project(pytester: pytest.Pytester, page: Page, project: Project, where:
             pytest.fail(f"{label}: expected output {project.expect}:\n{_output(result)}", False)
 
 
-def _run_command(pytester: pytest.Pytester, command: Command, where: Path) -> None:
+def _run_command(
+    pytester: pytest.Pytester, project: Project, command: Command, where: Path
+) -> None:
     os.chdir(where)
+    args = command.argv[3:] if command.argv[1:3] == ["-m", "pytest"] else None
     with pytest.MonkeyPatch.context() as mp:
         for key, value in command.env.items():
             mp.setenv(key, value)
-        result = pytester.run(*command.argv, timeout=RUN_TIMEOUT)
+        if args is None or _own_process(project, args, command.env):
+            result = pytester.run(*command.argv, timeout=RUN_TIMEOUT)
+        else:
+            result = pytester.runpytest_inprocess(*args)
     if int(result.ret) != command.block.exit:
         pytest.fail(
             f"{command.block.where}: `$ {command.text}` exited {int(result.ret)}, "
@@ -418,8 +450,11 @@ def _run_script(pytester: pytest.Pytester, block: Block, where: Path, n: int) ->
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", all_pages(), ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_page_samples_run(path: Path, pytester: pytest.Pytester, isolated: Path) -> None:
+def test_page_samples_run(
+    path: Path, pytester: pytest.Pytester, isolated: Path, inline_runs: None
+) -> None:
     page = parse_page(path)
     assert not page.problems, "\n".join(page.problems)
     for block in page.blocks:
@@ -440,7 +475,7 @@ def test_page_samples_run(path: Path, pytester: pytest.Pytester, isolated: Path)
             _run_project(pytester, page, project, where)
         for step in project.steps:
             if isinstance(step, Command):
-                _run_command(pytester, step, where)
+                _run_command(pytester, project, step, where)
             else:
                 source = (where / step[1]).read_text()
                 try:

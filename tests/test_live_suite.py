@@ -52,7 +52,15 @@ SHORT_DEADLINES = ["--modal-sandbox-lease=1", "--modal-sandbox-idle-timeout=2"]
 
 
 def _live_run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """The live suite, as a process of its own: it reaches Modal through modal's environment
+    client, which modal makes once per process and keeps for good."""
     return pytester.runpytest_subprocess(str(LIVE), "-p", "no:cacheprovider", *args, timeout=900)
+
+
+def _skipping_run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """The live suite where it runs nothing (every check skipped or deselected): in this
+    process, as nothing in it reaches Modal."""
+    return pytester.runpytest_inprocess(str(LIVE), "-p", "no:cacheprovider", *args)
 
 
 @pytest.fixture
@@ -86,6 +94,7 @@ def workspace(
             lister.close()
 
 
+@pytest.mark.slow
 def test_live_suite_against_an_emulator_standing_in_for_modal(
     pytester: pytest.Pytester, workspace: faultlib.ModalLister
 ) -> None:
@@ -111,7 +120,7 @@ def test_live_suite_against_an_emulator_standing_in_for_modal(
 def test_without_credentials_every_live_check_is_skipped_saying_how_to_run_it(
     pytester: pytest.Pytester, no_credentials: None
 ) -> None:
-    result = _live_run(pytester, "-m", "live", "-rs")
+    result = _skipping_run(pytester, "-m", "live", "-rs")
     result.assert_outcomes(skipped=LIVE_TESTS)
     result.stdout.fnmatch_lines(
         [f"SKIPPED *no Modal credentials configured; run `modal token new`*`{COMMAND}`*"]
@@ -123,10 +132,10 @@ def test_a_plain_run_skips_the_live_suite_even_with_credentials(
 ) -> None:
     monkeypatch.setenv("MODAL_TOKEN_ID", "ak-unused")
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-unused")
-    result = _live_run(pytester, "-rs")
+    result = _skipping_run(pytester, "-rs")
     result.assert_outcomes(skipped=LIVE_TESTS)
     result.stdout.fnmatch_lines([f"SKIPPED *only when selected: `{COMMAND}`*"])
-    assert _live_run(pytester, "-m", "not live").parseoutcomes() == {"deselected": LIVE_TESTS}
+    assert _skipping_run(pytester, "-m", "not live").parseoutcomes() == {"deselected": LIVE_TESTS}
 
 
 def test_the_one_command_is_the_same_everywhere() -> None:

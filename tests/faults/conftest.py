@@ -4,6 +4,9 @@
 backend against one emulator shared by the session, so sandboxes outlive an inner run and only
 the plugin's own layers end them).  After each test, no sandbox of any inner run is left
 running — asked of the backend itself — and no inner pytest process is left.
+
+Inner runs and CLI calls are forked from one warm interpreter per process (``zygote``), not
+started afresh: each is still a process of its own, in a session of its own.
 """
 
 from __future__ import annotations
@@ -15,8 +18,17 @@ from typing import Any
 import pytest
 
 import faultlib
+from zygote import Zygote
 
 BACKENDS = ["local", "emulator"]
+
+
+@pytest.fixture(scope="session")
+def zygote() -> Iterator[Zygote]:
+    """The warm interpreter this process forks its inner runs from (``tests/zygote.py``)."""
+    z = Zygote()
+    yield z
+    z.close()
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +41,10 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, An
     emu = EmulatorProcess(token_id=token[0], token_secret=token[1], state_dir=root).start()
     lister = None
     try:
-        lister = faultlib.ModalLister(emu.url, token)
+        # polled every 50 ms while a test waits for sandboxes to end: each listing costs both
+        # processes a few ms of CPU, and the tests ask whether they end, not to the millisecond
+        # how soon (bench/bench_faults.py times that, with a lister of its own)
+        lister = faultlib.ModalLister(emu.url, token, interval=0.05)
         yield emu, lister
         left = lister.running(tags={"pytest-modal-sandbox": "1"})
         assert not left, f"sandboxes left running in the emulator: {left}"
@@ -41,23 +56,28 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, An
 
 @pytest.fixture(params=BACKENDS)
 def world(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    zygote: Zygote,
 ) -> Iterator[faultlib.World]:
     monkeypatch.setenv("PYTEST_MODAL_SANDBOX_STATE_DIR", str(tmp_path / "state"))
     if request.param == "local":
-        w = faultlib.local_world(tmp_path)
+        w = faultlib.local_world(tmp_path, zygote)
     else:
         emu, lister = request.getfixturevalue("emulator")
-        w = faultlib.World("emulator", tmp_path, lister, env=emu.client_env())
+        w = faultlib.World("emulator", tmp_path, lister, env=emu.client_env(), zygote=zygote)
     yield w
     leaked = faultlib.clean_up(w)
     assert not leaked, f"sandboxes left running after the test: {leaked}"
 
 
 @pytest.fixture
-def local_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[faultlib.World]:
+def local_world(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zygote: Zygote
+) -> Iterator[faultlib.World]:
     monkeypatch.setenv("PYTEST_MODAL_SANDBOX_STATE_DIR", str(tmp_path / "state"))
-    w = faultlib.local_world(tmp_path)
+    w = faultlib.local_world(tmp_path, zygote)
     yield w
     leaked = faultlib.clean_up(w)
     assert not leaked, f"sandboxes left running after the test: {leaked}"

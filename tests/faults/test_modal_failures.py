@@ -21,7 +21,7 @@ MARK = {"pytest-modal-sandbox": "1"}  # every sandbox the plugin creates carries
 
 
 def test_the_behaviour_suite_passes_under_faults_a_create_rate_and_four_workers(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, zygote
 ):
     """5% of all RPCs fail (before the work, after it with the answer lost, or midway through
     a stream), creates are throttled to 3 a second, and four workers run the suite: every test
@@ -29,7 +29,7 @@ def test_the_behaviour_suite_passes_under_faults_a_create_rate_and_four_workers(
     was lost is found by its token, not made again)."""
     monkeypatch.setenv("PYTEST_MODAL_SANDBOX_STATE_DIR", str(tmp_path / "state"))
     chaos = {"fault_rate": 0.05, "create_rate": 3, "seed": 10, "images": "host"}
-    with faultlib.emulator_world(tmp_path, **chaos) as world:
+    with faultlib.emulator_world(tmp_path, zygote, **chaos) as world:
         run = faultlib.InnerRun(world, "suite", {"test_suite.py": SUITE}, args=["-n", "4"])
         with run:
             run.expect(600, passed=SUITE_TESTS)
@@ -69,13 +69,13 @@ def test_after(held):
 
 
 def test_a_quota_that_never_frees_is_one_clear_error_per_test_and_the_run_goes_on(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, zygote
 ):
     """One sandbox at a time (``--max-sandboxes 1``, held by a module fixture): each test that
     needs a second one waits ``quota_wait`` for a slot, then errors once, naming the quota and
     what to do; the tests around them pass."""
     monkeypatch.setenv("PYTEST_MODAL_SANDBOX_STATE_DIR", str(tmp_path / "state"))
-    with faultlib.emulator_world(tmp_path, max_sandboxes=1, images="host") as world:
+    with faultlib.emulator_world(tmp_path, zygote, max_sandboxes=1, images="host") as world:
         run = faultlib.InnerRun(
             world,
             "quota",

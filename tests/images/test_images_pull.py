@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from inner_runs import ADDOPTS
 from pytest_modal_sandbox.images import (
     ImageAccessDenied,
     ImageDigestMismatch,
@@ -345,7 +346,8 @@ def test_xdist_workers_share_the_cache(
             assert (root.path / "data").stat().st_size == 2_000_000
     """
     )
-    result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", "-p", "no:cacheprovider")
+    # the workers are the processes that share the cache; their controller can be this one
+    result = pytester.runpytest_inprocess("-n", "2", "-p", "xdist", *ADDOPTS.split())
     result.assert_outcomes(passed=4)
     counts = registry.blob_gets("pull/xdist")
     assert counts == dict.fromkeys({image.config_digest, *image.layer_digests}, 1)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from inner_runs import ADDOPTS
 from proctable import processes_mentioning
 
 BACKENDS = ["local", "emulator"]
@@ -52,9 +53,15 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 
 
 @pytest.fixture
-def sbtester(pytester: pytest.Pytester, state_dir: Path) -> pytest.Pytester:
-    """A pytester whose runs use an isolated state dir, checked for leftovers afterwards."""
-    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\nmodal_sandbox_local_images = host\n")
+def sbtester(pytester: pytest.Pytester, state_dir: Path, inline_runs: None) -> pytest.Pytester:
+    """A pytester whose runs use an isolated state dir, checked for leftovers afterwards.
+
+    Its runs are in this process (``sbtester.runpytest``): about a second of CPU less each
+    than a fresh interpreter importing pytest, the plugin and ``modal``.  A run that must be a
+    process of its own (a signal, a crash, a terminal) says so with ``runpytest_subprocess``;
+    output written straight to file descriptors by the run's child processes (emulator,
+    xdist workers) is not in an in-process run's result: ask ``capfd`` for it."""
+    pytester.makeini(f"[pytest]\naddopts = {ADDOPTS}\nmodal_sandbox_local_images = host\n")
     return pytester
 
 

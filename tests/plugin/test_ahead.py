@@ -38,7 +38,7 @@ def _events(out: str) -> list[tuple[str, str]]:
 
 def test_session_sandboxes_start_concurrently(sbtester, backend):
     sbtester.makepyfile(test_three=THREE)
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}")
     result.assert_outcomes(passed=2)
     events = _events(result.stdout.str())
     steps = [step for _, step in events]
@@ -49,7 +49,7 @@ def test_session_sandboxes_start_concurrently(sbtester, backend):
 
 def test_without_ahead_they_start_one_by_one(sbtester):
     sbtester.makepyfile(test_three=THREE)
-    result = sbtester.runpytest_subprocess("--modal-sandbox=local", "--modal-sandbox-ahead=0")
+    result = sbtester.runpytest("--modal-sandbox=local", "--modal-sandbox-ahead=0")
     result.assert_outcomes(passed=2)
     assert [step for _, step in _events(result.stdout.str())] == ["created", "ready"] * 3
 
@@ -69,7 +69,7 @@ def test_a_run_that_stops_early_leaks_nothing_started_ahead(sbtester, backend):
             pass
         """
     )
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-x")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "-x")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["modal-sandbox: box (session) not needed any more*"])
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
@@ -95,7 +95,7 @@ def test_a_failed_start_ahead_is_an_error_on_every_test_using_it(sbtester, backe
             pass
         """
     )
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-rE")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "-rE")
     result.assert_outcomes(passed=1, errors=2)
     out = result.stdout.str()
     assert out.count("sandbox fixture 'box': daemon 'crasher' exited with code 3") >= 2
@@ -122,7 +122,7 @@ def test_a_spec_hook_gets_its_own_sandbox(sbtester, backend):
             assert box.exec("sh", "-c", "echo $HOOKED").stdout == "yes\\n"
         """
     )
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}")
     result.assert_outcomes(passed=1)
     # the one started ahead (unhooked spec) and the fixture's own; both ended
     result.stdout.fnmatch_lines([f"{backend}: 2 created, 2 terminated, 0 kept, 0 leaked"])
@@ -153,7 +153,7 @@ def test_module_scoped_sandboxes_per_module(sbtester, backend, workers):
     args = [f"--modal-sandbox={backend}"] + (
         ["-n", workers, "--dist", "loadfile"] if workers else []
     )
-    result = sbtester.runpytest_subprocess(*args)
+    result = sbtester.runpytest(*args)
     result.assert_outcomes(passed=4)
     ids = (sbtester.path / "ids.txt").read_text().split()
     assert len(ids) == 2 and ids[0] != ids[1]
@@ -178,7 +178,7 @@ def test_indirect_parametrization_of_a_session_fixture(sbtester, backend):
             assert box.exec("sh", "-c", "echo $ROW").stdout.strip() in ("a", "b")
         """
     )
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([f"{backend}: 2 created, 2 terminated, 0 kept, 0 leaked"])
 
@@ -254,7 +254,7 @@ def _ahead_counts(out: str) -> tuple[int, int, int]:
 def test_each_test_gets_the_sandbox_started_ahead_for_it(sbtester, backend):
     """Markers merged, indirect parameters and the image override: each test's own spec."""
     sbtester.makepyfile(helpers=NEXT, test_each=EACH_GETS_ITS_OWN)
-    result = sbtester.runpytest_subprocess(
+    result = sbtester.runpytest(
         f"--modal-sandbox={backend}", "--modal-sandbox-ahead=2", "--modal-sandbox-image=debian:12"
     )
     result.assert_outcomes(passed=4)
@@ -305,9 +305,7 @@ def test_sandboxes_of_tests_that_do_not_use_them_end_at_once(sbtester, backend):
     """A test skipped before its sandbox, and the tests -x never runs: what was started for
     them ends (the state_dir fixture: nothing left running)."""
     sbtester.makepyfile(helpers=NEXT, test_stops=SKIPPED_AND_STOPPED)
-    result = sbtester.runpytest_subprocess(
-        f"--modal-sandbox={backend}", "--modal-sandbox-ahead=2", "-x"
-    )
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "--modal-sandbox-ahead=2", "-x")
     result.assert_outcomes(passed=2, skipped=1, failed=1)
     started, used, wasted = _ahead_counts(result.stdout.str())
     assert used == 3 and wasted >= 2 and started == used + wasted  # skipped one, test_5 (+6)
@@ -335,7 +333,7 @@ def test_a_spec_hook_sees_each_setup_once_and_its_spec_is_what_the_test_gets(sbt
             assert sandbox.exec("sh", "-c", "echo $TEST").stdout == f"test_x[{n}]\\n"
         """
     )
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "--modal-sandbox-ahead=2")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "--modal-sandbox-ahead=2")
     result.assert_outcomes(passed=4)
     calls = (sbtester.path / "hook-calls.txt").read_text().split()
     assert len(calls) == len(set(calls)) == 4, calls  # once per setup, never ahead
@@ -354,9 +352,7 @@ def test_each_xdist_worker_starts_ahead_from_its_own_queue(sbtester, backend):
             assert sandbox.exec("true").ok
         """
     )
-    result = sbtester.runpytest_subprocess(
-        f"--modal-sandbox={backend}", "--modal-sandbox-ahead=2", "-n", "2"
-    )
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "--modal-sandbox-ahead=2", "-n", "2")
     result.assert_outcomes(passed=6)
     assert _ahead_counts(result.stdout.str()) == (6, 6, 0)
     result.stdout.fnmatch_lines([f"{backend}: 6 created, 6 terminated, 0 kept, 0 leaked"])

@@ -13,6 +13,6 @@ from behaviour_suite import SUITE, SUITE_TESTS
 
 def test_behaviour_suite(sbtester, backend):
     sbtester.makepyfile(test_suite=SUITE)
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-v", "-rfE")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "-v", "-rfE")
     result.assert_outcomes(passed=SUITE_TESTS)
     result.stdout.fnmatch_lines([f"modal-sandbox: {backend}*"])

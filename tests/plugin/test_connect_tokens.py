@@ -46,5 +46,5 @@ def test_token(sandbox):
 
 def test_a_connect_token_reaches_port_8080_and_nothing_else_does(sbtester, backend):
     sbtester.makepyfile(TOKENS)
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}")
     result.assert_outcomes(passed=1)

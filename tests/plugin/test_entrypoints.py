@@ -64,9 +64,7 @@ def images(registry, tmp_path, monkeypatch):
 
 def test_the_image_entrypoint_runs_as_a_daemon(sbtester, images, backend):
     sbtester.makepyfile(INNER.format(ref=images[0]))
-    result = sbtester.runpytest_subprocess(
-        f"--modal-sandbox={backend}", "--modal-sandbox-local-images=pull"
-    )
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "--modal-sandbox-local-images=pull")
     result.assert_outcomes(passed=1)
 
 
@@ -74,7 +72,7 @@ def test_no_entrypoint_and_host_images_are_clear_errors(sbtester, images, backen
     sbtester.makepyfile(
         test_bare=ERROR.format(ref=images[1]), test_host=ERROR.format(ref=images[0])
     )
-    result = sbtester.runpytest_subprocess(
+    result = sbtester.runpytest(
         f"--modal-sandbox={backend}",
         "--modal-sandbox-local-images=pull",
         f"--modal-sandbox-host-image={images[0]}",

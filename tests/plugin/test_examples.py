@@ -25,7 +25,7 @@ def test_your_app_and_its_database(sbtester, backend, tmp_path, monkeypatch):
             shutil.copy2(source, target)
     (sbtester.path / "tests").mkdir()
     shutil.copy2(ROOT / "tests" / "registry.py", sbtester.path / "tests" / "registry.py")
-    result = sbtester.runpytest_subprocess(
+    result = sbtester.runpytest(
         "examples", f"--modal-sandbox={backend}", "--modal-sandbox-local-images=pull"
     )
     result.assert_outcomes(passed=1)

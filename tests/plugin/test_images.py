@@ -49,7 +49,7 @@ def image(registry, tmp_path, monkeypatch):
 def test_the_declared_image_runs(sbtester, image, backend):
     """On the emulator too: the plugin hands its image settings to the run's emulator."""
     sbtester.makepyfile(INNER.format(ref=image))
-    result = sbtester.runpytest_subprocess(
+    result = sbtester.runpytest(
         f"--modal-sandbox={backend}", "--modal-sandbox-local-images=pull", "-n", "2"
     )
     result.assert_outcomes(passed=1)
@@ -99,7 +99,5 @@ def test_bad_mode_is_a_usage_error(sbtester):
 
 def test_host_mode_reaches_the_emulator_too(sbtester, image, backend):
     sbtester.makepyfile(ON_HOST.format(ref=image))
-    result = sbtester.runpytest_subprocess(
-        f"--modal-sandbox={backend}", "--modal-sandbox-local-images=host"
-    )
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "--modal-sandbox-local-images=host")
     result.assert_outcomes(passed=1)

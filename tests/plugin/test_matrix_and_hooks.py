@@ -85,7 +85,7 @@ def test_parametrize_ids_are_stable_and_readable():
 
 def test_ids_agree_across_xdist_workers(sbtester):
     sbtester.makepyfile(MATRIX)
-    result = sbtester.runpytest_subprocess("--modal-sandbox=local", "-n", "2")
+    result = sbtester.runpytest("--modal-sandbox=local", "-n", "2")
     result.assert_outcomes(passed=3)  # xdist errors out if workers collected different ids
 
 
@@ -132,7 +132,7 @@ def test_fails(sandbox):
 def test_hooks_are_called_in_order(sbtester, backend):
     sbtester.makeconftest(HOOKS_CONFTEST)
     sbtester.makepyfile(HOOKS_TESTS)
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-s")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "-s")
     result.assert_outcomes(passed=1, failed=1)
     lines = [line[line.index("EVENT") :].split() for line in result.outlines if "EVENT" in line]
     kinds = [line[1] for line in lines]
@@ -158,7 +158,7 @@ def test_a_raising_ready_hook_still_terminates_the_sandbox_at_once(sbtester, bac
         "def pytest_modal_sandbox_ready(sandbox):\n    raise RuntimeError('not today')\n"
     )
     sbtester.makepyfile("def test_x(sandbox):\n    pass\n")
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*RuntimeError: not today*"])
     # ended by the fixture's teardown, not found running by the end-of-run sweep
@@ -183,7 +183,7 @@ def test_before_terminate_is_not_called_where_nothing_is_terminated(
         "@pytest.mark.parametrize('n', range(4))\n"
         "def test_x(shared, n):\n    pass\n"
     )
-    result = sbtester.runpytest_subprocess("--modal-sandbox=local", "-n", "2")
+    result = sbtester.runpytest("--modal-sandbox=local", "-n", "2")
     result.assert_outcomes(passed=4)
     assert list(calls.iterdir()) == []  # workers only let go; the controller's sweep ends it
 

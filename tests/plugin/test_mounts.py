@@ -33,7 +33,7 @@ def test_mounts_are_private_copies_and_a_missing_path_is_a_clean_error(sbtester,
     run.chmod(0o755)
     sbtester.mkdir("conf")
     (sbtester.path / "conf" / "app.ini").write_text("k=v\n")
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         [

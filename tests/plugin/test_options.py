@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from inner_runs import ADDOPTS
+
 SANDBOX_TEST = """
 import pytest
 from pytest_modal_sandbox import Daemon, Probe, sandbox_fixture
@@ -82,7 +84,7 @@ def test_skipped_under_xdist_too(sbtester):
 def test_invalid_settings_say_where_they_came_from(sbtester, monkeypatch, args, env, ini, message):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    sbtester.makeini(f"[pytest]\naddopts = -p no:cacheprovider\n{ini}\n")
+    sbtester.makeini(f"[pytest]\naddopts = {ADDOPTS}\n{ini}\n")
     sbtester.makepyfile("def test_x(): pass")
     result = sbtester.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -180,7 +182,7 @@ EXPECTED = [
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "n2"])
 def test_each_bad_spec_is_one_clean_error_per_test(sbtester, xdist):
     sbtester.makepyfile(BAD_SPECS)
-    result = sbtester.runpytest_subprocess("--modal-sandbox=local", "-rE", *xdist)
+    result = sbtester.runpytest("--modal-sandbox=local", "-rE", *xdist)
     result.assert_outcomes(errors=len(EXPECTED))
     out = result.stdout.str()
     assert "INTERNALERROR" not in out
@@ -199,6 +201,7 @@ def no_modal_credentials(tmp_path, monkeypatch):
 
 def test_modal_without_credentials_is_one_clear_error_per_test(sbtester, no_modal_credentials):
     sbtester.makepyfile("def test_a(sandbox): pass\ndef test_b(sandbox): pass\n")
+    # a process of its own: modal reads ~/.modal.toml when imported, and this one imported it
     result = sbtester.runpytest_subprocess("--modal-sandbox=modal")
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(
@@ -212,7 +215,7 @@ def test_modal_without_credentials_is_one_clear_error_per_test(sbtester, no_moda
 
 def test_auto_is_local_without_credentials(sbtester, no_modal_credentials):
     sbtester.makepyfile("def test_x(sandbox):\n    assert sandbox.backend == 'local'\n")
-    result = sbtester.runpytest_subprocess("--modal-sandbox")
+    result = sbtester.runpytest("--modal-sandbox")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["modal-sandbox: local (bubblewrap)*"])
 
@@ -224,6 +227,7 @@ def test_auto_is_modal_with_credentials(sbtester, state_dir, monkeypatch):
         for key, value in emulator.client_env().items():
             monkeypatch.setenv(key, value)
         sbtester.makepyfile("def test_x(sandbox):\n    assert sandbox.backend == 'modal'\n")
+        # a process of its own: modal keeps the client it makes from the environment for good
         result = sbtester.runpytest_subprocess("--modal-sandbox")
         result.assert_outcomes(passed=1)
         result.stdout.fnmatch_lines(["modal-sandbox: modal (app pytest-modal-sandbox*"])
@@ -239,6 +243,7 @@ def no_bubblewrap(tmp_path, monkeypatch):
 
 def test_local_without_bubblewrap_is_one_clear_error_per_test(sbtester, no_bubblewrap):
     sbtester.makepyfile("def test_a(sandbox): pass\ndef test_b(sandbox): pass\n")
+    # a process of its own: one that has found bubblewrap (this one) does not look again
     result = sbtester.runpytest_subprocess("--modal-sandbox=local")
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(["*bubblewrap*apt*install*bubblewrap*"])
@@ -247,6 +252,7 @@ def test_local_without_bubblewrap_is_one_clear_error_per_test(sbtester, no_bubbl
 
 def test_emulator_without_bubblewrap_is_a_usage_error(sbtester, no_bubblewrap):
     sbtester.makepyfile("def test_a(sandbox): pass\n")
+    # a process of its own: one started on a machine without bubblewrap
     result = sbtester.runpytest_subprocess("--modal-sandbox=emulator")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--modal-sandbox=emulator: *bubblewrap*"])
@@ -276,10 +282,12 @@ def test_costs(sandbox):
 
 def test_emulator_costs_reach_the_emulator(sbtester):
     sbtester.makeini(
-        "[pytest]\naddopts = -p no:cacheprovider\nmodal_sandbox_local_images = host\n"
+        f"[pytest]\naddopts = {ADDOPTS}\nmodal_sandbox_local_images = host\n"
         "modal_sandbox_emulator_start_latency_ms = 300\n"
     )
     sbtester.makepyfile(EMULATOR_COSTS)
+    # a process of its own: the check looks for the emulator among the run's children, and
+    # this process has others (the fault suite's session emulator, when it ran here)
     result = sbtester.runpytest_subprocess(
         "--modal-sandbox=emulator", "--modal-sandbox-emulator-latency-ms=5"
     )

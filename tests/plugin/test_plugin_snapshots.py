@@ -78,7 +78,7 @@ def test_clones_of_a_run_template(sbtester, backend, workers, tmp_path):
         pytest.skip("-n 2 runs on the local backend (the emulator run covers the Modal path)")
     prepares = tmp_path / "prepares"
     sbtester.makepyfile(test_clones=CLONES.replace("/tmp/prepares", str(prepares)))
-    result = sbtester.runpytest_subprocess(
+    result = sbtester.runpytest(
         f"--modal-sandbox={backend}", "--modal-sandbox-ahead=2", "-p", "xdist", *workers
     )
     result.assert_outcomes(passed=5)
@@ -89,7 +89,7 @@ def test_clones_of_a_run_template(sbtester, backend, workers, tmp_path):
 
 def test_mistakes_are_clean_per_test_errors(sbtester):
     sbtester.makepyfile(test_mistakes=MISTAKES)
-    result = sbtester.runpytest_subprocess("--modal-sandbox=local")
+    result = sbtester.runpytest("--modal-sandbox=local")
     result.assert_outcomes(errors=4)
     result.stdout.fnmatch_lines(
         [
@@ -113,7 +113,7 @@ def test_snapshots(sandbox):
 
 def test_snapshots_go_with_the_run_unless_kept_and_prune_removes_those(sbtester, state_dir):
     sbtester.makepyfile(test_keep=KEEP)
-    sbtester.runpytest_subprocess("--modal-sandbox=local").assert_outcomes(passed=1)
+    sbtester.runpytest("--modal-sandbox=local").assert_outcomes(passed=1)
     store = state_dir / "local-snapshots"
     assert len(list(store.glob("snap-*"))) == 1  # the kept one
     cache = ["--cache-dir", str(state_dir / "image-cache")]  # not this machine's image cache

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from inner_runs import ADDOPTS
 from pytest_modal_sandbox.events import Event
 from pytest_modal_sandbox.progress import LineView, LiveView
 from pytest_modal_sandbox.reporting.starts import StartTable
@@ -105,7 +106,7 @@ def run_on_pty(args: list[str], cwd: Path, columns: int = 160, timeout: float = 
 @PYTEST_LAYER_ONLY
 def test_plain_lines_for_each_sandbox(sbtester, backend):
     sbtester.makepyfile(test_progress_suite=SUITE)
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}")
     result.assert_outcomes(passed=2)
     for label in LABELS:
         result.stdout.fnmatch_lines(
@@ -122,7 +123,7 @@ def test_plain_lines_for_each_sandbox(sbtester, backend):
 @pytest.mark.parametrize("args", [["-q"], ["--modal-sandbox-progress=off"]])
 def test_quiet_and_off_are_silent(sbtester, args):
     sbtester.makepyfile(test_progress_suite=SUITE)
-    result = sbtester.runpytest_subprocess("--modal-sandbox=local", *args)
+    result = sbtester.runpytest("--modal-sandbox=local", *args)
     result.assert_outcomes(passed=2)
     assert "created in" not in result.stdout.str()
 
@@ -131,7 +132,7 @@ def test_quiet_and_off_are_silent(sbtester, args):
 def test_progress_on_a_tty_is_rewritten_in_place(sbtester, backend):
     sbtester.makepyfile(test_progress_suite=SUITE)
     raw = run_on_pty(
-        [sys.executable, "-m", "pytest", f"--modal-sandbox={backend}", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", f"--modal-sandbox={backend}", *ADDOPTS.split()],
         sbtester.path,
     )
     assert re.search(r"\r[^\n]*(creating|waiting for readiness)", raw), "nothing rewritten"
@@ -152,7 +153,7 @@ def test_progress_on_a_tty_is_rewritten_in_place(sbtester, backend):
 @PYTEST_LAYER_ONLY
 def test_xdist_controller_shows_the_workers_progress(sbtester, backend):
     sbtester.makepyfile(test_progress_suite=SUITE)
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-n", "2")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "-n", "2")
     result.assert_outcomes(passed=2)
     out = result.stdout.str()
     # every sandbox a worker started is shown by the controller, tagged with the worker

@@ -52,8 +52,12 @@ def test_passes(sandbox):
 """
 
 
-def _everything(result: pytest.RunResult, *files: Path) -> str:
-    return "\n".join([result.stdout.str(), result.stderr.str(), *(f.read_text() for f in files)])
+def _everything(result: pytest.RunResult, capfd: pytest.CaptureFixture[str], *files: Path) -> str:
+    """All the run wrote: its own output, what its child processes (emulator, xdist workers)
+    wrote straight to our file descriptors, and ``files``."""
+    written = capfd.readouterr()
+    texts = [result.stdout.str(), result.stderr.str(), written.out, written.err]
+    return "\n".join([*texts, *(f.read_text() for f in files)])
 
 
 @pytest.mark.parametrize(
@@ -61,13 +65,13 @@ def _everything(result: pytest.RunResult, *files: Path) -> str:
     [("local", None), ("local", "2"), ("emulator", None)],
     ids=["local-no-xdist", "local-n2", "emulator-no-xdist"],
 )
-def test_failure_report_shows_daemon_logs_with_secrets_scrubbed(sbtester, backend, workers):
+def test_failure_report_shows_daemon_logs_with_secrets_scrubbed(sbtester, capfd, backend, workers):
     sbtester.makepyfile(test_failing=FAILING)
     junit = sbtester.path / "junit.xml"
     args = [f"--modal-sandbox={backend}", f"--junitxml={junit}", "-rA"]
     if workers:
         args += ["-n", workers]
-    result = sbtester.runpytest_subprocess(*args)
+    result = sbtester.runpytest(*args)
     result.assert_outcomes(passed=1, failed=1, errors=1)
     result.stdout.fnmatch_lines_random(
         [
@@ -93,7 +97,7 @@ def test_failure_report_shows_daemon_logs_with_secrets_scrubbed(sbtester, backen
             "leaking ***",
         ]
     )
-    everything = _everything(result, junit)
+    everything = _everything(result, capfd, junit)
     assert SECRET not in everything
     assert "line-one-of-the-key" not in everything
     assert "INTERNALERROR" not in everything
@@ -113,9 +117,7 @@ def test_log_lines_option_limits_the_tail(sbtester, backend):
             assert False
         """
     )
-    result = sbtester.runpytest_subprocess(
-        f"--modal-sandbox={backend}", "--modal-sandbox-log-lines=3"
-    )
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "--modal-sandbox-log-lines=3")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         ["  --- last 3 lines of its log ---", "  line-5", "  line-6", "  ready"]
@@ -137,7 +139,7 @@ def test_setup_failure_after_the_sandbox_started_has_its_section(sbtester, backe
             pass
         """
     )
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         ["*RuntimeError: fixture after the sandbox failed*", "*- modal-sandbox: sandbox sb-* -*"]
@@ -148,7 +150,7 @@ def test_setup_failure_after_the_sandbox_started_has_its_section(sbtester, backe
 @PYTEST_LAYER_ONLY
 def test_passing_tests_get_no_section(sbtester, backend):
     sbtester.makepyfile("def test_ok(sandbox):\n    assert sandbox.exec('true').ok\n")
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-rA")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "-rA")
     result.assert_outcomes(passed=1)
     assert "- modal-sandbox: sandbox" not in result.stdout.str()
 
@@ -171,7 +173,7 @@ def test_none():
 def test_junit_properties_name_ids_and_tunnels(sbtester, backend):
     sbtester.makepyfile(test_junit=JUNIT)
     junit = sbtester.path / "junit.xml"
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", f"--junitxml={junit}")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", f"--junitxml={junit}")
     result.assert_outcomes(passed=2)
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
     props = {p.get("name"): p.get("value") for p in cases["test_two"].iter("property")}
@@ -198,7 +200,7 @@ def test_summary_counts_and_times(sbtester, backend):
             pass
         """
     )
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(
         [
@@ -222,7 +224,7 @@ def test_summary_under_xdist_counts_every_worker(sbtester, backend):
             pass
         """
     )
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-n", "2")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "-n", "2")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(
         [f"{backend}: 4 created, 4 terminated, 0 kept, 0 leaked", "  create p50 *(4 started)"]
@@ -242,9 +244,7 @@ def test_shared_sandbox_section_says_who_started_it(sbtester, backend):
         """
     )
     # --dist each: both workers run the test; one starts the sandbox, the other attaches
-    result = sbtester.runpytest_subprocess(
-        f"--modal-sandbox={backend}", "-n", "2", "--dist", "each"
-    )
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "-n", "2", "--dist", "each")
     result.assert_outcomes(failed=2)
     out = result.stdout.str()
     assert out.count("fixture  shared (session scope)") == 2

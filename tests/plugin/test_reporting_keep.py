@@ -46,9 +46,7 @@ def _running(state_dir: Path, sub: str) -> list:
 
 def test_keeps_only_the_failed_tests_sandbox(sbtester, backend):
     sbtester.makepyfile(test_keep=KEEP)
-    result = sbtester.runpytest_subprocess(
-        f"--modal-sandbox={backend}", "--modal-sandbox-keep-on-failure=0.2"
-    )
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "--modal-sandbox-keep-on-failure=0.2")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -73,9 +71,7 @@ def test_keeps_only_the_failed_tests_sandbox(sbtester, backend):
 @pytest.mark.slow
 def test_next_run_sweeps_a_kept_sandbox_after_its_deadline(sbtester, state_dir):
     sbtester.makepyfile(test_keep=KEEP)
-    first = sbtester.runpytest_subprocess(
-        "--modal-sandbox=local", "--modal-sandbox-keep-on-failure=0.2"
-    )
+    first = sbtester.runpytest("--modal-sandbox=local", "--modal-sandbox-keep-on-failure=0.2")
     first.assert_outcomes(passed=2, failed=1)
     first.stdout.fnmatch_lines(
         [
@@ -92,12 +88,12 @@ def test_next_run_sweeps_a_kept_sandbox_after_its_deadline(sbtester, state_dir):
 
     sbtester.makepyfile(test_keep="def test_nothing():\n    pass\n")
     if time.time() < until - 3:  # a run before the deadline leaves it alone
-        sbtester.runpytest_subprocess("--modal-sandbox=local").assert_outcomes(passed=1)
+        sbtester.runpytest("--modal-sandbox=local").assert_outcomes(passed=1)
         assert [sb.id for sb in _running(state_dir, "local")] == [kept_id]
 
     while time.time() <= until:
         time.sleep(0.2)
-    after = sbtester.runpytest_subprocess("--modal-sandbox=local")
+    after = sbtester.runpytest("--modal-sandbox=local")
     after.assert_outcomes(passed=1)
     after.stdout.fnmatch_lines(
         [f"*stale run *(kept on failure, past its deadline): terminated 1 sandbox: {kept_id}*"]
@@ -116,9 +112,7 @@ def test_module_scoped_sandboxes_are_not_kept(sbtester, backend):
             assert False
         """
     )
-    result = sbtester.runpytest_subprocess(
-        f"--modal-sandbox={backend}", "--modal-sandbox-keep-on-failure"
-    )
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "--modal-sandbox-keep-on-failure")
     result.assert_outcomes(failed=1)
     assert "KEPT ALIVE" not in result.stdout.str()
     result.stdout.fnmatch_lines([f"{backend}: 1 created, 1 terminated, 0 kept, 0 leaked"])
@@ -141,7 +135,7 @@ def test_keep_is_bounded_by_the_sandbox_timeout() -> None:
 )
 def test_bad_keep_values_are_usage_errors(sbtester, value, message):
     sbtester.makepyfile("def test_x(): pass")
-    result = sbtester.runpytest_subprocess("--modal-sandbox=local", value)
+    result = sbtester.runpytest("--modal-sandbox=local", value)
     result.stderr.fnmatch_lines([f"*{message}*"])
     assert result.ret == pytest.ExitCode.USAGE_ERROR
 
@@ -149,7 +143,7 @@ def test_bad_keep_values_are_usage_errors(sbtester, value, message):
 def test_keep_from_the_environment(sbtester, monkeypatch):
     monkeypatch.setenv("PYTEST_MODAL_SANDBOX_KEEP_ON_FAILURE", "x")
     sbtester.makepyfile("def test_x(): pass")
-    result = sbtester.runpytest_subprocess("--modal-sandbox=local")
+    result = sbtester.runpytest("--modal-sandbox=local")
     result.stderr.fnmatch_lines(
         ["*the PYTEST_MODAL_SANDBOX_KEEP_ON_FAILURE environment variable: 'x' is not*"]
     )

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+from inner_runs import ADDOPTS
+
 FAILURES = r"""
 import pytest
 from pytest_modal_sandbox import Daemon, Probe
@@ -46,7 +48,7 @@ def test_spec_error(sandbox):
 
 def test_start_failures_are_clean_errors_with_the_log(sbtester, backend):
     sbtester.makepyfile(test_failures=FAILURES)
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-rfE")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "-rfE")
     result.assert_outcomes(errors=5, failed=1)
     out = result.stdout.str()
     assert "INTERNALERROR" not in out
@@ -86,7 +88,7 @@ def test_share_run_is_one_sandbox_for_all_workers(sbtester, backend, tmp_path, m
     records.mkdir()
     monkeypatch.setenv("RECORD_DIR", str(records))
     sbtester.makepyfile(test_shared=SHARED)
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-n", "2")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "-n", "2")
     result.assert_outcomes(passed=8)
     seen = [json.loads(p.read_text()) for p in records.iterdir()]
     pids = {p.name.split("-")[0] for p in records.iterdir()}
@@ -97,7 +99,7 @@ def test_share_run_is_one_sandbox_for_all_workers(sbtester, backend, tmp_path, m
 
 def test_header_names_backend_and_image_mapping(sbtester, backend):
     sbtester.makepyfile("def test_x(): pass")
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}")
     expected = {
         "local": "modal-sandbox: local (bubblewrap); images are mapped to the host filesystem*",
         "emulator": "modal-sandbox: emulator (Modal protocol at http://127.0.0.1:*",
@@ -107,8 +109,8 @@ def test_header_names_backend_and_image_mapping(sbtester, backend):
 
 def test_ini_switch_enables_without_the_flag(sbtester, monkeypatch):
     monkeypatch.setenv("PYTEST_MODAL_SANDBOX_BACKEND", "local")
-    sbtester.makeini("[pytest]\nmodal_sandbox = true\naddopts = -p no:cacheprovider\n")
+    sbtester.makeini(f"[pytest]\nmodal_sandbox = true\naddopts = {ADDOPTS}\n")
     sbtester.makepyfile("def test_x(sandbox):\n    assert sandbox.exec('true').ok\n")
-    result = sbtester.runpytest_subprocess()
+    result = sbtester.runpytest()
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["modal-sandbox: local*"])

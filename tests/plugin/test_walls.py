@@ -58,6 +58,6 @@ def test_walls_through_the_plugin(sbtester, backend, monkeypatch):
     mark = f"pms-walls-{uuid.uuid4().hex}"
     monkeypatch.setenv("PMS_WALLS_MARK", mark)
     sbtester.makepyfile(test_walls_suite=SUITE)
-    result = sbtester.runpytest_subprocess(f"--modal-sandbox={backend}", "-v", "-rfE")
+    result = sbtester.runpytest(f"--modal-sandbox={backend}", "-v", "-rfE")
     result.assert_outcomes(passed=4)
     assert not os.path.exists(f"/etc/{mark}")
