@@ -30,6 +30,10 @@ def test_worker_sigkill_while_creating_the_shared_sandbox(world):
     """The replacement (or the other worker) finds the half-made shared sandbox by its name,
     ends it and makes one; every test sees exactly one running shared sandbox."""
     out = faultlib.worker_killed_in_shared_setup(world)
+    if "INTERNALERROR" in out.output and "BrokenPipeError" in out.output:
+        # pytest-xdist#204: the controller's own send to the killed worker can fail, which
+        # xdist reports as an internal error before the replacement runs; not ours to test
+        out = faultlib.worker_killed_in_shared_setup(world)
     used = out.run.notes("used")
     victim = out.ids[0]
     assert len(used) >= 5, out.output  # the crashed worker's test is reported as crashed

@@ -89,9 +89,14 @@ def test_the_spare_keeper_ends_with_its_creator(state_dir: Path, ending: str) ->
         "    stat = open(f'/proc/{sb._keeper.pid}/stat').read()\n"
         "    server = int(stat.rsplit(')', 1)[1].split()[1])\n"
         "    sb.terminate(wait=True)\n"
-        "time.sleep(0.5)  # the spares have made their walls\n"
-        "spares = children_of(server)\n"
-        "print(json.dumps(spares + [c for p in spares for c in children_of(p)]), flush=True)\n"
+        "deadline = time.monotonic() + 60\n"
+        "while time.monotonic() < deadline:  # until the spares have made their walls\n"
+        "    spares = children_of(server)\n"
+        "    pids = spares + [c for p in spares for c in children_of(p)]\n"
+        "    if len(pids) == 5:\n"
+        "        break\n"
+        "    time.sleep(0.05)\n"
+        "print(json.dumps(pids), flush=True)\n"
         "if sys.argv[3] == 'SIGKILL':\n"
         "    time.sleep(60)\n"
     )
@@ -137,8 +142,16 @@ def _descendants(pid: int) -> list[int]:
 def test_a_spare_sees_what_the_host_mounts_after_it_was_made(rt: LocalRuntime) -> None:
     """The spare's mount namespace follows the host's: a file system mounted on the host after
     the spare was made shows in its sandbox, as it would in one made at that moment."""
-    rt.create(SandboxConfig()).terminate(wait=True)  # now a spare waits
-    time.sleep(0.3)
+    first = rt.create(SandboxConfig())
+    server = _parent(first._keeper.pid)
+    first.terminate(wait=True)
+    deadline = time.monotonic() + 60
+    while not any(  # a spare that has made its walls (slirp4netns and launcher) waits
+        _title(pid) == "pms-keeper (spare)" and len(children_of(pid)) == 2
+        for pid in children_of(server)
+    ):
+        assert time.monotonic() < deadline, "no spare made its walls"
+        time.sleep(0.02)
     point = Path(f"/srv/pms-test-{os.getpid()}")  # not below a hidden path (/tmp is one)
     point.mkdir(parents=True)
     try:
