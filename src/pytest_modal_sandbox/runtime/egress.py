@@ -11,7 +11,7 @@ bridge or firewall of the host is touched, and it needs no privilege.
   loopback services (the emulator, a developer's databases) stay out of reach.  127.0.0.1 in
   the sandbox is its own loopback.
 * ``cidr_allowlist``: instead of a default route, one route per allowed IPv4 network
-  (:func:`configure`); anything else is unreachable.  The sandbox cannot change its
+  (:func:`route`); anything else is unreachable.  The sandbox cannot change its
   routes: its root holds no capability over the network namespace (``userns.py``).
 * As root, slirp4netns runs ``--enable-sandbox`` (every capability dropped, a root of its own)
   and ``--enable-seccomp``; not as root it is already unprivileged (seccomp only).
@@ -80,7 +80,7 @@ class Slirp:
         self.log = os.memfd_create("slirp4netns", os.MFD_CLOEXEC)
         argv = slirp_argv(slirp, netns_path, as_root=as_root)
         # dup2 onto 2-4 must always copy: move the child's ends clear of those numbers
-        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (ready_w, exit_r)]
+        moved = [linux.high_fd(fd) for fd in (ready_w, exit_r)]
         os.close(ready_w)
         os.close(exit_r)
         ready_w, exit_r = moved

@@ -138,11 +138,6 @@ def _configure(routes: list[tuple[str, int]] | None) -> None:
     egress.route(routes)
 
 
-def _high_fd(fd: int) -> int:
-    """A close-on-exec duplicate of ``fd`` numbered >= 10, so dup2 onto 0-3 always happens."""
-    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
-
-
 class Keeper:
     def __init__(self, launch: dict[str, Any], prepared: spare.Prepared | None = None) -> None:
         self.launch = launch
@@ -258,7 +253,7 @@ class Keeper:
         out = os.open(launch["stdout"], flags, 0o644)
         err = os.open(launch["stderr"], flags, 0o644)
         targets = {0: stdin_fd, 1: out, 2: err, 3: info_w, **extra}
-        moved = {target: _high_fd(fd) for target, fd in targets.items()}
+        moved = {target: linux.high_fd(fd) for target, fd in targets.items()}
         actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in moved.items()]
         reset = [signal.SIGPIPE, signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGXFSZ]
         walls = launch["walls"]

@@ -31,6 +31,7 @@ __all__ = [
     "MS_REC",
     "MS_REMOUNT",
     "clone_into_user_namespace",
+    "high_fd",
     "join_anonymous_keyring",
     "make_readonly",
     "mount",
@@ -104,6 +105,14 @@ def clone_into_user_namespace() -> int:
     if number is None:
         raise OSError(errno.ENOSYS, f"no clone() number known for {os.uname().machine}")
     return _call("syscall", "clone(CLONE_NEWUSER)", number, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0)
+
+
+def high_fd(fd: int) -> int:
+    """A close-on-exec duplicate of ``fd`` numbered >= 10: above every number a child is
+    given (0-6), so a ``dup2`` onto one of them never lands on another of its sources."""
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
 
 
 def unshare(flags: int) -> None:

@@ -128,7 +128,7 @@ def bwrap_argv(
     ``binds`` are ``(host path, sandbox path)`` pairs bound writable last (the mounts' copies)."""
     argv = [bwrap]
     if userns == "pair":
-        argv += ["--userns2", str(USERNS2_FD)]  # bwrap starts in U1 (userns.spawn_in_pair)
+        argv += ["--userns2", str(USERNS2_FD)]  # bwrap starts in U1 (userns.Launcher)
     else:
         argv += ["--unshare-user", "--uid", "0", "--gid", "0"]
     if own_net and not share_net:

@@ -177,11 +177,9 @@ class Launcher:
             pass
 
 
-def _high_fd(fd: int) -> int:
-    """``fd`` moved to a close-on-exec number >= 10, clear of every number bwrap is given."""
-    import fcntl
-
-    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+def _moved_high(fd: int) -> int:
+    """``fd`` moved clear of every number bwrap is given (:func:`linux.high_fd`)."""
+    high = linux.high_fd(fd)
     os.close(fd)
     return high
 
@@ -198,7 +196,7 @@ def _launch(sock: Any, unshared_w: int, mapped_r: int) -> NoReturn:
             os.write(unshared_w, b"u")
             _expect(mapped_r, "maps of U1")
             os.close(mapped_r)
-            userns2 = _high_fd(_child_namespace())
+            userns2 = _moved_high(_child_namespace())
         except BaseException as exc:  # the keeper raises it
             os.write(unshared_w, f"!{exc}".encode()[:4000])
             os._exit(1)
@@ -210,7 +208,7 @@ def _launch(sock: Any, unshared_w: int, mapped_r: int) -> NoReturn:
         argv, env, limits, targets, userns2_fd, default_signals = marshal.loads(message)
         for sig in default_signals:
             _signal.signal(sig, _signal.SIG_DFL)
-        for target, fd in zip(targets, [_high_fd(fd) for fd in fds], strict=True):
+        for target, fd in zip(targets, [_moved_high(fd) for fd in fds], strict=True):
             os.dup2(fd, target)  # inheritable, unlike the original
         os.dup2(userns2, userns2_fd)
         set_limits(limits)
