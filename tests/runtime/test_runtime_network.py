@@ -4,8 +4,10 @@ the host's loopback out of reach (as root, as CI runs)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -199,3 +201,18 @@ def test_a_network_stack_that_fails_fails_the_start_with_what_it_said(
         assert "slirp4netns exited before attaching the sandbox's network" in line
         assert "it said: cannot attach: no luck" in line
     assert lines[2] == "started 0"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="egress needs /dev/net/tun; as root here")
+@pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2 to read the device")
+def test_eth0_is_a_persistent_tap_so_its_removal_is_not_in_terminate(rt: LocalRuntime) -> None:
+    """eth0 is made persistent before slirp4netns attaches (egress.make_device): a device that
+    went with slirp4netns's file would be unregistered in its exit, inside every terminate."""
+    sb = rt.create(SandboxConfig())
+    shown = subprocess.run(
+        ["nsenter", f"--net=/proc/{sb.init_pid}/ns/net", "ip", "-d", "link", "show", "eth0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "tun type tap" in shown and "persist on" in shown, shown
