@@ -173,11 +173,12 @@ def main() -> None:
         alive = [rt.create(SandboxConfig()) for _ in range(args.alive)]
         keepers = {sb._keeper.pid for sb in alive}
         servers = {parent_of(pid) for pid in keepers} - {os.getpid(), 1, 0}
-        # the keeper server, once per creating process, and its spare keeper with the rest
+        # the keeper server, once per creating process, and its spare keepers with the rest
         pids = descendants(keepers | servers)
         totals = [memory_kib(pid) for pid in pids]
-        pss = sum(t[0] for t in totals) / len(alive) / 1024
-        rss = sum(t[1] for t in totals) / len(alive) / 1024
+        pss = sum(t[0] for t in totals) / max(1, len(alive)) / 1024
+        rss = sum(t[1] for t in totals) / max(1, len(alive)) / 1024
+        started_ahead = sum(bool(sb._meta.get("started_ahead")) for sb in alive)
         for sb in alive:
             sb.terminate()
         for sb in alive:
@@ -190,10 +191,11 @@ def main() -> None:
     print(f"lifecycle create -> exec(true) -> terminate(wait=True), p50 of {args.reps}")
     for name, ms in rows:
         print(f"  {name:<36} {ms:7.1f} ms  {ms / bare:5.1f}x bare bwrap")
-    print(
-        f"host memory with {args.alive} sandboxes alive ({len(pids)} processes): "
-        f"{pss:.1f} MiB PSS, {rss:.1f} MiB RSS per sandbox"
-    )
+    if args.alive:
+        print(
+            f"host memory with {args.alive} sandboxes alive ({len(pids)} processes, "
+            f"{started_ahead} started ahead): {pss:.1f} MiB PSS, {rss:.1f} MiB RSS per sandbox"
+        )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import errors
 
-__all__ = ["KeeperProc", "start_keeper"]
+__all__ = ["KeeperProc", "release", "start_keeper"]
 
 KEEPER = str(Path(__file__).with_name("keeper.py"))
 CMDLINE_ROOM = 1024  # keeper.CMDLINE_ROOM: room in the server's argv for each keeper's title
@@ -127,6 +127,19 @@ def start_keeper(launch: Path, fds: dict[str, int], log_fd: int, profile: str) -
                         f"the keeper server could not start a keeper: {exc}"
                     ) from exc
     raise AssertionError("unreachable")
+
+
+def release(state: Path) -> None:
+    """Have this process's keeper server end the sandboxes it started ahead in ``state``
+    (``warm.py``), and wait until they have: nothing of them is left once this returns."""
+    with _lock:
+        if not _server or _server[0].proc.poll() is not None:
+            return
+        try:
+            _server[0].sock.send(b"\0release\0" + os.fsencode(state))
+            _server[0].sock.recv(64)
+        except OSError:
+            pass
 
 
 def _forget_after_fork() -> None:

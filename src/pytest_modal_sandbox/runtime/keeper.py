@@ -41,6 +41,7 @@ import hostview  # type: ignore[import-not-found]
 import linux  # type: ignore[import-not-found]
 import spare  # type: ignore[import-not-found]
 import userns  # type: ignore[import-not-found]
+import warm  # type: ignore[import-not-found]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -159,6 +160,10 @@ class Keeper:
         self.mounted: list[str] = []
         self.block_w = -1  # bwrap's --block-fd: the command waits until the network is up
         self.slirp: egress.Slirp | None = None
+        self.shape: str | None = None  # a warm sandbox's (warm.py), until it is handed over
+        self.spec_w = -1  # a warm sandbox's trampoline waits for its command on this pipe
+        self.cover: tuple[str, int] | None = None  # its tmpfs over the state dir (_warm_up)
+        self.outputs: list[int] = []  # its unnamed stdout and stderr files
 
     # --- start-up -------------------------------------------------------------------------
 
@@ -183,9 +188,10 @@ class Keeper:
         self.cleanup()
         sys.exit(1)
 
-    def build_walls(self) -> dict[int, int]:
+    def build_walls(self, *, adopt: bool = True) -> dict[int, int]:
         """Namespaces, the root, the keyring and the seccomp program; returns the descriptors
-        bwrap gets ({number in its argv: our fd})."""
+        bwrap gets ({number in its argv: our fd}).  A warm sandbox keeps its way back to the
+        host's namespaces (``adopt=False``) until it is handed over."""
         launch = self.launch
         walls = launch["walls"]
         profile = spare.profile_of(launch)
@@ -202,7 +208,8 @@ class Keeper:
                 prepared.make()
             except OSError as exc:
                 self.fail_start(f"cannot make the sandbox's namespaces: {exc}")
-        prepared.adopt()
+        if adopt:
+            prepared.adopt()
         self.slirp = prepared.slirp
         if walls["userns"] == "own":  # not as root (nothing is made ahead then)
             try:
@@ -240,11 +247,28 @@ class Keeper:
         if launch.get("net"):
             read, self.block_w = os.pipe2(os.O_CLOEXEC)
             fds[walls["block_fd"]] = read
+        if launch.get("warm"):
+            read, self.spec_w = os.pipe2(os.O_CLOEXEC)
+            fds[warm.SPEC_FD] = read
         return fds
 
     def spawn(self) -> None:
+        self.start()
+        self.report(self.started())
+
+    def started(self) -> dict[str, Any]:
+        """The report of a sandbox that runs."""
+        init_start = _start_time(self.init_pid) if self.init_pidfd >= 0 else None
+        return {
+            "keeper": [os.getpid(), _start_time(os.getpid())],
+            "init": [self.init_pid, init_start] if init_start is not None else None,
+            "bwrap": self.bwrap_pid,
+        }
+
+    def start(self, *, adopt: bool = True) -> None:
+        """Build the walls, run bwrap and wait until its PID 1 has forked the entrypoint."""
         launch = self.launch
-        extra = self.build_walls()
+        extra = self.build_walls(adopt=adopt)
         info_r, info_w = os.pipe()
         stdin_fd = launch.get("stdin_fd")
         if stdin_fd is None:
@@ -297,7 +321,6 @@ class Keeper:
         if self.init_pidfd >= 0 and _parent(self.init_pid) != self.bwrap_pid:
             os.close(self.init_pidfd)  # PID 1 already gone and its pid reused: never signal it
             self.init_pidfd = -1
-        init_start = _start_time(self.init_pid) if self.init_pidfd >= 0 else None
         if self.block_w >= 0:
             self.attach_network()
         self.wait_set_up()
@@ -306,13 +329,6 @@ class Keeper:
             if error:
                 self.fail_start(error)
         self.last_seen_active = time.time()  # the idle clock starts when the sandbox runs
-        self.report(
-            {
-                "keeper": [os.getpid(), _start_time(os.getpid())],
-                "init": [self.init_pid, init_start] if init_start is not None else None,
-                "bwrap": self.bwrap_pid,
-            }
-        )
 
     def attach_network(self) -> None:
         """Wait for slirp4netns (started now unless it already was), configure ``eth0`` and
@@ -429,6 +445,120 @@ class Keeper:
         one: the sandbox ran and its entrypoint could not start (see ``end_by_exit``)."""
         lines = [line for line in self.bwrap_lines() if not line.startswith("bwrap: execvp ")]
         return "; ".join(lines) if lines else None
+
+    # --- a warm sandbox (warm.py) ----------------------------------------------------------
+
+    def visible(self, path: str) -> str:
+        """``path`` as this process reaches it: a warm sandbox's tmpfs covers the state dir
+        here until it is handed over; what it covers is reached through a descriptor."""
+        if self.cover is not None:
+            state, fd = self.cover
+            if path.startswith(f"{state}/"):
+                return f"/proc/self/fd/{fd}/{path[len(state) + 1 :]}"
+        return path
+
+    def uncover(self) -> None:
+        if self.cover is not None:
+            state, fd = self.cover
+            self.cover = None
+            try:
+                linux.umount(state)
+            except OSError:
+                pass
+            os.close(fd)
+        for fd in self.outputs:
+            os.close(fd)
+        self.outputs = []
+
+    def take(self, launch: dict[str, Any]) -> bool:
+        """Serve ``launch`` with this warm sandbox and report it started; False, with nothing
+        changed, if it cannot (another shape, a command the trampoline cannot pass on, or the
+        warm sandbox died meanwhile)."""
+        spec = warm.encode_spec(launch)
+        if self.shape is None or spec is None or warm.shape(launch) != self.shape:
+            return False
+        if self.reap_bwrap(block=False) or not _has_children(self.init_pid):
+            return False
+        assert self.cover is not None
+        state, state_fd = self.cover
+        if not warm.sandbox_dir(launch).startswith(f"{state}/"):  # (the shape says so)
+            return False
+        own = self.launch
+        try:
+            with open(f"{own['view']['root']}/etc/hosts", "wb") as f:
+                f.write(warm.hosts_data(launch))
+            # the view (the tmpfs of the upper layers, the root inside it) to the sandbox's dir
+            target = self.visible(launch["view"]["ovl"])
+            linux.mount(own["view"]["ovl"], target, None, linux.MS_MOVE, None)
+        except OSError:
+            return False
+        old, new = own["view"]["ovl"], launch["view"]["ovl"]
+        self.mounted = [new + path[len(old) :] for path in self.mounted]
+        self.launch = launch
+        self.ready_fd, self.owner_fd = launch["ready_fd"], launch.get("owner_fd")
+        self.owner_lock = launch.get("owner_lock")
+        self.timeout, self.idle_timeout = launch["timeout"], launch.get("idle_timeout")
+        self.start_wall, self.start_mono = time.time(), time.monotonic()
+        self.shape = None
+        try:
+            fds = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:  # linkat(AT_SYMLINK_FOLLOW) gives an unnamed file its name
+                for name, fd in zip(("stdout", "stderr"), self.outputs, strict=True):
+                    where = launch[name][len(state) + 1 :]
+                    os.link(str(fd), where, src_dir_fd=fds, dst_dir_fd=state_fd)
+            finally:
+                os.close(fds)
+            self.set_hostname(warm.hostname(launch))
+            if launch.get("net"):
+                egress.route(launch["net"].get("routes"))
+        except OSError as exc:
+            self.uncover()
+            self.fail_start(f"cannot hand a sandbox started ahead over: {exc}")
+        assert self.prepared is not None
+        self.prepared.adopt()
+        try:
+            os.write(self.spec_w, spec)  # at most what a pipe holds (warm.SPEC_MAX): no wait
+        except OSError:
+            pass  # it died: the keeper sees bwrap exit
+        os.close(self.spec_w)
+        self.spec_w = -1
+        self.last_seen_active = time.time()
+        self.report({**self.started(), "ahead": True})
+        self.uncover()  # once the creator has its sandbox: an unmount waits for RCU
+        return True
+
+    def set_hostname(self, name: str) -> None:
+        """Set the sandbox's host name from outside (a warm sandbox got a stand-in)."""
+        import socket
+
+        own = os.open("/proc/self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+        theirs = os.open(f"/proc/{self.init_pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            linux.setns(theirs, linux.CLONE_NEWUTS)
+            try:
+                socket.sethostname(name)
+            finally:
+                linux.setns(own, linux.CLONE_NEWUTS)
+        finally:
+            os.close(own)
+            os.close(theirs)
+
+    def discard(self) -> None:
+        """End a warm sandbox that will serve nobody: its processes, its mounts; back to the
+        host's namespaces."""
+        self.kill_tree()
+        if self.spec_w >= 0:
+            os.close(self.spec_w)
+            self.spec_w = -1
+        self.cleanup()
+        self.uncover()
+        if self.prepared is not None:
+            self.prepared.slirp = None  # reaped with the sandbox
+            try:
+                self.prepared.undo()
+            except OSError:
+                pass
+            self.prepared = None
 
     # --- running ---------------------------------------------------------------------------
 
@@ -646,18 +776,27 @@ FD_NAMES = ("ready_fd", "owner_fd", "stdin_fd", "started_fd")
 
 
 def run_keeper(
-    launch_path: str, fds: dict[str, int], prepared: spare.Prepared | None = None
+    launch_path: str,
+    fds: dict[str, int],
+    prepared: spare.Prepared | None = None,
+    ahead: Keeper | None = None,
 ) -> None:
     """Be the keeper of the sandbox whose launch record is ``launch_path``; ``fds`` are the
-    creator's pipe ends as received (``FD_NAMES``), ``prepared`` the walls made ahead.
-    Returns once the sandbox has ended."""
-    with open(launch_path, "rb") as f:
+    creator's pipe ends as received (``FD_NAMES``), ``prepared`` the walls made ahead, or
+    ``ahead`` a warm sandbox (``warm.py``).  Returns once the sandbox has ended."""
+    with open(ahead.visible(launch_path) if ahead else launch_path, "rb") as f:
         launch = marshal.load(f)
     launch.update(fds)
     for key in FD_NAMES:
         if launch.get(key) is not None:
             os.set_inheritable(launch[key], False)  # bwrap and the sandbox must not hold them
-    keeper = Keeper(launch, prepared)
+    if ahead is not None and ahead.take(launch):
+        keeper = ahead
+    else:
+        if ahead is not None:
+            ahead.discard()
+            prepared = None
+        keeper = Keeper(launch, prepared)
 
     def stop(signum: int, frame: object) -> None:
         keeper.stop_requested = True
@@ -665,8 +804,61 @@ def run_keeper(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    keeper.spawn()
+    if keeper is not ahead:
+        keeper.spawn()
     keeper.run()
+
+
+def _warm_up(template_path: str, prepared: spare.Prepared) -> Keeper | None:
+    """Start a sandbox shaped like the launch at ``template_path`` with the walls
+    ``prepared`` (``warm.py``); None if none can be (then ``prepared`` is undone if the
+    attempt used it: check ``prepared.complete()``).
+
+    Its files live on a tmpfs mounted over the state dir in this process's mount namespace
+    only (nothing of it is seen on the host, nothing is left if it is killed), its output
+    files are unnamed files in the state dir, linked to their names when it is handed
+    over."""
+    try:
+        with open(template_path, "rb") as f:
+            template = marshal.load(f)
+        shape = warm.shape(template)
+    except (OSError, EOFError, ValueError, TypeError, KeyError):
+        return None  # the template's sandbox is gone already
+    if shape is None or warm.trampoline() is None:
+        return None
+    state = os.path.dirname(warm.sandbox_dir(template))
+    outputs: list[int] = []
+    try:
+        state_fd = os.open(state, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        for _ in range(2):
+            flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
+            outputs.append(os.open(f"/proc/self/fd/{state_fd}", flags, 0o644))
+        linux.mount("tmpfs", state, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=700")
+    except OSError:
+        for fd in [state_fd, *outputs]:
+            os.close(fd)
+        return None
+    launch = warm.shaped_like(template, state)
+    launch["stdout"], launch["stderr"] = (f"/proc/self/fd/{fd}" for fd in outputs)
+    keeper = Keeper(launch, prepared)
+    keeper.cover, keeper.outputs = (state, state_fd), outputs
+    try:
+        os.mkdir(launch["view"]["ovl"], 0o700)
+        keeper.start(adopt=False)
+    except (OSError, SystemExit):  # fail_start: what it started is gone
+        keeper.uncover()
+        prepared.slirp = None
+        prepared.launcher = None
+        try:
+            prepared.undo()
+        except OSError:
+            pass
+        return None
+    keeper.shape = shape
+    return keeper
 
 
 def _set_title(text: str) -> None:
@@ -688,7 +880,8 @@ def serve(sock_fd: int) -> None:
     """The keeper server of one creating process: for each request (a launch record's path,
     with the creator's pipe ends and the keeper log as SCM_RIGHTS) hand the sandbox to the
     spare keeper of its profile, answer its pid, and fork the next spare for that profile
-    (``spare.py``), keeping spares for the last ``SPARES`` profiles.  A forked keeper shares
+    (``spare.py``; it starts a sandbox ahead once two in a row had the same shape,
+    ``warm.py``), keeping spares for the last ``SPARES`` profiles.  A forked keeper shares
     the server's memory (copy-on-write); every keeper is a process of its own, in a session of
     its own, bwrap's parent, with its own ties to its owner, so nothing about how sandboxes end
     depends on the server.  Exits when the creator closes its end (the creator is gone), and
@@ -701,6 +894,7 @@ def serve(sock_fd: int) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     sock = socket.socket(fileno=sock_fd)
     ahead: dict[str, _Spare] = {}  # a spare for each of the last SPARES profiles asked for
+    shapes: dict[str, str | None] = {}  # the shape of the last launch of each (warm.py)
     while True:
         try:
             message, fds, _, _ = socket.recv_fds(sock, 65536, 8, socket.MSG_CMSG_CLOEXEC)
@@ -708,6 +902,15 @@ def serve(sock_fd: int) -> None:
             return
         if not message:
             return
+        if message.startswith(b"\0release\0"):  # forkserver.release
+            _release(ahead, os.fsdecode(message[len(b"\0release\0") :]))
+            for fd in fds:
+                os.close(fd)
+            try:
+                sock.send(b"1")
+            except OSError:
+                return
+            continue
         # "<launch record>\0<fd names>\0<profile>": the keeper gets the first two, and the
         # name of one more descriptor, which it closes once its sandbox runs (the next spare
         # waits for that).
@@ -730,10 +933,44 @@ def serve(sock_fd: int) -> None:
             sock.send(str(pid).encode())
         except OSError:
             return
-        ahead[profile] = _Spare(profile, [sock.fileno(), *_socks(ahead)], after=started)
+        # A sandbox is started ahead once two in a row had its shape: one of another shape
+        # would find the spare's walls used by it, and pay for them and for its end.
+        shape = _shape_of(path.decode())
+        repeated = shape is not None and shapes.get(profile) == shape
+        shapes[profile] = shape
+        held = [sock.fileno(), *_socks(ahead)]
+        template = path.decode() if repeated else ""
+        ahead[profile] = _Spare(profile, held, after=started, template=template)
         os.close(started)
         while len(ahead) > SPARES:
-            ahead.pop(next(iter(ahead))).sock.close()  # it exits, undoing its walls
+            gone = next(iter(ahead))
+            ahead.pop(gone).sock.close()  # it exits, undoing its walls
+            shapes.pop(gone, None)
+
+
+def _shape_of(launch_path: str) -> str | None:
+    try:
+        with open(launch_path, "rb") as f:
+            return warm.shape(marshal.load(f))  # type: ignore[no-any-return]
+    except (OSError, EOFError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _release(spares: dict[str, _Spare], state: str) -> None:
+    """End the spares that started a sandbox ahead in ``state`` and wait for them to exit."""
+    ending = []
+    for profile, ahead in list(spares.items()):
+        if ahead.template.startswith(f"{state.rstrip('/')}/"):
+            del spares[profile]
+            try:
+                ending.append(os.pidfd_open(ahead.pid))
+            except OSError:
+                pass
+            ahead.sock.close()  # it ends its sandbox and exits
+    deadline = time.monotonic() + 10.0
+    for fd in ending:
+        select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        os.close(fd)
 
 
 def _socks(spares: dict[str, _Spare]) -> list[int]:
@@ -745,9 +982,10 @@ class _Spare:
     socket of its own for its launch record (:func:`_spare_main`); ``held`` are the server's
     descriptors, which it closes (a copy of another spare's socket would keep that one from
     seeing the server go; a sandbox's pipe end, its keeper from seeing the owner go), and
-    ``after`` turns readable once the keeper before it has started its sandbox."""
+    ``after`` turns readable once the keeper before it has started its sandbox, ``template``
+    is that sandbox's launch record: the spare starts a sandbox shaped like it (``warm.py``)."""
 
-    def __init__(self, profile: str, held: list[int], after: int = -1) -> None:
+    def __init__(self, profile: str, held: list[int], after: int = -1, template: str = "") -> None:
         import socket
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -758,7 +996,7 @@ class _Spare:
                 ours.close()
                 for fd in held:
                     os.close(fd)
-                code = _spare_main(theirs, profile, after)
+                code = _spare_main(theirs, profile, after, template)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
@@ -769,6 +1007,7 @@ class _Spare:
         theirs.close()
         self.pid = pid
         self.sock = ours
+        self.template = template
 
     def hand(self, message: bytes, fds: list[int]) -> int:
         """Give it its sandbox; its pid, or 0 if it has died."""
@@ -783,7 +1022,7 @@ class _Spare:
         return self.pid
 
 
-def _spare_main(sock: Any, profile: str, after: int) -> int:
+def _spare_main(sock: Any, profile: str, after: int, template: str) -> int:
     import socket
 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -801,7 +1040,10 @@ def _spare_main(sock: Any, profile: str, after: int) -> int:
     except OSError:  # the keeper makes them itself, and reports why it cannot
         made.undo()
     prepared = made if made.complete() else None
-    network = prepared.ready_fd() if prepared is not None else -1
+    ahead = _warm_up(template, prepared) if prepared is not None and template else None
+    if prepared is not None and not prepared.complete():
+        prepared = None  # used by a warm start that failed (and undone)
+    network = prepared.ready_fd() if prepared is not None and ahead is None else -1
     while network >= 0 and sock not in select.select([sock, network], [], [])[0]:
         assert prepared is not None
         prepared.bring_up_network()  # a failure is reported when the sandbox starts
@@ -809,14 +1051,16 @@ def _spare_main(sock: Any, profile: str, after: int) -> int:
     message, fds, _, _ = socket.recv_fds(sock, 65536, 8, socket.MSG_CMSG_CLOEXEC)
     sock.close()
     if not message:  # the server is gone: no sandbox will come
-        if prepared is not None:
+        if ahead is not None:
+            ahead.discard()
+        elif prepared is not None:
             prepared.undo()
         return 0
     path, _, names = message.decode().partition("\0")
     named = dict(zip(["log_fd", *names.split(",")] if names else ["log_fd"], fds, strict=False))
     os.dup2(named.pop("log_fd"), 2)
     _set_title(f"pms-keeper {path}")
-    run_keeper(path, named, prepared)
+    run_keeper(path, named, prepared, ahead)
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import errors
 from .._paths import state_root
-from . import egress, hostview, owners, rootfs, seccomp, spare
+from . import egress, forkserver, hostview, owners, rootfs, seccomp, spare
 from .check import Tools, check
 from .config import DEFAULT_ENV, SandboxConfig
 from .copies import prepare_mounts
@@ -131,6 +131,7 @@ class LocalRuntime:
                         f"sandbox {sandbox_id} failed to start: {ready['error']}"
                     )
                 meta.update(keeper=ready["keeper"], init=ready["init"], bwrap=ready["bwrap"])
+                meta["started_ahead"] = bool(ready.get("ahead"))
                 write_json(paths.meta, meta)
             owners.register(sandbox_id, owners.Owned(keeper, pipes.owner_w, pipes.stdin_w))
             pipes.owner_w = pipes.stdin_w = None  # owned by the table now
@@ -404,8 +405,10 @@ class LocalRuntime:
         return found
 
     def close(self) -> None:
-        """Close the tunnel listeners this process opened for sandboxes of this runtime."""
+        """Close the tunnel listeners this process opened for sandboxes of this runtime, and
+        end the sandboxes it started ahead here (``warm.py``)."""
         owners.reap()
+        forkserver.release(self.root)
         if "pytest_modal_sandbox.runtime.tunnels" in sys.modules:
             from . import tunnels
 
