@@ -7,11 +7,14 @@
   process, no keeper, no exec), taken in turn in each round: the ratio is ours / bare.  For
   reference, in the same rounds: bare bwrap doing what a lifecycle does (``sleep`` as the
   entrypoint, ``nsenter ... true`` once it runs, then killed) and, if installed, ``podman run
-  --rm`` of a busybox image (imported from /bin/busybox: no registry needed);
+  --rm`` of a busybox image (imported from /bin/busybox: no registry needed).  Each of our
+  sandboxes is of the shape of the one before it, so it is started ahead (``runtime/warm.py``)
+  while the other cases run, as in a suite whose tests use the same spec;
 * memory with ``--alive`` sandboxes running (default 100): the host processes each sandbox
   adds (keeper, bwrap, the entrypoint's ``sleep``, slirp4netns) and the keeper server they
-  were forked from with its spare keeper (``runtime/spare.py``), as PSS (shared pages split
-  between their users) and RSS, summed and divided by the number of sandboxes.
+  were forked from with its spare keepers and the sandbox each started ahead
+  (``runtime/spare.py``, ``runtime/warm.py``), as PSS (shared pages split between their users)
+  and RSS, summed and divided by the number of sandboxes.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -139,32 +138,47 @@ def _descendants(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="walls are made ahead as root only")
-def test_a_spare_sees_what_the_host_mounts_after_it_was_made(rt: LocalRuntime) -> None:
+def test_a_spare_sees_what_the_host_mounts_after_it_was_made(state_dir: Path) -> None:
     """The spare's mount namespace follows the host's: a file system mounted on the host after
-    the spare was made shows in its sandbox, as it would in one made at that moment."""
-    first = rt.create(SandboxConfig())
-    server = _parent(first._keeper.pid)
-    first.terminate(wait=True)
-    deadline = time.monotonic() + 60
-    while not any(  # a spare that has made its walls (slirp4netns and launcher) waits
-        _title(pid) == "pms-keeper (spare)" and len(children_of(pid)) == 2
-        for pid in children_of(server)
-    ):
-        assert time.monotonic() < deadline, "no spare made its walls"
-        time.sleep(0.02)
-    point = Path(f"/srv/pms-test-{os.getpid()}")  # not below a hidden path (/tmp is one)
-    point.mkdir(parents=True)
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(point)], check=True)
-        try:
-            (point / "hello").write_text("from the host's new mount")
-            sb = rt.create(SandboxConfig())
-            assert sb.exec(["cat", f"{point}/hello"]).stdout == b"from the host's new mount"
-            sb.terminate(wait=True)
-        finally:
-            subprocess.run(["umount", "-l", str(point)], check=True)
-    finally:
-        point.rmdir()
+    the spare was made shows in its sandbox, as it would in one made at that moment.  (The
+    creator runs in a mount namespace of its own, its "host": a mount on the real host would
+    make every other test's spares stale while it lasts.)"""
+    code = (
+        "import os, subprocess, sys, time\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from proctable import children_of\n"
+        "from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig, linux\n"
+        "linux.unshare(linux.CLONE_NEWNS)\n"
+        "linux.mount('none', '/', None, linux.MS_REC | linux.MS_PRIVATE, None)\n"
+        "rt = LocalRuntime(sys.argv[1])\n"
+        "first = rt.create(SandboxConfig())\n"
+        "stat = open(f'/proc/{first._keeper.pid}/stat').read()\n"
+        "server = int(stat.rsplit(')', 1)[1].split()[1])\n"
+        "first.terminate(wait=True)\n"
+        "deadline = time.monotonic() + 60\n"
+        "def made(pid):  # a spare that has made its walls: slirp4netns and the launcher\n"
+        "    title = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')[0]\n"
+        "    return title == b'pms-keeper (spare)' and len(children_of(pid)) == 2\n"
+        "while not any(made(pid) for pid in children_of(server)):\n"
+        "    assert time.monotonic() < deadline, 'no spare made its walls'\n"
+        "    time.sleep(0.02)\n"
+        "point = f'/srv/pms-test-{os.getpid()}'  # not below a hidden path (/tmp is one)\n"
+        "os.makedirs(point)\n"
+        "try:\n"
+        "    subprocess.run(['mount', '-t', 'tmpfs', 'tmpfs', point], check=True)\n"
+        "    with open(f'{point}/hello', 'w') as f:\n"
+        '        f.write("from the host\'s new mount")\n'
+        "    sb = rt.create(SandboxConfig())\n"
+        "    print(sb.exec(['cat', f'{point}/hello']).stdout.decode())\n"
+        "    sb.terminate(wait=True)\n"
+        "finally:\n"
+        "    subprocess.run(['umount', '-l', point])\n"
+        "    os.rmdir(point)\n"
+        "rt.close()\n"
+    )
+    done = run_python(code, str(state_dir), str(Path(__file__).parents[1]), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "from the host's new mount\n"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the bwrap launcher is root's")
