@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from runtime_helpers import SANDBOX_PYTHON
 
+from hostchanges import host_changes
 from pytest_modal_sandbox.runtime import LocalRuntime, LocalSandbox, SandboxConfig
 from pytest_modal_sandbox.runtime.config import ExecOutcome
 
@@ -306,7 +307,8 @@ def test_host_image_root_is_writable_and_private(rt: LocalRuntime) -> None:
 @pytest.fixture
 def fake_credentials(monkeypatch: pytest.MonkeyPatch, host_dir: Path) -> Iterator[list[str]]:
     """Credential files on the host where a sandbox must not see them (removed afterwards);
-    only what did not exist is created."""
+    only what did not exist is created.  Other tests' sandboxes' views change meanwhile
+    (``tests/hostchanges.py``)."""
     made: list[Path] = []
 
     def make(path: Path, text: str = "secret\n") -> str:
@@ -318,26 +320,27 @@ def fake_credentials(monkeypatch: pytest.MonkeyPatch, host_dir: Path) -> Iterato
         path.write_text(text)
         return str(path)
 
-    home = Path.home()
-    files = [
-        make(home / ".modal.toml") if not (home / ".modal.toml").exists() else "",
-        make(home / ".ssh" / "id_ed25519") if not (home / ".ssh/id_ed25519").exists() else "",
-        make(home / f".pms-walls-{uuid.uuid4().hex}"),
-        make(Path(f"/home/pms-walls-{uuid.uuid4().hex[:8]}/.aws/credentials")),
-        make(Path(f"/var/lib/docker/pms-walls-{uuid.uuid4().hex}")),
-        make(host_dir / "aws-credentials"),
-    ]
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(host_dir / "aws-credentials"))
-    if os.path.isdir("/etc/ssh"):
-        files.append(make(Path(f"/etc/ssh/ssh_host_pms{uuid.uuid4().hex[:6]}_key")))
-    try:
-        yield [f for f in files if f]
-    finally:
-        for path in reversed(made):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+    with host_changes(exclusive=True):
+        try:
+            home = Path.home()
+            files = [
+                make(home / ".modal.toml") if not (home / ".modal.toml").exists() else "",
+                make(home / ".ssh/id_ed25519") if not (home / ".ssh/id_ed25519").exists() else "",
+                make(home / f".pms-walls-{uuid.uuid4().hex}"),
+                make(Path(f"/home/pms-walls-{uuid.uuid4().hex[:8]}/.aws/credentials")),
+                make(Path(f"/var/lib/docker/pms-walls-{uuid.uuid4().hex}")),
+                make(host_dir / "aws-credentials"),
+            ]
+            monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(host_dir / "aws-credentials"))
+            if os.path.isdir("/etc/ssh"):
+                files.append(make(Path(f"/etc/ssh/ssh_host_pms{uuid.uuid4().hex[:6]}_key")))
+            yield [f for f in files if f]
+        finally:
+            for path in reversed(made):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
 
 def test_host_image_mode_hides_homes_and_credentials(

@@ -9,15 +9,23 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from runtime_helpers import processes_mentioning, spawn_python
 
+from hostchanges import host_changes
 from proctable import children_of
 from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes are started ahead as root")
+
+
+@pytest.fixture(autouse=True)
+def _host_view_stays_put() -> Iterator[None]:
+    with host_changes(exclusive=False):
+        yield
 
 
 def _warm_inits(state: Path) -> list[int]:

@@ -471,28 +471,49 @@ class Keeper:
         self.outputs = []
 
     def take(self, launch: dict[str, Any]) -> bool:
-        """Serve ``launch`` with this warm sandbox and report it started; False, with nothing
-        changed, if it cannot (another shape, a command the trampoline cannot pass on, or the
-        warm sandbox died meanwhile)."""
+        """Serve ``launch`` with this warm sandbox and report it started; False if it cannot
+        (another shape, a command the trampoline cannot pass on, the warm sandbox died): then
+        nothing of ``launch`` was touched, and the warm sandbox is for :meth:`discard`."""
         spec = warm.encode_spec(launch)
         if self.shape is None or spec is None or warm.shape(launch) != self.shape:
-            return False
-        if self.reap_bwrap(block=False) or not _has_children(self.init_pid):
             return False
         assert self.cover is not None
         state, state_fd = self.cover
         if not warm.sandbox_dir(launch).startswith(f"{state}/"):  # (the shape says so)
             return False
         own = self.launch
-        try:
+        old, new = own["view"]["ovl"], launch["view"]["ovl"]
+        try:  # what only the warm sandbox sees first: it fails if the sandbox died
+            self.set_hostname(warm.hostname(launch))
             with open(f"{own['view']['root']}/etc/hosts", "wb") as f:
                 f.write(warm.hosts_data(launch))
+            if launch.get("net"):
+                egress.route(launch["net"].get("routes"))
+            if self.reap_bwrap(block=False) or not _has_children(self.init_pid):
+                return False
             # the view (the tmpfs of the upper layers, the root inside it) to the sandbox's dir
-            target = self.visible(launch["view"]["ovl"])
-            linux.mount(own["view"]["ovl"], target, None, linux.MS_MOVE, None)
+            linux.mount(old, self.visible(new), None, linux.MS_MOVE, None)
         except OSError:
             return False
-        old, new = own["view"]["ovl"], launch["view"]["ovl"]
+        linked: list[str] = []
+        fds = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:  # linkat(AT_SYMLINK_FOLLOW) gives an unnamed file its name
+            for name, fd in zip(("stdout", "stderr"), self.outputs, strict=True):
+                linked.append(launch[name][len(state) + 1 :])
+                os.link(str(fd), linked[-1], src_dir_fd=fds, dst_dir_fd=state_fd)
+        except OSError:
+            for where in linked:
+                try:
+                    os.unlink(where, dir_fd=state_fd)
+                except OSError:
+                    pass
+            try:
+                linux.mount(self.visible(new), old, None, linux.MS_MOVE, None)
+            except OSError:
+                pass  # discard ends it where it is
+            return False
+        finally:
+            os.close(fds)
         self.mounted = [new + path[len(old) :] for path in self.mounted]
         self.launch = launch
         self.ready_fd, self.owner_fd = launch["ready_fd"], launch.get("owner_fd")
@@ -500,26 +521,12 @@ class Keeper:
         self.timeout, self.idle_timeout = launch["timeout"], launch.get("idle_timeout")
         self.start_wall, self.start_mono = time.time(), time.monotonic()
         self.shape = None
-        try:
-            fds = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:  # linkat(AT_SYMLINK_FOLLOW) gives an unnamed file its name
-                for name, fd in zip(("stdout", "stderr"), self.outputs, strict=True):
-                    where = launch[name][len(state) + 1 :]
-                    os.link(str(fd), where, src_dir_fd=fds, dst_dir_fd=state_fd)
-            finally:
-                os.close(fds)
-            self.set_hostname(warm.hostname(launch))
-            if launch.get("net"):
-                egress.route(launch["net"].get("routes"))
-        except OSError as exc:
-            self.uncover()
-            self.fail_start(f"cannot hand a sandbox started ahead over: {exc}")
         assert self.prepared is not None
         self.prepared.adopt()
         try:
             os.write(self.spec_w, spec)  # at most what a pipe holds (warm.SPEC_MAX): no wait
         except OSError:
-            pass  # it died: the keeper sees bwrap exit
+            pass  # it died just now: the keeper sees bwrap exit, as for any sandbox
         os.close(self.spec_w)
         self.spec_w = -1
         self.last_seen_active = time.time()
