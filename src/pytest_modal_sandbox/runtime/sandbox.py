@@ -352,12 +352,17 @@ class LocalSandbox:
         if not isinstance(wd, str) or not wd.startswith("/") or "\0" in wd:
             raise InvalidArgument(f"workdir={wd!r}: must be an absolute path")
         init = self._require_running("exec")
+        root = f"/proc/{init.pid}/root"
         try:
-            host_wd = resolve_in_root(f"/proc/{init.pid}/root", wd)
+            host_wd = resolve_in_root(root, wd)
             is_dir = os.path.isdir(host_wd)
         except OSError as exc:
+            if not os.path.isdir(root):
+                self._ended_under(argv)
             raise InvalidArgument(f"workdir={wd!r} cannot be resolved in {self.id}: {exc}") from exc
         if not is_dir:
+            if not os.path.isdir(root):  # PID 1 is exiting (its root is gone): the sandbox ends
+                self._ended_under(argv)
             self._require_running("exec")
             raise InvalidArgument(f"workdir={wd!r} is not a directory in sandbox {self.id}")
         flags = ["-U", "-m", "-u", "-i", "-n", "-p", "-C"]
