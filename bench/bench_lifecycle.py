@@ -1,6 +1,6 @@
 """Lifecycle and weight of a local sandbox, side by side with bare bubblewrap in the same run.
 
-    .venv/bin/python bench/bench_lifecycle.py [--reps N] [--alive N]
+    .venv/bin/python bench/bench_lifecycle.py [--reps N] [--alive N] [--settle S]
 
 * lifecycle p50: create -> exec("true") -> terminate(wait=True), default spec (egress on),
   with block_network=True (no network stack), and bare ``bwrap --unshare-all ... true`` (one
@@ -35,14 +35,19 @@ from subprocess import DEVNULL
 from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig
 
 
-def interleaved_p50(cases: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+def interleaved_p50(
+    cases: dict[str, Callable[[], object]], reps: int, settle: float
+) -> dict[str, float]:
     """Median ms of each case, run in turn in every round: the machine's load (shared with
-    other work) weighs on all of them alike."""
+    other work) weighs on all of them alike.  Each run starts ``settle`` seconds after the
+    one before, so no case is timed while the one before still works in the background (our
+    keeper server starting the next sandbox ahead), as tests leave time between sandboxes."""
     for fn in cases.values():
         fn()  # warm
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(reps):
         for name, fn in cases.items():
+            time.sleep(settle)
             start = time.perf_counter()
             fn()
             samples[name].append((time.perf_counter() - start) * 1000)
@@ -146,6 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--alive", type=int, default=100)
+    parser.add_argument("--settle", type=float, default=0.05, help="seconds between runs")
     args = parser.parse_args()
     LocalRuntime.check()
     with tempfile.TemporaryDirectory(prefix="pms-bench-lifecycle-") as tmp:
@@ -169,7 +175,7 @@ def main() -> None:
             cases["podman run --rm (busybox) true"] = podman
         cases["bare bwrap --unshare-all true"] = bare_bwrap
         try:
-            rows = list(interleaved_p50(cases, args.reps).items())
+            rows = list(interleaved_p50(cases, args.reps, args.settle).items())
         finally:
             if podman is not None:
                 subprocess.run(["podman", "rmi", "-f", PODMAN_IMAGE], stdout=DEVNULL, check=False)
@@ -191,7 +197,10 @@ def main() -> None:
     bare = rows[-1][1]
     if podman is None:
         print("(podman: not installed, or no busybox to make its image from)")
-    print(f"lifecycle create -> exec(true) -> terminate(wait=True), p50 of {args.reps}")
+    print(
+        f"lifecycle create -> exec(true) -> terminate(wait=True), p50 of {args.reps}, "
+        f"{args.settle * 1000:.0f} ms apart"
+    )
     for name, ms in rows:
         print(f"  {name:<36} {ms:7.1f} ms  {ms / bare:5.1f}x bare bwrap")
     if args.alive:
