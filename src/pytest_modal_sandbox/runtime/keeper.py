@@ -560,7 +560,6 @@ class Keeper:
         self.cleanup()
         self.uncover()
         if self.prepared is not None:
-            self.prepared.slirp = None  # reaped with the sandbox
             try:
                 self.prepared.undo()
             except OSError:
@@ -739,6 +738,8 @@ class Keeper:
             self.block_w = -1
         if self.slirp is not None:
             self.slirp.reap()
+            if self.prepared is not None and self.prepared.slirp is self.slirp:
+                self.prepared.slirp = None  # (a warm sandbox's walls are undone after this)
             self.slirp = None
         if self.prepared is not None and self.prepared.launcher is not None:
             self.prepared.launcher.discard()  # bwrap never ran
@@ -825,40 +826,38 @@ def _warm_up(template_path: str, prepared: spare.Prepared) -> Keeper | None:
     only (nothing of it is seen on the host, nothing is left if it is killed), its output
     files are unnamed files in the state dir, linked to their names when it is handed
     over."""
-    try:
-        with open(template_path, "rb") as f:
-            template = marshal.load(f)
-        shape = warm.shape(template)
-    except (OSError, EOFError, ValueError, TypeError, KeyError):
-        return None  # the template's sandbox is gone already
-    if shape is None or warm.trampoline() is None:
+    template = _load(template_path)  # None once the template's sandbox is gone
+    shape = _shape_of(template)
+    if template is None or shape is None or warm.trampoline() is None:
         return None
     state = os.path.dirname(warm.sandbox_dir(template))
-    outputs: list[int] = []
+    launch = warm.shaped_like(template, state)
+    held: list[int] = []
+    covered = False
     try:
-        state_fd = os.open(state, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
+        held.append(os.open(state, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         for _ in range(2):
             flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
-            outputs.append(os.open(f"/proc/self/fd/{state_fd}", flags, 0o644))
+            held.append(os.open(f"/proc/self/fd/{held[0]}", flags, 0o644))
         linux.mount("tmpfs", state, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=700")
+        covered = True
+        os.mkdir(launch["view"]["ovl"], 0o700)
     except OSError:
-        for fd in [state_fd, *outputs]:
+        if covered:
+            linux.umount(state)
+        for fd in held:
             os.close(fd)
         return None
-    launch = warm.shaped_like(template, state)
+    state_fd, outputs = held[0], held[1:]
     launch["stdout"], launch["stderr"] = (f"/proc/self/fd/{fd}" for fd in outputs)
     keeper = Keeper(launch, prepared)
     keeper.cover, keeper.outputs = (state, state_fd), outputs
     try:
-        os.mkdir(launch["view"]["ovl"], 0o700)
         keeper.start(adopt=False)
-    except (OSError, SystemExit):  # fail_start: what it started is gone
+    except (OSError, SystemExit):  # fail_start has ended what it started; else end it here
+        keeper.kill_tree()
+        keeper.cleanup()
         keeper.uncover()
-        prepared.slirp = None
-        prepared.launcher = None
         try:
             prepared.undo()
         except OSError:
@@ -942,7 +941,7 @@ def serve(sock_fd: int) -> None:
             return
         # A sandbox is started ahead once two in a row had its shape: one of another shape
         # would find the spare's walls used by it, and pay for them and for its end.
-        shape = _shape_of(path.decode())
+        shape = _shape_of(_load(path.decode()))
         repeated = shape is not None and shapes.get(profile) == shape
         shapes[profile] = shape
         held = [sock.fileno(), *_socks(ahead)]
@@ -955,11 +954,20 @@ def serve(sock_fd: int) -> None:
             shapes.pop(gone, None)
 
 
-def _shape_of(launch_path: str) -> str | None:
+def _load(launch_path: str) -> dict[str, Any] | None:
+    """A launch record, or None if it is gone (its sandbox's dir was removed) or unreadable."""
     try:
         with open(launch_path, "rb") as f:
-            return warm.shape(marshal.load(f))  # type: ignore[no-any-return]
-    except (OSError, EOFError, ValueError, TypeError, KeyError):
+            launch = marshal.load(f)
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+    return launch if isinstance(launch, dict) else None
+
+
+def _shape_of(launch: dict[str, Any] | None) -> str | None:
+    try:
+        return warm.shape(launch) if launch is not None else None
+    except (KeyError, TypeError, ValueError, IndexError):  # not a launch record of ours
         return None
 
 

@@ -2,22 +2,22 @@
 
 Most of a sandbox's start is bubblewrap setting up its root: the namespaces, the mounts, the
 masks over ``/proc``, about ten milliseconds that do not depend on the command, the
-environment or the sandbox's name.  A spare keeper (``spare.py``) that saw the launch before
-its own (the *template*) starts a sandbox shaped like it in advance: the same root view, the
-same bwrap options, in a directory of its own (``<state>/.warm-<pid>``), with a stand-in
-hostname and, as the entrypoint, a trampoline (bash, run from the sandbox's own root) that
-waits on a pipe.  When its launch comes and has the template's :func:`shape`, the keeper
-moves the view to the sandbox's state dir, renames the output files into it, sets the
-hostname, writes ``/etc/hosts``, routes the allowlist, and hands the trampoline the
-environment and command, which it ``exec``s through ``env -i``: PID 2 becomes the entrypoint
-with exactly that environment, as bwrap would have made it.  A launch of another shape finds
-the warm sandbox discarded and starts as before.
+environment or the sandbox's name.  Once two launches in a row had the same :func:`shape`,
+the keeper server's next spare keeper (``spare.py``, ``keeper.py``) starts a sandbox shaped
+like the last one (the *template*): the same root view, the same bwrap options, its files on
+a tmpfs over the state dir in its own mount namespace (nothing of it shows on the host), a
+stand-in host name and, as the entrypoint, a trampoline (bash, from the sandbox's own root)
+that waits on a pipe.  When a launch of that shape comes, the keeper sets the host name,
+writes ``/etc/hosts``, routes the allowlist, moves the view to the sandbox's state dir, links
+the unnamed output files there, and hands the trampoline the environment and command, which
+it ``exec``s through ``env -i``: PID 2 becomes the entrypoint with exactly that environment,
+as bwrap would have made it.  A launch of another shape finds the warm sandbox discarded and
+starts as before.
 
 Only what a shape pins down is reused: the root view as the creator planned it (the hidden
-paths, the layers, the host's mounts, all compared), the walls and the network profile.  The
-command, environment, hostname, ``/etc/hosts``, routes, timeouts and owner are the launch's
-own.  Host-image sandboxes as root only (an image root needs no bash of ours, but may lack
-one).
+paths, the layers, the host's mounts, all compared), the walls, the network profile, the
+state dir.  The command, environment, host name, ``/etc/hosts``, routes, timeouts and owner
+are the launch's own.  Host-image sandboxes as root only (an image root may lack bash).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SPEC_FD",
+    "SPEC_MAX",
     "STANDIN_HOSTNAME",
     "encode_spec",
     "hostname",
@@ -74,10 +75,6 @@ def sandbox_dir(launch: dict[str, Any]) -> str:
 
 def _command_start(argv: list[str]) -> int:
     return argv.index("--") + 1
-
-
-def _hostname(argv: list[str]) -> str:
-    return argv[argv.index("--hostname") + 1]
 
 
 def _hosts_entry(view: dict[str, Any]) -> list[Any] | None:
@@ -125,12 +122,11 @@ def _shaped(launch: dict[str, Any], directory: str, hostname: str) -> dict[str, 
     out["bwrap_argv"] = head
     if out.get("net"):
         out["net"] = {k: v for k, v in out["net"].items() if k != "routes"}
-    view = _replace(out["view"], sandbox_dir(launch), directory)
-    hosts = _hosts_entry(view)
+    shaped: dict[str, Any] = _replace(out, sandbox_dir(launch), directory)  # a deep copy
+    hosts = _hosts_entry(shaped["view"])
     assert hosts is not None
     hosts[5] = b""  # the sandbox's name is in it: written when the sandbox is handed over
-    out["view"] = view
-    return _replace(out, sandbox_dir(launch), directory)  # type: ignore[no-any-return]
+    return shaped
 
 
 def shape(launch: dict[str, Any]) -> str | None:
@@ -154,7 +150,7 @@ def trampoline() -> list[str] | None:
 
 def shaped_like(template: dict[str, Any], directory: str) -> dict[str, Any]:
     """The launch of a warm sandbox shaped like ``template``, in ``directory``: its command the
-    trampoline, the spec pipe its stdin-independent fd ``SPEC_FD``, no owner, no timeout."""
+    trampoline (which reads its spec on ``SPEC_FD``), with no owner, no timeout, no routes."""
     command = trampoline()
     assert command is not None
     launch = _shaped(template, directory, STANDIN_HOSTNAME)
@@ -196,4 +192,5 @@ def hosts_data(launch: dict[str, Any]) -> bytes:
 
 
 def hostname(launch: dict[str, Any]) -> str:
-    return _hostname(launch["bwrap_argv"])
+    argv: list[str] = launch["bwrap_argv"]
+    return argv[argv.index("--hostname") + 1]
