@@ -201,3 +201,25 @@ def test_a_launcher_that_cannot_make_its_namespaces_says_why(state_dir: Path) ->
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("refused: "), done.stdout
     assert "No space left on device" in done.stdout  # what unshare(CLONE_NEWUSER) said
+
+
+def test_a_creating_process_ends_its_server_as_it_exits(state_dir: Path) -> None:
+    """At exit, not in the garbage collector at shutdown, which warned of an unclosed socket
+    and of a server process still running (at the end of every full run of the suite)."""
+    code = (
+        "import atexit, os, sys\n"
+        "from pathlib import Path\n"
+        "from pytest_modal_sandbox.runtime import LocalRuntime, SandboxConfig\n"
+        "rt = LocalRuntime(sys.argv[1])\n"
+        "sb = rt.create(SandboxConfig(block_network=True))\n"
+        "stat = Path(f'/proc/{sb._keeper.pid}/stat').read_text()\n"
+        "server = int(stat.rsplit(')', 1)[1].split()[1])\n"
+        "sb.terminate(wait=True)\n"
+        "rt.close()\n"
+        "atexit._run_exitfuncs()  # what the interpreter runs first as it exits\n"
+        "print('server gone' if not os.path.exists(f'/proc/{server}') else 'server runs')\n"
+    )
+    done = run_python(code, str(state_dir), env={"PYTHONWARNINGS": "always"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "server gone\n"
+    assert "ResourceWarning" not in done.stderr, done.stderr

@@ -15,6 +15,7 @@ the kernel reaps it): its pid and a pidfd.
 
 from __future__ import annotations
 
+import atexit
 import os
 import select
 import socket
@@ -142,6 +143,15 @@ def release(state: Path) -> None:
             pass
 
 
+def _close_at_exit() -> None:
+    """End the server as this process exits (its spares and the sandboxes they started ahead
+    end with it; keepers do not), rather than leave its socket and process to the garbage
+    collector at shutdown, which warns of both."""
+    with _lock:
+        while _server:
+            _server.pop().close()
+
+
 def _forget_after_fork() -> None:
     """A forked child must not share the parent's server (nor wait for it)."""
     global _lock
@@ -152,3 +162,4 @@ def _forget_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
+atexit.register(_close_at_exit)
