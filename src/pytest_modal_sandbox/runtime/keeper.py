@@ -817,18 +817,16 @@ def run_keeper(
     keeper.run()
 
 
-def _warm_up(template_path: str, prepared: spare.Prepared) -> Keeper | None:
-    """Start a sandbox shaped like the launch at ``template_path`` with the walls
-    ``prepared`` (``warm.py``); None if none can be (then ``prepared`` is undone if the
-    attempt used it: check ``prepared.complete()``).
+def _warm_up(template: dict[str, Any], shape: str, prepared: spare.Prepared) -> Keeper | None:
+    """Start a sandbox shaped like the launch ``template`` (of :func:`warm.shape` ``shape``)
+    with the walls ``prepared`` (``warm.py``); None if none can be (then ``prepared`` is
+    undone if the attempt used it: check ``prepared.complete()``).
 
     Its files live on a tmpfs mounted over the state dir in this process's mount namespace
     only (nothing of it is seen on the host, nothing is left if it is killed), its output
     files are unnamed files in the state dir, linked to their names when it is handed
     over."""
-    template = _load(template_path)  # None once the template's sandbox is gone
-    shape = _shape_of(template)
-    if template is None or shape is None or warm.trampoline() is None:
+    if warm.trampoline() is None:
         return None
     state = os.path.dirname(warm.sandbox_dir(template))
     launch = warm.shaped_like(template, state)
@@ -941,11 +939,13 @@ def serve(sock_fd: int) -> None:
             return
         # A sandbox is started ahead once two in a row had its shape: one of another shape
         # would find the spare's walls used by it, and pay for them and for its end.
-        shape = _shape_of(_load(path.decode()))
-        repeated = shape is not None and shapes.get(profile) == shape
+        launch = _load(path.decode())
+        shape = _shape_of(launch)
+        template = None
+        if launch is not None and shape is not None and shapes.get(profile) == shape:
+            template = (path.decode(), launch, shape)
         shapes[profile] = shape
         held = [sock.fileno(), *_socks(ahead)]
-        template = path.decode() if repeated else ""
         ahead[profile] = _Spare(profile, held, after=started, template=template)
         os.close(started)
         while len(ahead) > SPARES:
@@ -997,10 +997,17 @@ class _Spare:
     socket of its own for its launch record (:func:`_spare_main`); ``held`` are the server's
     descriptors, which it closes (a copy of another spare's socket would keep that one from
     seeing the server go; a sandbox's pipe end, its keeper from seeing the owner go), and
-    ``after`` turns readable once the keeper before it has started its sandbox, ``template``
-    is that sandbox's launch record: the spare starts a sandbox shaped like it (``warm.py``)."""
+    ``after`` turns readable once the keeper before it has started its sandbox; ``template``
+    is that sandbox's launch record (its path, its contents, its shape) when the spare is to
+    start a sandbox shaped like it (``warm.py``)."""
 
-    def __init__(self, profile: str, held: list[int], after: int = -1, template: str = "") -> None:
+    def __init__(
+        self,
+        profile: str,
+        held: list[int],
+        after: int = -1,
+        template: tuple[str, dict[str, Any], str] | None = None,
+    ) -> None:
         import socket
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -1022,7 +1029,7 @@ class _Spare:
         theirs.close()
         self.pid = pid
         self.sock = ours
-        self.template = template
+        self.template = template[0] if template else ""  # its path: release() goes by it
 
     def hand(self, message: bytes, fds: list[int]) -> int:
         """Give it its sandbox; its pid, or 0 if it has died."""
@@ -1037,7 +1044,9 @@ class _Spare:
         return self.pid
 
 
-def _spare_main(sock: Any, profile: str, after: int, template: str) -> int:
+def _spare_main(
+    sock: Any, profile: str, after: int, template: tuple[str, dict[str, Any], str] | None
+) -> int:
     import socket
 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -1055,7 +1064,9 @@ def _spare_main(sock: Any, profile: str, after: int, template: str) -> int:
     except OSError:  # the keeper makes them itself, and reports why it cannot
         made.undo()
     prepared = made if made.complete() else None
-    ahead = _warm_up(template, prepared) if prepared is not None and template else None
+    ahead = None
+    if prepared is not None and template is not None:
+        ahead = _warm_up(template[1], template[2], prepared)
     if prepared is not None and not prepared.complete():
         prepared = None  # used by a warm start that failed (and undone)
     network = prepared.ready_fd() if prepared is not None and ahead is None else -1
